@@ -1,0 +1,106 @@
+"""The problem type every dataset is adapted to, and the one prompt format shared by pretraining
+pages, SFT, RL and evaluation.
+
+    >>> p = Problem(id="gsm-test-0", family="gsm", question="Ann has 2 cats. She gets 3 more. How many cats?",
+    ...             answer="5", solutions=("2 + 3 = 5\\n#### 5",))
+    >>> print(format_prompt(p.question))
+    Question: Ann has 2 cats. She gets 3 more. How many cats?
+    Answer:
+    >>> print(format_prompt("Q2", shots=[("Q1", "S1")]))
+    Question: Q1
+    Answer: S1
+    <BLANKLINE>
+    Question: Q2
+    Answer:
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from excursions.errors import UserError
+
+# A completion is " " + solution; it ends with EOS (post-trained) or where the next question would start.
+STOP_STRINGS = ("\n\nQuestion:",)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A math problem with its gold answer and worked demonstrations (each ends with the answer marker)."""
+
+    id: str
+    family: str  # "gsm" / "hard" for the tiny worlds, "gsm8k" / "math" / ... for real data
+    question: str
+    answer: str
+    solutions: tuple[str, ...]
+    key: str = ""  # structural identity (numbers and operations, not names): split disjointness
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @staticmethod
+    def from_dict(row: dict, where: str = "") -> "Problem":
+        try:
+            return Problem(
+                id=str(row["id"]),
+                family=str(row["family"]),
+                question=str(row["question"]),
+                answer=str(row["answer"]),
+                solutions=tuple(str(s) for s in row["solutions"]),
+                key=str(row.get("key", "")),
+                meta=dict(row.get("meta", {})),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{where}: malformed problem row ({type(err).__name__}: {err}); "
+                            "expected keys id, family, question, answer, solutions") from None
+
+
+@dataclass(frozen=True)
+class MCItem:
+    """A multiple-choice item scored by the log-likelihood of each option after the context."""
+
+    id: str
+    task: str  # e.g. "world-recall", "arc_easy", "hellaswag"
+    context: str
+    options: tuple[str, ...]  # continuations, each with its leading space
+    label: int  # index of the correct option
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+def format_example(question: str, solution: str | None = None) -> str:
+    """One `Question: ...\\nAnswer: ...` block; without a solution it is a prompt ending at `Answer:`."""
+    head = f"Question: {question}\nAnswer:"
+    return head if solution is None else f"{head} {solution}"
+
+
+def format_prompt(question: str, shots: Sequence[tuple[str, str]] = ()) -> str:
+    """The prompt for `question`, preceded by worked (question, solution) exemplars for n-shot."""
+    return "\n\n".join([format_example(q, s) for q, s in shots] + [format_example(question)])
+
+
+def write_jsonl(path: Path, problems: Iterable[Problem]) -> None:
+    from excursions.train.checkpoint import atomic_write_text
+
+    atomic_write_text(path, "".join(p.to_json() + "\n" for p in problems))
+
+
+def read_jsonl(path: Path) -> list[Problem]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"problem file {path} does not exist")
+    problems = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        problems.append(Problem.from_dict(row, f"{path}:{lineno}"))
+    return problems

@@ -1,0 +1,105 @@
+"""Configs: presets load, overrides apply, and every kind of bad input fails with the field named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from excursions.config import apply_override, diff, load_config, preset_names, to_dict, to_toml
+from excursions.errors import ConfigError, UserError
+
+
+def test_presets_load_and_roundtrip_through_toml(tmp_path):
+    assert {"smoke", "tiny"} <= set(preset_names())
+    for name in preset_names():
+        cfg = load_config(name)
+        path = tmp_path / f"{name}.toml"
+        path.write_text(to_toml(cfg))
+        assert load_config(path=path) == cfg
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config("tiny", overrides=["model.d_model=168", "pretrain.lr=1e-3", "pretrain.compile=false",
+                                         "model.size=olmo2_3M", "pretrain.checkpoint_tokens=[1_000_000, 2_000_000]"])
+    assert cfg.model.d_model == 168 and cfg.model.size == "olmo2_3M"
+    assert cfg.pretrain.lr == 1e-3 and cfg.pretrain.compile is False
+    assert cfg.pretrain.checkpoint_tokens == (1_000_000, 2_000_000)
+
+
+def test_config_is_frozen():
+    cfg = load_config("smoke")
+    with pytest.raises(Exception):
+        cfg.pretrain.lr = 1.0
+
+
+@pytest.mark.parametrize(
+    "override, field, words",
+    [
+        ("model.dmodel=128", "model.dmodel", "did you mean 'd_model'"),
+        ("pretrain.lr=-0.1", "pretrain.lr", "must be > 0"),
+        ("pretrain.lr='fast'", "pretrain.lr", "must be a number"),
+        ("pretrain.batch_size=2.5", "pretrain.batch_size", "must be an integer"),
+        ("pretrain.checkpoint_tokens=[999_999_999]", "pretrain.checkpoint_tokens", "beyond the token budget"),
+        ("pretrain.first_checkpoint=999_999_999", "pretrain.first_checkpoint", "<= tokens"),
+        ("pretrain.checkpoints='cubic'", "pretrain.checkpoints", "one of 'geometric', 'linear'"),
+        ("model.size='olmo2_1T'", "model.size", "unknown size"),
+        ("data.general=0.9", "data.general", "must sum to 1"),
+        ("world.gsm.max_steps=1", "world.gsm.max_steps", ">= min_steps"),
+        ("pretrain.seq_len=4096", "pretrain.seq_len", "<= model.context"),
+        ("pretrain.compile=1", "pretrain.compile", "true or false"),
+        ("model=3", "model", "table of settings"),
+        ("pretrain.num_checkpoints=5000", "pretrain.num_checkpoints", "do not fit"),
+    ],
+)
+def test_bad_values_name_the_field(override, field, words):
+    with pytest.raises(ConfigError) as err:
+        load_config("smoke", overrides=[override])
+    assert err.value.field == field
+    assert words in str(err.value)
+
+
+def test_bad_override_syntax_and_sources(tmp_path):
+    with pytest.raises(UserError, match="section.key=value"):
+        load_config("smoke", overrides=["pretrain.lr"])
+    with pytest.raises(UserError, match="unknown preset 'nope'"):
+        load_config("nope")
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(path=tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pretrain\nlr = 1")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_config(path=bad)
+
+
+def test_apply_override_builds_nested_sections():
+    data = {}
+    apply_override(data, "a.b.c=3")
+    apply_override(data, "a.name=hello world")  # not TOML: taken as a string
+    assert data == {"a": {"b": {"c": 3}, "name": "hello world"}}
+
+
+def test_diff_names_changed_fields():
+    a, b = to_dict(load_config("smoke")), to_dict(load_config("smoke", overrides=["pretrain.lr=1e-4"]))
+    assert diff(a, b) == ["pretrain.lr: 0.003 -> 0.0001"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["pretrain", "--preset", "smoke", "pretrain.lr=-1"], "pretrain.lr: must be > 0"),
+        (["pretrain", "--preset", "smoke", "modle.size=x"], "modle: unknown key; did you mean 'model'?"),
+        (["pretrain", "--preset", "nope"], "unknown preset 'nope'"),
+        (["pretrain", "--config", "missing.toml"], "missing.toml does not exist"),
+        (["pretrain", "--preset", "smoke", "pretrain.tokens"], "not of the form section.key=value"),
+    ],
+)
+def test_cli_rejects_bad_input_before_writing_anything(tmp_path, args, message):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "excursions.cli", *args, "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -1,0 +1,107 @@
+"""Pretraining end to end on the micro setting: outputs where the docs say, and exact resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from excursions.config import load_config
+from excursions.errors import UserError
+from excursions.train.pretrain import Batches, checkpoints, pretrain
+
+
+def test_run_directory_has_every_documented_output(micro_run, micro_cfg):
+    assert (micro_run / "config.toml").exists()
+    for family in ("gsm", "hard"):
+        for split in ("train", "val", "test"):
+            assert (micro_run / "world" / family / f"{split}.jsonl").exists()
+    assert (micro_run / "world" / "general" / "mc_test.jsonl").exists()
+    assert (micro_run / "tokenizer" / "tokenizer.json").exists()
+    ckpts = checkpoints(micro_run)
+    assert [c["step"] for c in ckpts] == micro_cfg.pretrain.checkpoint_steps()
+    assert not list((micro_run / "resume").glob("*"))  # resume states are pruned once finished
+    for c in ckpts:
+        path = Path(c["path"])
+        model = AutoModelForCausalLM.from_pretrained(path)  # every checkpoint is a standard HF dir
+        tok = AutoTokenizer.from_pretrained(path)
+        assert model.config.vocab_size == len(tok)
+        assert c["tokens"] == c["step"] * micro_cfg.pretrain.tokens_per_step
+        assert 0.0 <= c["gsm_greedy"] <= 1.0
+
+
+def test_training_reduces_the_loss(micro_run):
+    rows = [json.loads(line) for line in (micro_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(map(lambda r: r["loss"] == r["loss"], rows))  # finite (no NaN)
+    first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
+    assert last < first - 1.0
+    ckpts = checkpoints(micro_run)
+    assert ckpts[-1]["val_loss"] < ckpts[0]["val_loss"]
+
+
+def test_rerunning_a_finished_run_changes_nothing(micro_run, micro_cfg, capsys):
+    final = sorted((micro_run / "checkpoints").glob("step*"))[-1] / "model.safetensors"
+    before = final.stat().st_mtime_ns
+    pretrain(micro_cfg, micro_run, progress=False)
+    assert final.stat().st_mtime_ns == before
+    assert "val loss" in capsys.readouterr().out
+
+
+def test_a_different_config_in_the_same_directory_is_refused(micro_run):
+    other = load_config("smoke", overrides=["pretrain.lr=1e-4"])
+    with pytest.raises(UserError, match="different config"):
+        pretrain(other, micro_run, progress=False)
+
+
+def test_batches_are_a_pure_function_of_the_step():
+    import numpy as np
+
+    ids = np.arange(1000, dtype=np.uint16)
+    a, b = Batches(ids, 10, 4, seed=0), Batches(ids, 10, 4, seed=0)
+    assert torch.equal(a.batch(30), b.batch(30))  # epoch 1, no history needed
+    assert torch.equal(a.batch(3), b.batch(3))
+    seen = torch.cat([a.batch(s) for s in range(a.per_epoch)]).flatten().tolist()
+    assert len(seen) == len(set(seen))  # an epoch never repeats a window
+
+
+def _final_weights(run: Path) -> dict:
+    final = sorted((run / "checkpoints").glob("step*"))[-1]
+    return load_file(final / "model.safetensors")
+
+
+def test_resume_after_kill_9_ends_with_identical_weights(tmp_path, micro_run, micro_overrides):
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "excursions.cli", "pretrain", "--preset", "smoke", "--out", str(run), "--quiet",
+           *micro_overrides]
+    kills = 0
+    for wait_for in ("resume", "checkpoints"):  # kill once after a resume state, once after a checkpoint
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            states = list((run / wait_for).glob("step*")) if (run / wait_for).exists() else []
+            if states and (wait_for == "resume" or len(states) >= 2):
+                break
+            time.sleep(0.01)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1, "the run finished before it could be killed; make the micro run longer"
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    resumed, straight = _final_weights(run), _final_weights(micro_run)
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        assert torch.equal(resumed[name], straight[name]), name
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1))  # no step logged twice

@@ -1,0 +1,115 @@
+"""The sampler: exact against recomputation, reproducible, and honouring stop strings and EOS per sequence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from excursions.data.problems import STOP_STRINGS, format_prompt, read_jsonl
+from excursions.sampling import pick_tokens, sample
+
+
+@pytest.fixture(scope="module")
+def lm(micro_run):
+    final = sorted((micro_run / "checkpoints").glob("step*"))[-1]
+    return AutoModelForCausalLM.from_pretrained(final), AutoTokenizer.from_pretrained(final)
+
+
+@pytest.fixture(scope="module")
+def prompts(micro_run):
+    test = read_jsonl(micro_run / "world" / "gsm" / "test.jsonl")
+    train = read_jsonl(micro_run / "world" / "gsm" / "train.jsonl")
+    shots = [(p.question, p.solutions[0]) for p in train[:2]]
+    # different prompt lengths in one batch: 0, 1 and 2 shots
+    return [format_prompt(p.question, shots[: i % 3]) for i, p in enumerate(test[:9])]
+
+
+def _recompute_greedy(model, tok, prompt: str, steps: int) -> list[int]:
+    """Reference: the full sequence through the model at every step, no cache."""
+    ids, out = tok(prompt).input_ids, []
+    for _ in range(steps):
+        with torch.no_grad():
+            t = int(model(torch.tensor([ids + out])).logits[0, -1].argmax())
+        out.append(t)
+        if t == tok.eos_token_id:
+            break
+    return out
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["olmo2-engine", "hf-engine"])
+def test_kv_cache_equals_recomputing_the_full_sequence(lm, prompts, fast):
+    model, tok = lm
+    out = sample(model, tok, prompts, n=1, max_new_tokens=24, temperature=0, stop=(), fast=fast)
+    for i, prompt in enumerate(prompts):
+        n = int(out.mask[i].sum())
+        assert out.tokens[i, :n].tolist() == _recompute_greedy(model, tok, prompt, 24)
+
+
+def test_same_seed_same_samples_and_other_seed_differs(lm, prompts):
+    model, tok = lm
+    a = sample(model, tok, prompts, n=4, max_new_tokens=24, temperature=1.0, seed=3)
+    b = sample(model, tok, prompts, n=4, max_new_tokens=24, temperature=1.0, seed=3)
+    c = sample(model, tok, prompts, n=4, max_new_tokens=24, temperature=1.0, seed=4)
+    assert torch.equal(a.tokens, b.tokens) and a.texts == b.texts
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_temperature_to_zero_equals_greedy(lm, prompts):
+    model, tok = lm
+    greedy = sample(model, tok, prompts, n=1, max_new_tokens=24, temperature=0)
+    cold = sample(model, tok, prompts, n=1, max_new_tokens=24, temperature=1e-4, seed=9)
+    nucleus = sample(model, tok, prompts, n=1, max_new_tokens=24, temperature=1.0, top_p=1e-6, seed=9)
+    assert torch.equal(greedy.tokens, cold.tokens) and torch.equal(greedy.tokens, nucleus.tokens)
+
+
+def test_shared_prefill_equals_repeated_prompts(lm, prompts):
+    model, tok = lm
+    shared = sample(model, tok, prompts[:3], n=3, max_new_tokens=16, temperature=0)
+    repeated = sample(model, tok, [p for p in prompts[:3] for _ in range(3)], n=1, max_new_tokens=16, temperature=0)
+    assert torch.equal(shared.tokens, repeated.tokens)
+
+
+def test_stop_strings_and_eos_are_honoured_per_sequence(lm, prompts):
+    model, tok = lm
+    out = sample(model, tok, prompts, n=8, max_new_tokens=48, temperature=1.0, seed=0)
+    lengths = out.mask.sum(-1).long().tolist()
+    assert len(set(lengths)) > 1  # sequences ended at different steps in one batch
+    assert set(out.finish) >= {"stop", "length"}
+    for i, (n, why) in enumerate(zip(lengths, out.finish)):
+        ids = out.tokens[i, :n].tolist()
+        assert (out.tokens[i, n:] == tok.pad_token_id).all() and (out.mask[i, n:] == 0).all()
+        full = tok.decode(ids)
+        if why == "eos":
+            assert ids[-1] == tok.eos_token_id and tok.eos_token_id not in ids[:-1]
+        elif why == "stop":
+            assert any(s in full for s in STOP_STRINGS)
+            assert not any(s in tok.decode(ids[:-1]) for s in STOP_STRINGS)  # stopped at the first one
+            assert not any(s in out.texts[i] for s in STOP_STRINGS)
+        else:
+            assert n == 48 and tok.eos_token_id not in ids
+
+
+def test_logprobs_are_those_of_the_sampled_tokens(lm, prompts):
+    model, tok = lm
+    out = sample(model, tok, prompts[:2], n=2, max_new_tokens=8, temperature=0.7, seed=1)
+    for i in range(4):
+        n = int(out.mask[i].sum())
+        prompt = out.prompt_ids[i // 2]
+        seq = torch.tensor([prompt + out.tokens[i, :n].tolist()])
+        with torch.no_grad():
+            logits = model(seq).logits[0, len(prompt) - 1 : -1] / 0.7
+        want = torch.log_softmax(logits, -1).gather(-1, out.tokens[i, :n, None]).squeeze(-1)
+        assert torch.allclose(out.logprobs[i, :n], want, atol=1e-4)
+
+
+def test_exponential_race_draws_from_the_softmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(40_000, 1)
+    gen = torch.Generator().manual_seed(0)
+    ids, _ = pick_tokens(logits, temperature=1.0, top_p=1.0, gen=gen)
+    freq = torch.bincount(ids, minlength=4).float() / len(ids)
+    assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.01)
+    ids, _ = pick_tokens(logits, temperature=1.0, top_p=0.7, gen=gen)  # nucleus: the two likeliest tokens
+    assert set(ids.tolist()) == {0, 1}

@@ -1,0 +1,91 @@
+"""Synthetic worlds: deterministic, correct by construction, and the splits never leak into pretraining."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+
+import pytest
+
+from excursions.config import MathFamilyConfig, load_config
+from excursions.worlds.arithmetic import apply, make_problem, marker
+from excursions.worlds.corpus import FAMILIES, build_world, documents, sources
+from excursions.worlds.knowledge import MC_KINDS, make_entities, make_mc_item
+
+EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+
+
+def test_world_is_a_pure_function_of_the_seed(micro_cfg):
+    a, b = build_world(micro_cfg.world), build_world(micro_cfg.world)
+    assert a.problems == b.problems and a.mc_test == b.mc_test and a.heldout == b.heldout
+    other = build_world(load_config("smoke", overrides=["world.seed=1"]).world)
+    assert other.problems["gsm"]["test"][0].question != a.problems["gsm"]["test"][0].question
+    take = lambda: [d for _, d in itertools.islice(documents(micro_cfg, a, "train", {"general": 1, "math": 1}), 20)]
+    assert take() == take()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_solution_is_correct_arithmetic_ending_in_the_marker(family):
+    cfg = load_config("tiny").world
+    rng = random.Random(7)
+    for i in range(300):
+        p = make_problem(family, rng, getattr(cfg, family), k=4, pid=str(i))
+        assert len(set(p.solutions)) == 4, p
+        for s in p.solutions:
+            assert s.endswith(marker(family, p.answer)) and s.count(marker(family, p.answer)) == 1
+            eqs = EQUATION.findall(s)
+            assert eqs, s
+            for a, op, b, c in eqs:
+                assert apply(int(a), op, int(b)) == int(c), s
+            assert int(eqs[-1][3]) == int(p.answer)
+            assert max(int(c) for *_, c in eqs) <= getattr(cfg, family).max_value
+
+
+def test_number_ranges_follow_the_config():
+    fam = MathFamilyConfig(min_steps=2, max_steps=2, max_operand=5, max_value=30)
+    rng = random.Random(0)
+    for _ in range(200):
+        p = make_problem("gsm", rng, fam, k=1, pid="x")
+        assert int(p.answer) <= 30
+
+
+def test_splits_are_disjoint_and_absent_from_pretraining_text(micro_cfg):
+    """By content: no held-out question (train/val/test) appears in the pretraining stream."""
+    world = build_world(micro_cfg.world)
+    held = [p for fam in world.problems.values() for split in fam.values() for p in split]
+    assert len({p.key for p in held}) == len(held)  # splits are disjoint from each other
+    assert len({p.question for p in held}) == len(held)
+    weights = {name: 1.0 for name in sources(micro_cfg, world)}
+    text = "\n".join(d for _, d in itertools.islice(documents(micro_cfg, world, "train", weights), 3000))
+    pretrain_questions = set(re.findall(r"Question: (.*)\n", text))
+    assert len(pretrain_questions) > 2000  # the check below looked at many problems
+    assert not pretrain_questions & {p.question for p in held}
+    for p in held:
+        assert p.question not in text
+
+
+def test_mc_items_are_well_formed_for_every_kind():
+    ents = make_entities(random.Random(0), 60)
+    assert len({e.name for e in ents}) == 60
+    rng = random.Random(0)
+    for kind in MC_KINDS:
+        for i in range(30):
+            item = make_mc_item(rng, ents, kind, f"q{i}")
+            assert 2 <= len(item.options) <= 4 and len(set(item.options)) == len(item.options)
+            assert 0 <= item.label < len(item.options)
+            assert all(o.startswith(" ") for o in item.options)
+
+
+def test_mc_answers_are_true_in_the_world():
+    ents = make_entities(random.Random(3), 60)
+    by_name = {e.name: e for e in ents}
+    rng = random.Random(0)
+    for i in range(50):
+        item = make_mc_item(rng, ents, "relation", str(i))
+        person = by_name[item.context.split(" was born")[0]]
+        assert item.options[item.label].strip(" .") == by_name[person.attrs["birthplace"]].attrs["country"]
+        item = make_mc_item(rng, ents, "compare", str(i))
+        a, b = re.match(r"Of (\w+) and (\w+),", item.context).groups()
+        older = min((by_name[a], by_name[b]), key=lambda e: e.attrs["founded"])
+        assert item.options[item.label].strip(" .") == older.name
