@@ -22,6 +22,7 @@ parallel averaging) off each one, and evaluate them the same way.
 
 examples:
   excursions pretrain --preset smoke                 # 1-2 minutes: the whole path on a toy setting
+  excursions eval runs/smoke/checkpoints/step000146-tokens299008 --task gsm,general
   excursions pretrain --preset tiny                  # the default study's pretraining (~20 min, 2 cores)
   excursions pretrain --preset tiny pretrain.lr=1e-3 model.size=olmo2_3M --out runs/tiny-3M
   excursions config --preset tiny                    # print the resolved tiny config
@@ -39,6 +40,39 @@ examples:
   excursions pretrain --preset smoke --out runs/smoke
   excursions pretrain --preset tiny
   excursions pretrain --config my.toml pretrain.tokens=8_000_000 pretrain.num_checkpoints=6
+"""
+
+EVAL_HELP = """\
+Evaluate a checkpoint the way every recipe is judged: pass@k (unbiased, with bootstrap intervals)
+on the math test sets, accuracy and bits-per-byte on general tasks. Writes one JSON per result with
+per-problem (n, c), so any k <= n can be recomputed later, and prints a table.
+
+CHECKPOINT is a directory (a pretraining checkpoint, a post-trained model) or a hub id with an
+optional revision (allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B). Base checkpoints are
+evaluated with eval.shots exemplars (8), post-trained ones 0-shot. Tasks: gsm, hard (the world's math
+families), general (world multiple choice + bpb), and arc_easy, arc_challenge, hellaswag, piqa, boolq,
+winogrande (real files in --data-dir, hub schemas).
+
+examples:
+  excursions eval runs/tiny/checkpoints/step000366-tokens11993088
+  excursions eval runs/tiny/checkpoints/step000366-tokens11993088 --task gsm,hard --n 32 --k 1,8,32
+  excursions eval runs/tiny/checkpoints/step000366-tokens11993088 --task gsm --shots 0,1,2,4,8,16 --limit 200
+  excursions eval runs/tiny/checkpoints/step000366-tokens11993088 --task arc_easy,piqa --data-dir ../shared/data/general
+"""
+
+POSTTRAIN_HELP = """\
+Branch a post-training excursion off a checkpoint: rl (GRPO), sft (one demonstration per problem),
+sft_gold (all demonstrations), sft_rl, sft_gold_rl, parallel (RL and SFT updates from two AdamW
+states, averaged). Settings come from the preset's [rl], [sft] and [parallel] sections.
+
+Writes into --out: config.toml, metrics.jsonl (reward, KL, entropy, clip fraction, FLOPs, tracked
+test pass@k), and final/ (an HF checkpoint whose excursions.json names the recipe and source).
+Interrupted, the same command resumes; a finished run is not redone.
+
+examples:
+  excursions posttrain runs/tiny/checkpoints/step000148-tokens4849664 --recipe rl
+  excursions posttrain runs/tiny/checkpoints/step000148-tokens4849664 --recipe sft_rl --out runs/tiny-post/sft_rl
+  excursions posttrain runs/tiny/checkpoints/step000148-tokens4849664 --recipe parallel parallel.weight=0.7
 """
 
 CONFIG_HELP = """\
@@ -69,6 +103,51 @@ def cmd_pretrain(args) -> None:
     pretrain(cfg, out, progress=not args.quiet)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_eval(args) -> None:
+    from excursions.config import EvalConfig, build, to_dict
+    from excursions.evals.harness import evaluate_checkpoint, summary_table
+
+    cfg = _load(args).eval
+    flags = {"n": args.n, "ks": args.k and tuple(args.k), "problems": args.limit, "mc_items": args.limit,
+             "temperature": args.temperature}
+    cfg = build(EvalConfig, {**to_dict(cfg), **{k: v for k, v in flags.items() if v is not None}}, "eval")
+    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    rows = evaluate_checkpoint(args.checkpoint, tasks, cfg, args.shots, args.world, args.data_dir, args.out,
+                               progress=not args.quiet)
+    print(summary_table(rows))
+    if args.shots and len(args.shots) > 1:
+        from excursions.figures import nshot_figure
+
+        for task in {r["task"] for r in rows if "metrics" in r}:
+            path = Path(rows[0]["path"]).parent / f"nshot-{task}.png"
+            nshot_figure([r for r in rows if r["task"] == task], path)
+            print(f"n-shot figure: {path}")
+
+
+def cmd_posttrain(args) -> None:
+    from excursions.model import parse_checkpoint
+    from excursions.objectives import lookup
+    from excursions.train.recipes import RECIPES, posttrain
+    from excursions.worlds.corpus import find_world
+
+    lookup(RECIPES, args.recipe, "recipe")  # fail before loading anything
+    cfg = _load(args)
+    path, _ = parse_checkpoint(args.checkpoint)
+    world = args.world or (find_world(path) if Path(path).exists() else None)
+    if world is None:
+        raise UserError(f"no world/ directory found for {args.checkpoint}; pass --world DIR")
+    out = args.out or Path(path).parent.parent / "posttrain" / Path(path).name / args.recipe
+    final = posttrain(args.checkpoint, args.recipe, cfg, out, world, progress=not args.quiet)
+    print(f"{args.recipe}: {final}")
+
+
 def cmd_config(args) -> None:
     sys.stdout.write(to_toml(_load(args)))
 
@@ -85,6 +164,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pretrain)
 
+    p = sub.add_parser("eval", help="evaluate a checkpoint: pass@k, general capability", description=EVAL_HELP,
+                       formatter_class=fmt)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a directory, or hub id[@revision]")
+    p.add_argument("--task", default="gsm", help="comma-separated tasks (default: gsm)")
+    p.add_argument("--n", type=int, default=None, help="samples per problem (default: eval.n = 32)")
+    p.add_argument("--k", type=_int_list, default=None, help="comma-separated k for pass@k (default: 1,8,32)")
+    p.add_argument("--shots", type=_int_list, default=None, help="exemplars; a list runs an n-shot sweep (0,1,2,4,8,16)")
+    p.add_argument("--limit", type=int, default=None, help="first N test problems / items (default: eval.problems)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 0.6)")
+    p.add_argument("--world", type=Path, default=None, help="the world/ directory (default: found from the checkpoint)")
+    p.add_argument("--data-dir", type=Path, default=None, help="directory of real benchmark files (hub schemas)")
+    p.add_argument("--out", type=Path, default=None, help="results directory (default: CHECKPOINT/eval)")
+    p.add_argument("--preset", default=None, help="preset whose [eval] settings to use (default: tiny)")
+    p.add_argument("--config", type=Path, default=None, help="a TOML config file instead of a preset")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. eval.max_new_tokens=200")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("posttrain", help="branch an excursion (rl, sft, sft_gold, sft_rl, parallel) off a checkpoint",
+                       description=POSTTRAIN_HELP, formatter_class=fmt)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a directory, or hub id[@revision]")
+    p.add_argument("--recipe", required=True, help="rl | sft | sft_gold | sft_rl | sft_gold_rl | parallel")
+    _config_args(p)
+    p.add_argument("--world", type=Path, default=None, help="the world/ directory (default: found from the checkpoint)")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: <run>/posttrain/<checkpoint>/<recipe>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_posttrain)
+
     p = sub.add_parser("config", help="print a resolved, validated config", description=CONFIG_HELP, formatter_class=fmt)
     _config_args(p)
     p.set_defaults(func=cmd_config)
@@ -92,7 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after options (`eval CKPT --n 4 eval.top_p=0.9`), which argparse leaves over.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         args.func(args)
     except UserError as err:

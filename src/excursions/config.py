@@ -203,6 +203,134 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """How every model is evaluated (paper §2.3): pass@k at T = 0.6 from n samples per problem."""
+
+    n: int = 32  # samples per problem
+    ks: tuple[int, ...] = (1, 8, 32)
+    temperature: float = 0.6
+    top_p: float = 1.0
+    max_new_tokens: int = 160
+    shots: int = 8  # worked exemplars for base checkpoints; post-trained models are evaluated 0-shot
+    problems: int = 500  # test problems per family (0 = all)
+    mc_items: int = 0  # general-world multiple-choice items (0 = all)
+    bootstrap: int = 1000  # resamples for the confidence intervals
+    seed: int = 0
+
+    def __post_init__(self):
+        check(self.n >= 1, "n", "must be >= 1")
+        check(len(self.ks) >= 1 and all(1 <= k <= self.n for k in self.ks), "ks", f"each k must be between 1 and n ({self.n})")
+        check(self.temperature >= 0, "temperature", "must be >= 0")
+        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        for name in ("shots", "problems", "mc_items"):
+            check(getattr(self, name) >= 0, name, "must be >= 0")
+        check(self.bootstrap >= 10, "bootstrap", "must be >= 10")
+
+
+def _check_optim(lr: float, betas: tuple, weight_decay: float, grad_clip: float, prefix: str = "") -> None:
+    check(lr > 0, f"{prefix}lr", "must be > 0")
+    check(len(betas) == 2 and all(0 <= b < 1 for b in betas), "betas", "must be two numbers in [0, 1)")
+    check(weight_decay >= 0, "weight_decay", "must be >= 0")
+    check(grad_clip > 0, "grad_clip", "must be > 0")
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """GRPO (paper Table 1, VeRL semantics), scaled to a tiny model on a CPU."""
+
+    family: Literal["gsm", "hard"] = "gsm"  # whose train problems are the prompts
+    steps: int = 40  # rollout batches
+    prompts_per_step: int = 32  # paper: 512
+    group_size: int = 8  # G rollouts per prompt; paper: 32
+    minibatches: int = 2  # optimizer steps per rollout batch (paper: 512 / 128 = 4)
+    lr: float = 5e-5  # paper: 1e-6 at 1B
+    betas: tuple[float, ...] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    temperature: float = 1.0
+    max_new_tokens: int = 128
+    clip_eps: float = 0.2
+    kl_coef: float = 1e-3
+    kl: str = "k3"  # k1 | k2 | k3 (low-variance)
+    advantage: str = "grpo"  # grpo | drgrpo
+    aggregation: str = "token-mean"
+    format_score: float = 0.1
+    shots: int = 0  # exemplars in the rollout prompts (the paper trains 0-shot)
+    track_every: int = 10  # steps between validation reward and test pass@k (0 = off)
+    track_problems: int = 100
+    track_n: int = 8
+    save_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        from excursions.objectives import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
+
+        for name in ("steps", "prompts_per_step", "group_size", "minibatches", "max_new_tokens", "save_every"):
+            check(getattr(self, name) >= 1, name, "must be >= 1")
+        check(self.prompts_per_step % self.minibatches == 0, "minibatches",
+              f"must divide prompts_per_step ({self.prompts_per_step})")
+        _check_optim(self.lr, self.betas, self.weight_decay, self.grad_clip)
+        check(self.temperature > 0, "temperature", "must be > 0 for exploration")
+        check(0 <= self.clip_eps < 1, "clip_eps", "must be in [0, 1)")
+        check(self.kl_coef >= 0, "kl_coef", "must be >= 0")
+        check(self.kl in KL_ESTIMATORS, "kl", f"unknown KL estimator; choose one of {', '.join(KL_ESTIMATORS)}")
+        check(self.advantage in ADVANTAGES, "advantage", f"unknown estimator; choose one of {', '.join(ADVANTAGES)}")
+        check(self.aggregation in AGGREGATIONS, "aggregation", f"unknown mode; choose one of {', '.join(AGGREGATIONS)}")
+        check(0 <= self.format_score < 1, "format_score", "must be in [0, 1)")
+        for name in ("shots", "track_every", "track_problems"):
+            check(getattr(self, name) >= 0, name, "must be >= 0")
+        check(self.track_n >= 1, "track_n", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """SFT on demonstrations (paper Table 3): one per problem (`sft`) or all of them (`sft_gold`)."""
+
+    family: Literal["gsm", "hard"] = "gsm"
+    epochs: int = 3  # paper: 5
+    batch_size: int = 32
+    lr: float = 3e-4  # paper: 4e-5 at 1B
+    betas: tuple[float, ...] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    warmup_steps: int = 10
+    track_every: int = 0  # steps between test pass@k (0 = at the end only)
+    save_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "save_every"):
+            check(getattr(self, name) >= 1, name, "must be >= 1")
+        _check_optim(self.lr, self.betas, self.weight_decay, self.grad_clip)
+        check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        check(self.track_every >= 0, "track_every", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Parallel averaging (paper Algorithm 1): an RL and an SFT update from their own AdamW, averaged.
+
+    theta <- theta_bar + w * delta_RL + (1 - w) * delta_SFT, with w going linearly from `weight`
+    to `weight_end` over the run (the paper: w = 0.5 throughout). Rollouts follow [rl], the SFT
+    batches [sft] (one demonstration per problem).
+    """
+
+    steps: int = 40
+    rl_lr: float = 5e-5
+    sft_lr: float = 3e-4
+    weight: float = 0.5
+    weight_end: float = 0.5
+
+    def __post_init__(self):
+        check(self.steps >= 1, "steps", "must be >= 1")
+        check(self.rl_lr > 0, "rl_lr", "must be > 0")
+        check(self.sft_lr > 0, "sft_lr", "must be > 0")
+        check(0 <= self.weight <= 1, "weight", "must be between 0 and 1")
+        check(0 <= self.weight_end <= 1, "weight_end", "must be between 0 and 1")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything one run needs. `name` is the preset it came from (informational)."""
 
@@ -213,6 +341,10 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self):
         p = self.pretrain

@@ -78,3 +78,19 @@ def load_model(path: str, revision: str | None = None, dtype: torch.dtype = torc
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load a model from {path!r}{'@' + revision if revision else ''}: {first}") from None
+
+
+def parse_checkpoint(spec: str) -> tuple[str, str | None]:
+    """`dir` or `hub/id@revision` -> (path or id, revision). A local path wins over the @ syntax.
+
+    >>> parse_checkpoint("allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B")
+    ('allenai/OLMo-2-0425-1B', 'stage1-step10000-tokens21B')
+    >>> parse_checkpoint("runs/tiny/checkpoints/step000366-tokens11993088")
+    ('runs/tiny/checkpoints/step000366-tokens11993088', None)
+    """
+    from pathlib import Path
+
+    if Path(spec).exists() or "@" not in spec:
+        return spec, None
+    name, _, revision = spec.rpartition("@")
+    return name, revision or None

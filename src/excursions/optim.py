@@ -21,7 +21,8 @@ def cosine_lr(tokens: float, peak: float, warmup: float, total: float, min_ratio
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only; none on embeddings or norm gains (OLMo-2 practice)."""
-    embeddings = {id(model.get_input_embeddings().weight)}
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = {id(get().weight)} if get is not None and get() is not None else set()
     decay, no_decay = [], []
     for p in model.parameters():
         if not p.requires_grad:
@@ -32,3 +33,52 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def adamw(model: torch.nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=1e-8)
+
+
+def constant_with_warmup(step: int, peak: float, warmup: int) -> float:
+    """`peak` after a linear warmup over `warmup` steps (post-training's schedule).
+
+    >>> constant_with_warmup(0, 1e-4, 4), constant_with_warmup(3, 1e-4, 4), constant_with_warmup(9, 1e-4, 4)
+    (2.5e-05, 0.0001, 0.0001)
+    """
+    return peak * min(1.0, (step + 1) / warmup) if warmup > 0 else peak
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+class ParallelAveraging:
+    """The paper's Algorithm 1: RL and SFT updates from two independent AdamW states, averaged.
+
+    Per step: snapshot theta_bar; each optimizer turns its own gradient (both computed at theta_bar)
+    into an update delta from theta_bar; then theta <- theta_bar + w * delta_RL + (1 - w) * delta_SFT
+    (w = 1/2 in the paper). The two optimizers never share first or second moments.
+    """
+
+    def __init__(self, model: torch.nn.Module, rl_lr: float, sft_lr: float, betas=(0.9, 0.999), weight_decay=0.01):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.rl = adamw(model, rl_lr, betas, weight_decay)
+        self.sft = adamw(model, sft_lr, betas, weight_decay)
+
+    @torch.no_grad()
+    def step(self, g_rl: list[torch.Tensor], g_sft: list[torch.Tensor], w: float = 0.5) -> None:
+        snapshot = [p.detach().clone() for p in self.params]
+        deltas = []
+        for opt, grads in ((self.rl, g_rl), (self.sft, g_sft)):
+            for p, s, g in zip(self.params, snapshot, grads):
+                p.copy_(s)
+                p.grad = g
+            opt.step()
+            deltas.append([p - s for p, s in zip(self.params, snapshot)])
+        for p, s, d_rl, d_sft in zip(self.params, snapshot, *deltas):
+            p.copy_(s + w * d_rl + (1.0 - w) * d_sft)
+            p.grad = None
+
+    def state_dict(self) -> dict:
+        return {"rl": self.rl.state_dict(), "sft": self.sft.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rl.load_state_dict(state["rl"])
+        self.sft.load_state_dict(state["sft"])

@@ -68,6 +68,9 @@ class MCItem:
     context: str
     options: tuple[str, ...]  # continuations, each with its leading space
     label: int  # index of the correct option
+    # Partial scoring (Winogrande): when set, the options are alternative contexts and this shared
+    # continuation is what gets scored after each.
+    continuation: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)

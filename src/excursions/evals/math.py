@@ -1,45 +1,185 @@
 """Grading math answers: plain functions over strings that never raise on garbage.
 
+The final answer is what follows the last answer marker, `#### N` (GSM8K) or `\\boxed{...}` (MATH).
+A lenient fallback ("the answer is N", else the last number) is reported separately, never as correct.
+
+Accepted:
+
     >>> extract_answer("2 + 3 = 5\\n#### 5")
     '5'
+    >>> extract_answer("#### 1,234")
+    '1,234'
     >>> extract_answer("so x = 7, \\\\boxed{7}")
     '7'
+    >>> extract_answer("\\\\boxed{\\\\frac{1}{2}}")
+    '\\\\frac{1}{2}'
+    >>> extract_answer("#### 4\\n#### 5")  # the last marker wins
+    '5'
+    >>> extract_answer("first \\\\boxed{3} then #### 8")
+    '8'
+    >>> extract_answer("####   -12  ")
+    '-12'
+
+Refused:
+
     >>> extract_answer("no marker here") is None
     True
-    >>> is_correct("6 + 3 = 9\\n#### 9", "9")
+    >>> extract_answer("#### ") is None
     True
-    >>> is_correct("#### 8", "9")
-    False
+    >>> extract_answer("\\\\boxed{unclosed") is None
+    True
+    >>> extract_answer("") is None
+    True
+
+Numbers compare exactly after normalisation; LaTeX goes through HF math-verify:
+
+    >>> [answers_match(a, "1234") for a in ("1,234", "$1234", "1234.", "1234.0", "1234 ")]
+    [True, True, True, True, True]
+    >>> answers_match("-0", "0"), answers_match("0.50", ".5"), answers_match("12", "21")
+    (True, True, False)
+    >>> answers_match("\\\\frac{1}{2}", "0.5"), answers_match("\\\\frac{2}{4}", "\\\\frac{1}{2}")
+    (True, True)
+    >>> answers_match("\\\\sqrt{2}", "2"), answers_match("", "3"), answers_match("}{", "3")
+    (False, False, False)
+
+The strict format (the RL reward's): exactly one marker, the completion ends right after it, and
+it ended by itself (EOS or a stop string), not at the length limit:
+
+    >>> strict_answer("6 + 3 = 9\\n#### 9", finished=True)
+    '9'
+    >>> strict_answer("6 + 3 = 9\\n#### 9", finished=False) is None
+    True
+    >>> strict_answer("#### 2. #### 1.", finished=True) is None
+    True
+    >>> strict_answer("#### 9 and then more text", finished=True) is None
+    True
+    >>> strict_answer("x = 3\\n\\\\boxed{3}\\n", finished=True)
+    '3'
+    >>> strict_answer("#### nine", finished=True) is None
+    True
+
+    >>> grade("6 + 3 = 9\\n#### 9", "9")
+    Grade(answer='9', correct=True, lenient=True)
+    >>> grade("the answer is 9", "9")
+    Grade(answer=None, correct=False, lenient=True)
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from typing import NamedTuple
 
-_HASH = re.compile(r"####\s*([^\n]*)")
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_HASH = re.compile(r"####[ \t]*([^\n]*)")
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_ANSWER_IS = re.compile(r"answer is[:\s]*\$?\s*(-?[\d,]*\.?\d+)", re.IGNORECASE)
+
+
+def _boxed(text: str) -> list[tuple[int, str]]:
+    """(position, content) of every complete \\boxed{...}, braces matched."""
+    out = []
+    for m in re.finditer(r"\\boxed\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            out.append((m.start(), text[m.end() : i - 1]))
+    return out
+
+
+def _markers(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every answer marker in `text`."""
+    found = [(m.start(), m.end(), m.group(1).strip()) for m in _HASH.finditer(text)]
+    for start, content in _boxed(text):
+        found.append((start, start + len("\\boxed{") + len(content) + 1, content.strip()))
+    return sorted(found)
 
 
 def extract_answer(text: str) -> str | None:
-    """The text after the last answer marker (`#### N` or `\\boxed{N}`), stripped; None if absent."""
-    found = [(m.start(), m.group(1)) for m in _HASH.finditer(text)] + [(m.start(), m.group(1)) for m in _BOXED.finditer(text)]
-    if not found:
+    """The content of the last answer marker, stripped; None if there is none or it is empty."""
+    found = _markers(text)
+    return found[-1][2] or None if found else None
+
+
+def extract_lenient(text: str) -> str | None:
+    """Fallback for unformatted completions: "the answer is N", else the last number."""
+    m = _ANSWER_IS.findall(text)
+    if m:
+        return m[-1]
+    nums = _NUMBER.findall(text)
+    return nums[-1] if nums else None
+
+
+def strict_answer(text: str, finished: bool) -> str | None:
+    """The answer if `text` has exactly one well-formed marker and ends right after it, else None."""
+    found = _markers(text)
+    if not finished or len(found) != 1:
         return None
-    return max(found)[1].strip()
+    start, end, content = found[0]
+    if text[end:].strip(" \t\n$."):  # `####` matches to the end of its line; `\boxed{}` may sit in $...$.
+        return None
+    if text.startswith("####", start) and not _is_number(content):
+        return None
+    return content or None
 
 
-def normalize_number(s: str) -> str:
-    """Canonical text of a number: no commas, `$`, trailing `.`; `-0` is `0`; `7.0` is `7`."""
+def normalize_number(s: str) -> str | None:
+    """Canonical text of a plain number (no commas, `$`, trailing `.`; `-0` is `0`), or None."""
     s = s.strip().replace(",", "").replace("$", "").rstrip(".").strip()
     try:
         value = float(s)
     except ValueError:
-        return s
-    if value == int(value):
-        return str(int(value))
-    return repr(value)
+        return None
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    return str(int(value)) if value == int(value) else repr(value)
 
 
-def is_correct(completion: str, answer: str) -> bool:
-    got = extract_answer(completion)
-    return got is not None and normalize_number(got) == normalize_number(answer)
+def _is_number(s: str) -> bool:
+    return normalize_number(s) is not None
+
+
+def answers_match(got: str, gold: str) -> bool:
+    """Whether two final answers are equal: exactly as numbers, else by math-verify."""
+    a, b = normalize_number(got), normalize_number(gold)
+    if a is not None and b is not None:
+        return a == b
+    if not got.strip() or not gold.strip():
+        return False
+    return _math_verify(got, gold)
+
+
+def _math_verify(got: str, gold: str) -> bool:
+    """math-verify's symbolic equality; its signal-based timeouts only work on the main thread."""
+    try:
+        from math_verify import parse, verify
+
+        main = threading.current_thread() is threading.main_thread()
+        timeout = 5 if main else None
+        parsed_gold = parse(f"${gold}$", parsing_timeout=timeout)
+        parsed = parse(f"${got}$", parsing_timeout=timeout)
+        return bool(parsed_gold and parsed and verify(parsed_gold, parsed, timeout_seconds=timeout))
+    except Exception:  # a grader never crashes on garbage
+        return False
+
+
+class Grade(NamedTuple):
+    answer: str | None  # what the marker says (None: no marker)
+    correct: bool  # the marked answer equals the gold one
+    lenient: bool  # correct by the lenient fallback (reported separately)
+
+
+def grade(completion: str, gold: str) -> Grade:
+    answer = extract_answer(completion)
+    correct = answer is not None and answers_match(answer, gold)
+    loose = answer if answer is not None else extract_lenient(completion)
+    return Grade(answer, correct, correct or (loose is not None and answers_match(loose, gold)))
+
+
+def is_correct(completion: str, gold: str) -> bool:
+    """
+    >>> is_correct("6 + 3 = 9\\n#### 9", "9"), is_correct("#### 8", "9")
+    (True, False)
+    """
+    return grade(completion, gold).correct

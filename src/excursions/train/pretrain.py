@@ -36,13 +36,20 @@ from excursions.worlds.corpus import FAMILIES, SPLITS, build_world, tokenize_str
 # ------------------------------------------------------------------------------------------ prepare
 
 
+PRETRAIN_SECTIONS = ("seed", "world", "data", "tokenizer", "model", "pretrain")
+
+
 def claim_run_dir(cfg: Config, out: Path) -> None:
-    """Write the resolved config, or check that the directory's run used the same one."""
+    """Write the resolved config, or check that the directory's run used the same one.
+
+    Only the settings pretraining depends on count: changing `eval` does not invalidate a run.
+    """
     path = out / "config.toml"
     if path.exists():
         import tomllib
 
-        changed = diff(tomllib.loads(path.read_text()), to_dict(cfg))
+        pick = lambda d: {k: v for k, v in d.items() if k in PRETRAIN_SECTIONS}
+        changed = diff(pick(tomllib.loads(path.read_text())), pick(to_dict(cfg)))
         if changed:
             raise UserError(f"{out} holds a run with a different config ({'; '.join(changed[:5])}); "
                             "use another --out, or delete the directory to start over")

@@ -82,7 +82,7 @@ def _gsm_chain(rng: random.Random, fam: MathFamilyConfig) -> Draft:
     """A person's stock of items changes step by step: gains, losses, doubling, packs of several."""
     name, friend = rng.sample(NAMES, 2)
     item = rng.choice(ITEMS)
-    value = rng.randint(2, min(2 * fam.max_operand, fam.max_value // 2))
+    value = rng.randint(2, fam.max_operand)
     first = f"{name} has {value} {item}."
     sentences, steps, key = [first], [], ["chain", value]
     n = rng.randint(fam.min_steps, fam.max_steps)
@@ -120,7 +120,7 @@ def _gsm_compare(rng: random.Random, fam: MathFamilyConfig) -> Draft:
     """Two or three people's amounts defined relative to each other; how many together?"""
     people = rng.sample(NAMES, 3)
     item = rng.choice(ITEMS)
-    a = rng.randint(2, min(2 * fam.max_operand, fam.max_value // 4))
+    a = rng.randint(2, fam.max_operand)
     sentences = [f"{people[0]} has {a} {item}."]
     steps, key = [], ["compare", a]
     owners = [a]  # a number or a step reference per person

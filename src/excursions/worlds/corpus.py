@@ -166,3 +166,20 @@ def tokenize_stream(cfg: Config, world: World, tok, stream: str, n_tokens: int, 
         if progress is not None:
             progress.update(start + min(total, n_tokens) - progress.n)
     return np.concatenate(chunks)[:n_tokens], counts
+
+
+def find_world(checkpoint: str) -> "Path | None":
+    """The `world/` directory of the run a local checkpoint belongs to (its meta, else a parent's)."""
+    import json
+    from pathlib import Path
+
+    path = Path(checkpoint)
+    meta = path / "excursions.json"
+    if meta.is_file():
+        recorded = json.loads(meta.read_text()).get("world_dir")
+        if recorded and (Path(recorded) / "gsm" / "test.jsonl").is_file():
+            return Path(recorded)
+    for parent in [path, *path.resolve().parents]:
+        if (parent / "world" / "gsm" / "test.jsonl").is_file():
+            return parent / "world"
+    return None

@@ -1,0 +1,161 @@
+"""Evaluate a model the one way every recipe is judged: pass@k on math, MC accuracy and bpb on general text.
+
+    result = evaluate_math(model, tok, test_problems, train_problems, cfg.eval, shots=8)
+    result["metrics"]["pass@1"]      # {"mean": ..., "lo": ..., "hi": ...}; per-problem c and n are kept
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Sequence
+
+from excursions.config import EvalConfig, to_dict
+from excursions.data.problems import MCItem, Problem, format_prompt, read_jsonl
+from excursions.errors import UserError
+from excursions.evals.general import REAL_MC, bits_per_byte, load_mc, score_mc
+from excursions.evals.math import grade, strict_answer
+from excursions.evals.passk import pass_at_k_table
+from excursions.progress import progress_bar
+from excursions.model import load_model, parse_checkpoint
+from excursions.sampling import sample
+from excursions.tokenizer import load_tokenizer
+from excursions.train.checkpoint import read_json, write_json
+from excursions.worlds.corpus import find_world
+
+
+def choose_exemplars(train: Sequence[Problem], shots: int, seed: int) -> list[Problem]:
+    """`shots` + 1 worked exemplars from the train split, fixed by the seed (one spare: see `prompts`)."""
+    if shots == 0:
+        return []
+    rng = random.Random(f"exemplars/{seed}")
+    return rng.sample(list(train), min(len(train), shots + 1))
+
+
+def prompts_for(problems: Sequence[Problem], exemplars: Sequence[Problem], shots: int, seed: int) -> list[str]:
+    """n-shot prompts; an exemplar is never the problem itself (the spare one takes its place)."""
+    rng = random.Random(f"solutions/{seed}")
+    solutions = {e.id: rng.choice(e.solutions) for e in exemplars}
+    out = []
+    for p in problems:
+        chosen = [e for e in exemplars if e.question != p.question][:shots]
+        out.append(format_prompt(p.question, [(e.question, solutions[e.id]) for e in chosen]))
+    return out
+
+
+def evaluate_math(model, tok, problems: Sequence[Problem], train: Sequence[Problem], cfg: EvalConfig, shots: int,
+                  progress: bool = True, desc: str = "eval") -> dict:
+    """pass@k with bootstrap intervals, format and lenient rates, and per-problem (n, c)."""
+    t0 = time.perf_counter()
+    exemplars = choose_exemplars([p for p in train], shots, cfg.seed)
+    prompts = prompts_for(problems, exemplars, shots, cfg.seed)
+    bar = progress_bar(total=len(prompts) * cfg.n, unit="sample", desc=desc, disable=not progress)
+    out = sample(model, tok, prompts, n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                 top_p=cfg.top_p, seed=cfg.seed, progress=bar)
+    bar.close()
+    per_problem = []
+    for i, p in enumerate(problems):
+        rows = range(i * cfg.n, (i + 1) * cfg.n)
+        grades = [grade(out.texts[r], p.answer) for r in rows]
+        per_problem.append({
+            "id": p.id, "n": cfg.n, "c": sum(g.correct for g in grades), "c_lenient": sum(g.lenient for g in grades),
+            "c_format": sum(strict_answer(out.texts[r], out.finish[r] != "length") is not None for r in rows),
+        })
+    counts = [(r["n"], r["c"]) for r in per_problem]
+    total = len(problems) * cfg.n
+    return {
+        "shots": shots, "n": cfg.n, "temperature": cfg.temperature, "problems": len(problems),
+        "metrics": pass_at_k_table(counts, cfg.ks, cfg.bootstrap, cfg.seed),
+        "lenient_pass@1": sum(r["c_lenient"] for r in per_problem) / total,
+        "format_rate": sum(r["c_format"] for r in per_problem) / total,
+        "mean_completion_tokens": float(out.lengths.float().mean()),
+        "seconds": time.perf_counter() - t0,
+        "per_problem": per_problem,
+    }
+
+
+def evaluate_general(model, tok, items: Sequence[MCItem], heldout: Sequence[str] = ()) -> dict:
+    """MC accuracy overall and per question kind, and bits-per-byte on held-out text."""
+    t0 = time.perf_counter()
+    scored = score_mc(model, tok, items)
+    by_task: dict[str, list[dict]] = {}
+    for row in scored["per_item"]:
+        by_task.setdefault(row["task"], []).append(row)
+    tasks = {t: {"acc": sum(r["pick"] == r["label"] for r in rows) / len(rows),
+                 "acc_norm": sum(r["pick_norm"] == r["label"] for r in rows) / len(rows), "n": len(rows)}
+             for t, rows in sorted(by_task.items())}
+    result = {"acc": scored["acc"], "acc_norm": scored["acc_norm"], "n": scored["n"], "tasks": tasks,
+              "per_item": scored["per_item"]}
+    if heldout:
+        result["bits_per_byte"] = bits_per_byte(model, tok, heldout)
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+MATH_TASKS = ("gsm", "hard")
+TASKS = MATH_TASKS + ("general",) + REAL_MC
+
+
+def evaluate_checkpoint(spec: str, tasks: Sequence[str], cfg: EvalConfig, shots: Sequence[int] | None = None,
+                        world_dir: Path | None = None, data_dir: Path | None = None, out_dir: Path | None = None,
+                        progress: bool = True) -> list[dict]:
+    """Evaluate one checkpoint (a directory or `hub/id@revision`) on `tasks`; write one JSON per result.
+
+    Base checkpoints get `cfg.shots` exemplars, post-trained ones (their meta names a recipe) 0-shot,
+    unless `shots` lists the shot counts to run (an n-shot sweep).
+    """
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UserError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+    path, revision = parse_checkpoint(spec)
+    world = world_dir or (find_world(path) if Path(path).exists() else None)
+    if world is None and any(t in MATH_TASKS + ("general",) for t in tasks):
+        raise UserError(f"no world/ directory found for {spec}; pass --world DIR (a pretraining run's world/)")
+    if data_dir is None and any(t in REAL_MC for t in tasks):
+        raise UserError("real benchmarks need --data-dir DIR holding e.g. arc_easy.validation.jsonl")
+    meta_file = Path(path) / "excursions.json"
+    meta = read_json(meta_file) if meta_file.is_file() else {}
+    shots_list = list(shots) if shots is not None else [cfg.shots if "recipe" not in meta else 0]
+    out_dir = Path(out_dir) if out_dir else (Path(path) / "eval" if Path(path).exists()
+                                             else Path("runs/eval") / spec.replace("/", "--").replace("@", "--"))
+    model, tok = load_model(path, revision), load_tokenizer(path, revision)
+    rows = []
+    for task in tasks:
+        if task in MATH_TASKS:
+            test = read_jsonl(Path(world) / task / "test.jsonl")[: cfg.problems or None]
+            train = read_jsonl(Path(world) / task / "train.jsonl")
+            for k in shots_list:
+                result = evaluate_math(model, tok, test, train, cfg, k, progress, desc=f"{task} {k}-shot")
+                rows.append(_save(out_dir / f"{task}-{k}shot.json", spec, task, cfg, result))
+        else:
+            if task == "general":
+                items = load_mc("world", Path(world) / "general" / "mc_test.jsonl", cfg.mc_items or None)
+                heldout = (Path(world) / "general" / "heldout.txt").read_text().split("\n\n\n")
+            else:
+                items, heldout = load_mc(task, Path(data_dir) / f"{task}.validation.jsonl", cfg.mc_items or None), ()
+            rows.append(_save(out_dir / f"{task}.json", spec, task, cfg, evaluate_general(model, tok, items, heldout)))
+    return rows
+
+
+def _save(path: Path, spec: str, task: str, cfg: EvalConfig, result: dict) -> dict:
+    record = {"checkpoint": spec, "task": task, "eval_config": to_dict(cfg), **result, "path": str(path)}
+    write_json(path, record)
+    return record
+
+
+def summary_table(rows: Sequence[dict]) -> str:
+    """One line per result: pass@k with intervals for math, accuracy and bpb for general tasks."""
+    lines = []
+    for r in rows:
+        if "metrics" in r:
+            ks = "  ".join(f"{k} {100 * v['mean']:5.1f} [{100 * v['lo']:.1f}, {100 * v['hi']:.1f}]"
+                           for k, v in r["metrics"].items())
+            lines.append(f"{r['task']:<8} {r['shots']}-shot n={r['n']} ({r['problems']} problems)  {ks}  "
+                         f"format {100 * r['format_rate']:.0f}%  lenient@1 {100 * r['lenient_pass@1']:.1f}  "
+                         f"{r['seconds']:.0f}s")
+        else:
+            bpb = f"  bpb {r['bits_per_byte']:.3f}" if "bits_per_byte" in r else ""
+            lines.append(f"{r['task']:<8} acc {100 * r['acc']:.1f}  acc_norm {100 * r['acc_norm']:.1f}  "
+                         f"({r['n']} items){bpb}  {r['seconds']:.0f}s")
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""pass@k: the unbiased estimator of Chen et al. (2021), its mean over problems, and bootstrap intervals.
+
+With n samples of which c are correct, pass@k = 1 - C(n - c, k) / C(n, k), computed as the product
+prod_{i = n-c+1}^{n} (1 - k / i), which never forms the huge binomials.
+
+    >>> pass_at_k(n=4, c=1, k=1)
+    0.25
+    >>> round(pass_at_k(n=4, c=1, k=2), 6)   # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    0.5
+    >>> pass_at_k(n=32, c=0, k=8), pass_at_k(n=32, c=32, k=32), pass_at_k(n=10, c=3, k=8)
+    (0.0, 1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Sequence
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k samples drawn without replacement from n (c correct) is correct."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
+    if n - c < k:  # every k-subset contains a correct sample
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def mean_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> float:
+    """Mean pass@k over problems, from per-problem (n, c)."""
+    return sum(pass_at_k(n, c, k) for n, c in counts) / len(counts)
+
+
+def bootstrap_ci(values: Sequence[float], iters: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean, resampling problems.
+
+    >>> bootstrap_ci([1.0] * 10)
+    (1.0, 1.0)
+    """
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(iters))
+    lo = means[int((1 - level) / 2 * iters)]
+    hi = means[min(iters - 1, int((1 + level) / 2 * iters))]
+    return lo, hi
+
+
+def pass_at_k_table(counts: Sequence[tuple[int, int]], ks: Sequence[int], iters: int = 1000, seed: int = 0) -> dict:
+    """{"pass@k": {"mean", "lo", "hi"}} for each k <= the smallest n."""
+    out = {}
+    for k in ks:
+        if k > min(n for n, _ in counts):
+            continue
+        per_problem = [pass_at_k(n, c, k) for n, c in counts]
+        lo, hi = bootstrap_ci(per_problem, iters, seed=seed)
+        out[f"pass@{k}"] = {"mean": sum(per_problem) / len(per_problem), "lo": lo, "hi": hi}
+    return out

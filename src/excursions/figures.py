@@ -1,0 +1,39 @@
+"""Figures, one function each, written as PNG and SVG (the paper's figures have their analogue here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    fig.savefig(path.with_suffix(".svg"))
+    plt.close(fig)
+
+
+def nshot_figure(rows: Sequence[dict], path: Path) -> None:
+    """pass@k against the number of in-context exemplars (the paper's Fig. 16 analogue)."""
+    rows = sorted(rows, key=lambda r: r["shots"])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for k in rows[0]["metrics"]:
+        x = [r["shots"] for r in rows]
+        y = [100 * r["metrics"][k]["mean"] for r in rows]
+        lo = [100 * r["metrics"][k]["lo"] for r in rows]
+        hi = [100 * r["metrics"][k]["hi"] for r in rows]
+        ax.plot(x, y, marker="o", label=k)
+        ax.fill_between(x, lo, hi, alpha=0.2)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xticks([r["shots"] for r in rows], [str(r["shots"]) for r in rows])
+    ax.set_xlabel("in-context exemplars (n-shot)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{rows[0]['task']}: base checkpoint vs n-shot")
+    ax.legend()
+    _save(fig, path)

@@ -1,0 +1,140 @@
+"""Training objectives as pure functions, and their variants in name -> function registries.
+
+    adv = ADVANTAGES["grpo"](rewards, group_size=8)                        # [B*G]
+    loss, stats = grpo_loss(logp, old_logp, ref_logp, adv, mask, kl="k3", agg="token-mean")
+    loss = sft_loss(logits, labels, mask)
+
+Shapes: B*G rollouts (G per prompt, grouped contiguously), T response tokens, V vocabulary. GRPO
+follows VeRL's semantics (the paper's Table 1): PPO-clipped ratio against the rollout policy,
+"low-variance" k3 KL to the frozen reference added to the loss, token-mean aggregation.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from excursions.errors import UserError
+
+
+def lookup(registry: dict, name: str, what: str):
+    """registry[name], or a UserError listing the valid names."""
+    if name not in registry:
+        raise UserError(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
+    return registry[name]
+
+
+# ------------------------------------------------------------------------------------ advantages
+
+
+def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """(r - mean(group)) / (std(group) + eps), std with Bessel's correction; equal groups get 0."""
+    r = rewards.view(-1, group_size)  # [B, G]
+    mean = r.mean(-1, keepdim=True)
+    std = r.std(-1, keepdim=True) if group_size > 1 else torch.ones_like(mean)
+    return ((r - mean) / (std + eps)).flatten()
+
+
+def drgrpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Dr. GRPO: r - mean(group), no division by the standard deviation."""
+    r = rewards.view(-1, group_size)
+    return (r - r.mean(-1, keepdim=True)).flatten()
+
+
+ADVANTAGES: dict[str, Callable] = {"grpo": grpo_advantages, "drgrpo": drgrpo_advantages}
+
+
+# ------------------------------------------------------------------------------------- KL to ref
+
+
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    return logp - ref_logp
+
+
+def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (logp - ref_logp).square()
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's low-variance estimator exp(d) - d - 1, d = ref - logp, with VeRL's clamps."""
+    d = (ref_logp - logp).clamp(-20.0, 20.0)
+    return (d.exp() - d - 1.0).clamp(-10.0, 10.0)
+
+
+KL_ESTIMATORS: dict[str, Callable] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+
+
+# ----------------------------------------------------------------------------------- aggregation
+
+
+def token_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over every response token of the batch (long responses weigh more)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def seq_mean_token_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum(-1).mean()
+
+
+def seq_mean_token_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each sequence's token mean, then the mean over sequences (the original GRPO)."""
+    return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
+def seq_mean_token_sum_norm(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Dr. GRPO: token sum divided by a constant horizon (the padded length), mean over sequences."""
+    return (x * mask).sum() / (mask.shape[0] * mask.shape[-1])
+
+
+AGGREGATIONS: dict[str, Callable] = {
+    "token-mean": token_mean,
+    "seq-mean-token-sum": seq_mean_token_sum,
+    "seq-mean-token-mean": seq_mean_token_mean,
+    "seq-mean-token-sum-norm": seq_mean_token_sum_norm,
+}
+
+
+# ---------------------------------------------------------------------------------------- losses
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, adv: torch.Tensor,
+              mask: torch.Tensor, clip_eps: float = 0.2, kl_coef: float = 1e-3, kl: str = "k3",
+              agg: str = "token-mean") -> tuple[torch.Tensor, dict]:
+    """Clipped policy-gradient loss plus kl_coef * KL(policy || ref); returns (loss, stats).
+
+    logp, old_logp, ref_logp, mask: [N, T]; adv: [N] (one advantage per sequence).
+    """
+    aggregate = lookup(AGGREGATIONS, agg, "loss aggregation")
+    a = adv[:, None]  # [N, 1] broadcast over tokens
+    ratio = (logp - old_logp).exp()  # [N, T]
+    unclipped = -a * ratio
+    clipped = -a * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    pg = torch.maximum(unclipped, clipped)  # = -min(rho A, clip(rho) A)
+    loss = aggregate(pg, mask)
+    stats = {"pg_loss": loss.detach(), "clip_frac": token_mean((clipped > unclipped).float(), mask),
+             "ratio": token_mean(ratio.detach(), mask)}
+    if ref_logp is not None and kl_coef:
+        kl_tok = lookup(KL_ESTIMATORS, kl, "KL estimator")(logp, ref_logp)
+        kl_value = aggregate(kl_tok, mask)
+        loss = loss + kl_coef * kl_value
+        stats["kl"] = kl_value.detach()
+    return loss, stats
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on response tokens only; logits [N, T, V] predict labels [N, T] (already shifted)."""
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none").view_as(labels)  # [N, T]
+    return token_mean(nll, mask.float())
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under `logits`: [N, T, V], [N, T] -> [N, T]."""
+    return torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy of the predictive distribution: [N, T, V] -> [N, T]."""
+    logp = torch.log_softmax(logits.float(), -1)
+    return -(logp.exp() * logp).sum(-1)

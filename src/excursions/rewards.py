@@ -1,0 +1,35 @@
+"""Verifiable rewards: plain functions over strings (TRL style), built on the evaluator's graders.
+
+The format is strict on purpose: a lenient check ("the first #### N anywhere") gets hacked into
+"#### 2. #### 1. ..." guesses that never stop (docs/LOG.md, DESIGN.md's probe).
+
+    >>> math_reward("6 + 3 = 9\\n#### 9", "9", finished=True)
+    1.0
+    >>> math_reward("6 + 3 = 8\\n#### 8", "9", finished=True)   # formatted, wrong: format_score
+    0.1
+    >>> math_reward("#### 9 #### 8", "9", finished=True)         # two markers: not the format
+    0.0
+    >>> math_reward("6 + 3 = 9\\n#### 9", "9", finished=False)  # cut at the length limit
+    0.0
+    >>> math_rewards(["#### 4", "x"], ["4", "4"], [True, True])
+    [1.0, 0.0]
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from excursions.evals.math import answers_match, strict_answer
+
+
+def math_reward(completion: str, answer: str, finished: bool, format_score: float = 0.1) -> float:
+    """1 if the strictly formatted answer is right, `format_score` if formatted but wrong, else 0."""
+    got = strict_answer(completion, finished)
+    if got is None:
+        return 0.0
+    return 1.0 if answers_match(got, answer) else format_score
+
+
+def math_rewards(completions: Sequence[str], answers: Sequence[str], finished: Sequence[bool],
+                 format_score: float = 0.1) -> list[float]:
+    return [math_reward(c, a, f, format_score) for c, a, f in zip(completions, answers, finished)]

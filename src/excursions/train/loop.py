@@ -1,0 +1,116 @@
+"""What every post-training run shares: its directory, resume states, metrics log and tracking hook.
+
+A run directory holds `config.toml` (the settings it depends on), `metrics.jsonl` (one JSON line
+per step), `resume/step*/` (the newest resume state) and, when done, `final/`: an HF checkpoint
+whose `excursions.json` names the recipe, the source checkpoint and the world it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+from pathlib import Path
+
+import tomli_w
+import torch
+
+from excursions.config import EvalConfig, diff
+from excursions.data.problems import Problem
+from excursions.errors import UserError
+from excursions.evals.harness import evaluate_math
+from excursions.train.checkpoint import (META, atomic_write_text, clean_temporaries, load_trainer_state, read_json,
+                                         save_state)
+
+
+class RunDir:
+    """One training run's directory: claim it for a config, resume, log, save, finish."""
+
+    def __init__(self, out: Path | str, settings: dict):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(self.out)
+        path = self.out / "config.toml"
+        if path.exists():
+            changed = diff(tomllib.loads(path.read_text()), settings)
+            if changed:
+                raise UserError(f"{self.out} holds a run with different settings ({'; '.join(changed[:5])}); "
+                                "use another --out, or delete the directory to start over")
+        else:
+            atomic_write_text(path, tomli_w.dumps(settings))
+        self.metrics = self.out / "metrics.jsonl"
+
+    @property
+    def final(self) -> Path:
+        return self.out / "final"
+
+    @property
+    def done(self) -> bool:
+        return (self.final / META).exists()
+
+    def latest(self) -> Path | None:
+        states = sorted((self.out / "resume").glob("step*")) if (self.out / "resume").exists() else []
+        return states[-1] if states else None
+
+    def resume(self, model, optimizers: dict) -> int:
+        """Load the newest resume state into `model` and `optimizers`; the step to continue from."""
+        latest = self.latest()
+        if latest is None:
+            self._truncate(0)
+            return 0
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(latest / "model.safetensors"), strict=False)
+        state = load_trainer_state(latest)
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optimizer"][name])
+        torch.set_rng_state(state["torch_rng"])
+        self._truncate(state["step"])
+        return state["step"]
+
+    def save(self, step: int, model, tok, optimizers: dict) -> None:
+        class _Bundle:  # save_state takes one optimizer; several are saved as one dict
+            def state_dict(self):
+                return {name: opt.state_dict() for name, opt in optimizers.items()}
+
+        save_state(self.out / "resume" / f"step{step:06d}", model, tok, _Bundle(), {"step": step}, {"step": step})
+        for old in sorted((self.out / "resume").glob("step*"))[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def log(self, row: dict) -> None:
+        with self.metrics.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def finish(self, model, tok, meta: dict) -> Path:
+        class _NoOptimizer:
+            def state_dict(self):
+                return {}
+
+        steps = meta.get("steps", 0)
+        save_state(self.final, model, tok, _NoOptimizer(), {"step": steps}, {"step": steps, **meta})
+        shutil.rmtree(self.out / "resume", ignore_errors=True)
+        return self.final
+
+    def rows(self) -> list[dict]:
+        return [json.loads(line) for line in self.metrics.read_text().splitlines()] if self.metrics.exists() else []
+
+    def _truncate(self, step: int) -> None:
+        if self.metrics.exists():
+            keep = [json.dumps(r) + "\n" for r in self.rows() if r["step"] <= step]
+            atomic_write_text(self.metrics, "".join(keep))
+
+
+def source_meta(checkpoint: Path) -> dict:
+    """The excursions.json of a local checkpoint (empty for hub models)."""
+    path = Path(checkpoint) / META
+    return read_json(path) if path.is_file() else {}
+
+
+def track(model, tok, test: list[Problem], eval_cfg: EvalConfig, n: int, family: str) -> dict:
+    """Test pass@k (0-shot, k <= n) during training: the sharpening-vs-expansion curves."""
+    cfg = EvalConfig(**{**eval_cfg.__dict__, "n": n, "ks": tuple(k for k in eval_cfg.ks if k <= n) or (1,),
+                        "bootstrap": 10})
+    result = evaluate_math(model, tok, test, [], cfg, shots=0, progress=False)
+    out = {f"eval/{family}/{k}": v["mean"] for k, v in result["metrics"].items()}
+    out[f"eval/{family}/format_rate"] = result["format_rate"]
+    return out

@@ -1,0 +1,223 @@
+"""Post-training recipes, registered by name and composed from shared pieces (sampler, rewards, losses).
+
+    excursions posttrain runs/tiny/checkpoints/step000148-tokens4849664 --recipe rl
+
+| recipe        | what it does                                                        |
+| ------------- | ------------------------------------------------------------------- |
+| `rl`          | GRPO from the checkpoint                                            |
+| `sft`         | SFT on one demonstration per training problem (fixed by the seed)   |
+| `sft_gold`    | SFT on all demonstrations                                           |
+| `sft_rl`      | GRPO from the `sft` result, on the same problems                    |
+| `sft_gold_rl` | GRPO from the `sft_gold` result                                     |
+| `parallel`    | parallel averaging of RL and SFT updates (paper Algorithm 1)        |
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from excursions.config import Config, to_dict
+from excursions.data.problems import read_jsonl
+from excursions.errors import UserError
+from excursions.model import load_model, parse_checkpoint
+from excursions.objectives import lookup
+from excursions.optim import ParallelAveraging, adamw, constant_with_warmup, set_lr
+from excursions.progress import progress_bar
+from excursions.tokenizer import load_tokenizer
+from excursions.train.loop import RunDir, track
+from excursions.train.rl import grpo_gradients, grpo_update, rollout
+from excursions.train.sft import SFTBatches, demonstrations, sft_gradients
+
+RECIPES: dict[str, Callable] = {}
+
+
+def recipe(name: str):
+    def register(fn):
+        RECIPES[name] = fn
+        return fn
+
+    return register
+
+
+def posttrain(checkpoint: str, name: str, cfg: Config, out: Path, world: Path, progress: bool = True) -> Path:
+    """Run recipe `name` from `checkpoint` into `out`; returns the final HF checkpoint directory."""
+    return lookup(RECIPES, name, "recipe")(checkpoint, cfg, Path(out), Path(world), progress)
+
+
+@recipe("rl")
+def rl(src, cfg, out, world, progress):
+    return run_grpo(src, cfg, out, world, progress, name="rl")
+
+
+@recipe("sft")
+def sft(src, cfg, out, world, progress):
+    return run_sft(src, cfg, out, world, progress, demos="one", name="sft")
+
+
+@recipe("sft_gold")
+def sft_gold(src, cfg, out, world, progress):
+    return run_sft(src, cfg, out, world, progress, demos="all", name="sft_gold")
+
+
+@recipe("sft_rl")
+def sft_rl(src, cfg, out, world, progress):
+    mid = run_sft(src, cfg, out / "sft", world, progress, demos="one", name="sft")
+    return run_grpo(str(mid), cfg, out / "rl", world, progress, name="sft_rl")
+
+
+@recipe("sft_gold_rl")
+def sft_gold_rl(src, cfg, out, world, progress):
+    mid = run_sft(src, cfg, out / "sft_gold", world, progress, demos="all", name="sft_gold")
+    return run_grpo(str(mid), cfg, out / "rl", world, progress, name="sft_gold_rl")
+
+
+@recipe("parallel")
+def parallel(src, cfg, out, world, progress):
+    return run_parallel(src, cfg, out, world, progress)
+
+
+# ----------------------------------------------------------------------------------------- runners
+
+
+class _Setup:
+    """What every runner loads: the model (and frozen reference), tokenizer and the world's splits."""
+
+    def __init__(self, src: str, cfg: Config, world: Path, family: str, reference: bool):
+        path, revision = parse_checkpoint(src)
+        self.policy = load_model(path, revision)
+        self.ref = load_model(path, revision).eval().requires_grad_(False) if reference else None
+        self.tok = load_tokenizer(path, revision)
+        for split in ("train", "val", "test"):
+            if not (world / family / f"{split}.jsonl").is_file():
+                raise UserError(f"{world} has no {family}/{split}.jsonl; pass the world/ of a pretraining run")
+        self.train = read_jsonl(world / family / "train.jsonl")
+        self.test = read_jsonl(world / family / "test.jsonl")
+        self.family = family
+        self.policy.train()
+
+
+def _prompt_rows(step: int, n_items: int, per_step: int, seed: int) -> list[int]:
+    """The training problems of a step: an epoch permutation, a pure function of the step."""
+    import numpy as np
+
+    per_epoch = max(1, n_items // per_step)
+    epoch, i = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch, 7]).permutation(n_items)
+    return perm[i * per_step : (i + 1) * per_step].tolist()
+
+
+def _loop(run: RunDir, setup: _Setup, cfg: Config, steps: int, optimizers: dict, step_fn: Callable[[int], dict],
+          save_every: int, track_every: int, track_n: int, desc: str, progress: bool) -> None:
+    """The shared loop: resume, step, count FLOPs, track test pass@k, log, save."""
+    start = run.resume(setup.policy, optimizers)
+    last = run.rows()[-1] if start else {}
+    totals = {k: last.get(f"total_{k}", 0) for k in ("train_flops", "rollout_flops", "rollout_tokens")}
+    test = setup.test[: cfg.rl.track_problems]
+    bar = progress_bar(total=steps, initial=start, unit="step", desc=desc, disable=not progress)
+    for step in range(start, steps):
+        t0 = time.perf_counter()
+        stats = step_fn(step)
+        for k in totals:
+            totals[k] += stats.pop(k, 0)
+        row = {"step": step + 1, **stats, **{f"total_{k}": v for k, v in totals.items()},
+               "seconds": time.perf_counter() - t0}
+        done = step + 1
+        if done == steps or (track_every and done % track_every == 0):
+            row.update(track(setup.policy, setup.tok, test, cfg.eval, track_n, setup.family))
+            setup.policy.train()
+        run.log(row)
+        bar.update(1)
+        bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in row.items() if k in ("train/reward", "train/loss")})
+        if done % save_every == 0 and done < steps:
+            run.save(done, setup.policy, setup.tok, optimizers)
+    bar.close()
+
+
+def _finish(run: RunDir, setup: _Setup, src: str, name: str, world: Path, steps: int, t0: float) -> Path:
+    rows = run.rows()
+    meta = {"recipe": name, "source": src, "world_dir": str(world.resolve()), "family": setup.family, "steps": steps,
+            "final": {k: v for k, v in rows[-1].items() if k.startswith(("eval/", "total_"))} if rows else {},
+            "wall_seconds": time.perf_counter() - t0}
+    return run.finish(setup.policy, setup.tok, meta)
+
+
+def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name: str) -> Path:
+    c = cfg.rl
+    run = RunDir(out, {"stage": "rl", "source": src, "rl": to_dict(c), "eval": to_dict(cfg.eval)})
+    if run.done:
+        return run.final
+    t0 = time.perf_counter()
+    setup = _Setup(src, cfg, world, c.family, reference=c.kl_coef > 0)
+    opt = adamw(setup.policy, c.lr, c.betas, c.weight_decay)
+
+    def step_fn(step: int) -> dict:
+        problems = [setup.train[i] for i in _prompt_rows(step, len(setup.train), c.prompts_per_step, c.seed)]
+        batch = rollout(setup.policy, setup.ref, setup.tok, problems, c, seed=c.seed * 1_000_003 + step)
+        return {**batch.stats, **grpo_update(setup.policy, opt, batch, c)}
+
+    _loop(run, setup, cfg, c.steps, {"opt": opt}, step_fn, c.save_every, c.track_every, c.track_n, name, progress)
+    return _finish(run, setup, src, name, world, c.steps, t0)
+
+
+def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, demos: str, name: str) -> Path:
+    c = cfg.sft
+    run = RunDir(out, {"stage": "sft", "demos": demos, "source": src, "sft": to_dict(c), "eval": to_dict(cfg.eval)})
+    if run.done:
+        return run.final
+    t0 = time.perf_counter()
+    setup = _Setup(src, cfg, world, c.family, reference=False)
+    batches = SFTBatches(setup.tok, demonstrations(setup.train, demos, c.seed), c.batch_size, c.seed)
+    steps = c.epochs * batches.steps_per_epoch
+    opt = adamw(setup.policy, c.lr, c.betas, c.weight_decay)
+
+    def step_fn(step: int) -> dict:
+        set_lr(opt, constant_with_warmup(step, c.lr, c.warmup_steps))
+        loss = sft_gradients(setup.policy, batches.batch(step))
+        torch.nn.utils.clip_grad_norm_(setup.policy.parameters(), c.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return {"train/loss": loss, "epoch": step / batches.steps_per_epoch}
+
+    _loop(run, setup, cfg, steps, {"opt": opt}, step_fn, c.save_every, c.track_every, cfg.rl.track_n, name, progress)
+    return _finish(run, setup, src, name, world, steps, t0)
+
+
+def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) -> Path:
+    c, r, s = cfg.parallel, cfg.rl, cfg.sft
+    run = RunDir(out, {"stage": "parallel", "source": src, "parallel": to_dict(c), "rl": to_dict(r),
+                       "sft": to_dict(s), "eval": to_dict(cfg.eval)})
+    if run.done:
+        return run.final
+    t0 = time.perf_counter()
+    setup = _Setup(src, cfg, world, r.family, reference=r.kl_coef > 0)
+    batches = SFTBatches(setup.tok, demonstrations(setup.train, "one", s.seed), s.batch_size, s.seed)
+    avg = ParallelAveraging(setup.policy, c.rl_lr, c.sft_lr, r.betas, r.weight_decay)
+    params = avg.params
+
+    def grads(clip: float) -> list[torch.Tensor]:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        out = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        setup.policy.zero_grad(set_to_none=True)
+        return out
+
+    def step_fn(step: int) -> dict:
+        problems = [setup.train[i] for i in _prompt_rows(step, len(setup.train), r.prompts_per_step, r.seed)]
+        batch = rollout(setup.policy, setup.ref, setup.tok, problems, r, seed=r.seed * 1_000_003 + step)
+        # Both gradients at the same snapshot; the RL one accumulates over mini-batches (one update per step).
+        rows = torch.arange(batch.rewards.numel())
+        rl_stats = grpo_gradients(setup.policy, batch, rows, r)
+        g_rl = grads(r.grad_clip)
+        sft_loss = sft_gradients(setup.policy, batches.batch(step))
+        g_sft = grads(s.grad_clip)
+        w = c.weight + (c.weight_end - c.weight) * step / max(1, c.steps - 1)
+        avg.step(g_rl, g_sft, w)
+        return {**batch.stats, **{f"train/{k}": v for k, v in rl_stats.items()}, "train/loss": sft_loss,
+                "parallel/weight": w}
+
+    _loop(run, setup, cfg, c.steps, {"rl": avg.rl, "sft": avg.sft}, step_fn, r.save_every, r.track_every, r.track_n,
+          "parallel", progress)
+    return _finish(run, setup, src, "parallel", world, c.steps, t0)

@@ -1,0 +1,136 @@
+"""Post-training on the micro run: a GRPO step learns, SFT masks the prompt, every recipe runs and resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from excursions.config import RLConfig, load_config
+from excursions.data.problems import format_prompt, read_jsonl
+from excursions.errors import UserError
+from excursions.objectives import token_logprobs
+from excursions.optim import adamw
+from excursions.train.recipes import RECIPES, posttrain
+from excursions.train.rl import Rollouts, grpo_update, response_logits
+from excursions.train.sft import SFTBatches, demonstrations
+
+POST = ["rl.steps=3", "rl.prompts_per_step=4", "rl.group_size=4", "rl.minibatches=2", "rl.max_new_tokens=24",
+        "rl.track_every=2", "rl.track_problems=4", "rl.track_n=2", "rl.save_every=1", "rl.lr=1e-3",
+        "sft.epochs=1", "sft.batch_size=8", "sft.save_every=1", "parallel.steps=2", "eval.max_new_tokens=24"]
+
+
+@pytest.fixture(scope="module")
+def source(micro_run):
+    return sorted((micro_run / "checkpoints").glob("step*"))[-1]
+
+
+@pytest.fixture(scope="module")
+def post_cfg(micro_overrides):
+    return load_config("smoke", overrides=micro_overrides + POST)
+
+
+def _batch(model, tok, completions: list[str], rewards: list[float], cfg: RLConfig) -> Rollouts:
+    """A hand-made rollout batch: one prompt, the given completions as its group."""
+    prompt = tok(format_prompt("Ada has 1 cat and gets 1 more. How many cats?")).input_ids
+    comps = [tok(c, add_special_tokens=False).input_ids + [tok.eos_token_id] for c in completions]
+    P, T = len(prompt), max(map(len, comps))
+    ids = torch.full((len(comps), P + T), tok.pad_token_id)
+    att = torch.zeros(len(comps), P + T, dtype=torch.long)
+    for i, c in enumerate(comps):
+        ids[i, :P], ids[i, P : P + len(c)] = torch.tensor(prompt), torch.tensor(c)
+        att[i, : P + len(c)] = 1
+    mask = att[:, P:].float()
+    with torch.no_grad():
+        old = token_logprobs(response_logits(model, ids, att, P, 1.0), ids[:, P:])
+    r = torch.tensor(rewards)
+    from excursions.objectives import grpo_advantages
+
+    return Rollouts(ids, att, mask, P, r, grpo_advantages(r, len(r)), old, old.clone(), {})
+
+
+def test_a_grpo_step_raises_the_probability_of_rewarded_completions(source):
+    model, tok = AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+    cfg = RLConfig(group_size=4, prompts_per_step=1, minibatches=1, lr=3e-3, kl_coef=0.0)
+    batch = _batch(model, tok, [" 1 + 1 = 2\n#### 2", " 1 + 1 = 3\n#### 3"] * 2, [1.0, 0.1, 1.0, 0.1], cfg)
+
+    def seq_logp():
+        with torch.no_grad():
+            lp = token_logprobs(response_logits(model, batch.input_ids, batch.attention, batch.prompt_width, 1.0),
+                                batch.responses)
+        return (lp * batch.response_mask).sum(-1)
+
+    before = seq_logp()
+    opt = adamw(model, cfg.lr, cfg.betas, 0.0)
+    for _ in range(3):
+        grpo_update(model, opt, batch, cfg)
+    after = seq_logp()
+    assert after[0] > before[0] and after[2] > before[2]  # rewarded: up
+    assert after[1] < before[1] and after[3] < before[3]  # format-only reward (below the mean): down
+
+
+def test_sft_batches_mask_exactly_the_completion(source, micro_run):
+    tok = AutoTokenizer.from_pretrained(source)
+    problems = read_jsonl(micro_run / "world/gsm/train.jsonl")[:5]
+    pairs = demonstrations(problems, "one", seed=0)
+    assert len(pairs) == 5 and len(demonstrations(problems, "all", seed=0)) == sum(len(p.solutions) for p in problems)
+    assert pairs == demonstrations(problems, "one", seed=0)  # fixed by the seed
+    batches = SFTBatches(tok, pairs, batch_size=5, seed=0)
+    ids, att, labels, mask = batches.batch(0)
+    for r, row in enumerate(batches.rows(0)):
+        prompt, completion = pairs[row]
+        target = labels[r][mask[r] == 1].tolist()
+        assert target[-1] == tok.eos_token_id
+        assert tok.decode(target[:-1]) == completion
+        assert tok.decode(ids[r][att[r] == 1][: len(tok(prompt).input_ids)].tolist()) == prompt
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_runs_end_to_end(name, source, micro_run, post_cfg, tmp_path):
+    final = posttrain(str(source), name, post_cfg, tmp_path / name, micro_run / "world", progress=False)
+    meta = json.loads((final / "excursions.json").read_text())
+    assert meta["recipe"] == name and meta["source"].endswith(str(source.name)) or meta["recipe"] == name
+    model = AutoModelForCausalLM.from_pretrained(final)
+    start = AutoModelForCausalLM.from_pretrained(source)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, dict(start.named_parameters())[n])]
+    assert changed, "post-training left every parameter unchanged"
+    rows = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(v == v for r in rows for v in r.values() if isinstance(v, float))  # no NaN
+    assert any(k.startswith("eval/gsm/pass@1") for k in rows[-1])
+    if "rl" in name or name == "parallel":
+        assert {"train/reward", "train/kl", "train/entropy", "train/clip_frac", "total_rollout_flops"} <= set(rows[-1])
+
+
+def test_unknown_recipe_is_a_clear_error(source, micro_run, post_cfg, tmp_path):
+    with pytest.raises(UserError, match="unknown recipe 'ppo'; choose one of rl, sft"):
+        posttrain(str(source), "ppo", post_cfg, tmp_path, micro_run / "world")
+
+
+def test_rl_resumes_after_kill_9_to_the_same_weights(source, micro_run, micro_overrides, tmp_path):
+    overrides = micro_overrides + POST + ["rl.steps=6"]
+    cmd = lambda out: [sys.executable, "-m", "excursions.cli", "posttrain", str(source), "--recipe", "rl",
+                       "--preset", "smoke", "--out", str(out), "--quiet", *overrides]
+    straight = subprocess.run(cmd(tmp_path / "straight"), capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "killed").glob("resume/step000002")):
+        time.sleep(0.01)
+    assert proc.poll() is None, "finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(cmd(tmp_path / "killed"), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    a, b = load_file(tmp_path / "straight/final/model.safetensors"), load_file(tmp_path / "killed/final/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed/metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))
