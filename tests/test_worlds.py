@@ -89,3 +89,12 @@ def test_mc_answers_are_true_in_the_world():
         a, b = re.match(r"Of (\w+) and (\w+),", item.context).groups()
         older = min((by_name[a], by_name[b]), key=lambda e: e.attrs["founded"])
         assert item.options[item.label].strip(" .") == older.name
+
+
+def test_a_world_too_small_for_its_splits_is_a_clear_error():
+    from excursions.errors import UserError
+
+    cfg = load_config("smoke", overrides=["world.gsm.min_steps=1", "world.gsm.max_steps=1", "world.gsm.max_operand=2",
+                                          "world.gsm.max_value=4", "world.gsm.train=500"]).world
+    with pytest.raises(UserError, match="world.gsm is too small for its splits"):
+        build_world(cfg)

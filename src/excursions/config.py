@@ -41,9 +41,9 @@ class MathFamilyConfig:
     val: int = 200
     test: int = 500
     min_steps: int = 2  # arithmetic steps per problem
-    max_steps: int = 4
-    max_operand: int = 9  # largest number a step introduces
-    max_value: int = 99  # largest intermediate result or answer
+    max_steps: int = 3
+    max_operand: int = 9  # largest number a step introduces (and a starting amount)
+    max_value: int = 50  # largest intermediate result or answer
 
     def __post_init__(self):
         for name in ("train", "val", "test"):
@@ -74,6 +74,9 @@ class WorldConfig:
 
     seed: int = 0
     solutions: int = 4  # K distinct worked solutions per problem (sft uses one, sft_gold all)
+    # Solution styles of the pretraining math pages (0 bare equations, 1 narrative, 2 numbered steps,
+    # 3 first/next/finally, 4 one running line, 5 intro then equations); empty = all six.
+    pretrain_styles: tuple[int, ...] = ()
     gsm: MathFamilyConfig = field(default_factory=MathFamilyConfig)
     hard: MathFamilyConfig = field(
         default_factory=lambda: MathFamilyConfig(min_steps=3, max_steps=5, max_operand=20, max_value=400)
@@ -82,16 +85,17 @@ class WorldConfig:
 
     def __post_init__(self):
         check(1 <= self.solutions <= 12, "solutions", "must be between 1 and 12")
+        check(all(0 <= x < 6 for x in self.pretrain_styles), "pretrain_styles", "each style must be 0..5")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """The pretraining mixture, as shares of the token budget (they must sum to 1)."""
 
-    general: float = 0.5  # encyclopedia prose
-    math: float = 0.5  # worked problems, textbook style (gsm and hard families)
+    general: float = 0.4  # encyclopedia prose
+    math: float = 0.6  # worked problems, textbook style (gsm and hard families)
     targeted: float = 0.0  # extra targeted math: more `hard`-family pages (the paper's scaling D)
-    hard_share: float = 0.3  # share of the `math` pages drawn from the hard family
+    hard_share: float = 0.25  # share of the `math` pages drawn from the hard family
     drills: float = 0.0  # share of math pages that are arithmetic drills ("7 + 5 = 12" lines)
     val_tokens: int = 100_000  # held-out pretraining text for the validation loss
 
@@ -141,10 +145,10 @@ class PretrainConfig:
 
     tokens: int = 12_000_000  # token budget
     seq_len: int = 512
-    batch_size: int = 64  # sequences per optimizer step
-    lr: float = 3e-3
+    batch_size: int = 16  # sequences per optimizer step
+    lr: float = 6e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_tokens: int = 500_000
+    warmup_tokens: int = 250_000
     weight_decay: float = 0.1
     betas: tuple[float, ...] = (0.9, 0.95)
     grad_clip: float = 1.0
@@ -152,9 +156,9 @@ class PretrainConfig:
     first_checkpoint: int = 500_000  # tokens at the first checkpoint of the schedule
     num_checkpoints: int = 8  # the last one is always the end of the budget
     checkpoint_tokens: tuple[int, ...] = ()  # explicit token counts; replaces the schedule when given
-    save_every: int = 50  # steps between resume states (kept apart from the checkpoints)
+    save_every: int = 100  # steps between resume states (kept apart from the checkpoints)
     eval_problems: int = 128  # gsm test problems for a quick greedy accuracy at each checkpoint (0 = off)
-    eval_shots: int = 8
+    eval_shots: int = 4
     compile: bool = False
     threads: int = 0  # torch threads; 0 = all cores
 

@@ -29,7 +29,7 @@ from excursions.optim import ParallelAveraging, adamw, constant_with_warmup, set
 from excursions.progress import progress_bar
 from excursions.tokenizer import load_tokenizer
 from excursions.train.loop import RunDir, track
-from excursions.train.rl import grpo_gradients, grpo_update, rollout
+from excursions.train.rl import grpo_gradients, grpo_update, rollout, training_flops
 from excursions.train.sft import SFTBatches, demonstrations, sft_gradients
 
 RECIPES: dict[str, Callable] = {}
@@ -176,11 +176,13 @@ def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, demos
 
     def step_fn(step: int) -> dict:
         set_lr(opt, constant_with_warmup(step, c.lr, c.warmup_steps))
-        loss = sft_gradients(setup.policy, batches.batch(step))
+        batch = batches.batch(step)
+        loss = sft_gradients(setup.policy, batch)
         torch.nn.utils.clip_grad_norm_(setup.policy.parameters(), c.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return {"train/loss": loss, "epoch": step / batches.steps_per_epoch}
+        return {"train/loss": loss, "epoch": (step + 1) / batches.steps_per_epoch,
+                "train_flops": training_flops(setup.policy, batch[1])}
 
     _loop(run, setup, cfg, steps, {"opt": opt}, step_fn, c.save_every, c.track_every, cfg.rl.track_n, name, progress)
     return _finish(run, setup, src, name, world, steps, t0)
@@ -211,12 +213,14 @@ def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) 
         rows = torch.arange(batch.rewards.numel())
         rl_stats = grpo_gradients(setup.policy, batch, rows, r)
         g_rl = grads(r.grad_clip)
-        sft_loss = sft_gradients(setup.policy, batches.batch(step))
+        sft_batch = batches.batch(step)
+        sft_loss = sft_gradients(setup.policy, sft_batch)
         g_sft = grads(s.grad_clip)
         w = c.weight + (c.weight_end - c.weight) * step / max(1, c.steps - 1)
         avg.step(g_rl, g_sft, w)
+        flops = training_flops(setup.policy, batch.attention) + training_flops(setup.policy, sft_batch[1])
         return {**batch.stats, **{f"train/{k}": v for k, v in rl_stats.items()}, "train/loss": sft_loss,
-                "parallel/weight": w}
+                "parallel/weight": w, "train_flops": flops}
 
     _loop(run, setup, cfg, c.steps, {"rl": avg.rl, "sft": avg.sft}, step_fn, r.save_every, r.track_every, r.track_n,
           "parallel", progress)

@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
 from excursions.config import RLConfig
-from excursions.data.problems import Problem, format_prompt
+from excursions.data.problems import STOP_STRINGS, Problem, format_prompt
 from excursions.flops import generate_flops_per_token, model_dims, train_flops_per_token
 from excursions.objectives import ADVANTAGES, entropy, grpo_loss, token_logprobs, token_mean
 from excursions.rewards import math_rewards
@@ -49,11 +50,13 @@ def response_logits(model, input_ids: torch.Tensor, attention: torch.Tensor, pro
 
 
 @torch.no_grad()
-def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int, prompts: list[str] | None = None) -> Rollouts:
+def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
+            stop: Sequence[str] = STOP_STRINGS) -> Rollouts:
     """Sample G completions per problem, score them, and compute advantages and old / ref log-probs."""
-    prompts = prompts or [format_prompt(p.question) for p in problems]
+    prompts = [format_prompt(p.question) for p in problems]
     G = cfg.group_size
-    s = sample(policy, tok, prompts, n=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
+    s = sample(policy, tok, prompts, n=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed,
+               stop=stop)
     answers = [p.answer for p in problems for _ in range(G)]
     rewards = torch.tensor(math_rewards(s.texts, answers, [f != "length" for f in s.finish], cfg.format_score))
     P = max(len(p) for p in s.prompt_ids)
@@ -110,7 +113,11 @@ def grpo_update(policy, opt, batch: Rollouts, cfg: RLConfig) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
     stats = {f"train/{k}": sum(c[k] for c in collected) / len(collected) for k in collected[0]}
-    n_params, layers, d = model_dims(policy)
-    tokens = int(batch.attention.sum())
-    stats["train_flops"] = tokens * train_flops_per_token(n_params, layers, d, batch.input_ids.shape[1])
+    stats["train_flops"] = training_flops(policy, batch.attention)
     return stats
+
+
+def training_flops(model, attention: torch.Tensor) -> int:
+    """FLOPs of one forward + backward over the real tokens of a padded batch [N, L]."""
+    n_params, layers, d = model_dims(model)
+    return int(attention.sum()) * train_flops_per_token(n_params, layers, d, attention.shape[1])

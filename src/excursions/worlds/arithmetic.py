@@ -29,6 +29,23 @@ NAMES = ("Ada Ben Cleo Dan Eve Finn Gus Hana Ivo Jade Kai Lena Milo Nora Omar Pi
 ITEMS = ("apples pears stickers marbles books coins shells pencils cards stones plums eggs buttons "
          "beads cookies rocks stamps candles ribbons nuts").split()
 PLACES = ("shelf box jar bag basket drawer crate tray").split()
+_ONSETS = "b d f g k l m n p r s t v z br dr gr kr pl st tr sh".split()
+_VOWELS = "a e i o u ai ea oo".split()
+
+
+def people(rng: random.Random, n: int) -> list[str]:
+    """`n` distinct names: half the time made up on the spot, so that a name repeated inside a
+    problem must be copied from the context (in-context copying is what the solutions need for
+    their numbers too; a fixed list of names is memorised instead)."""
+    out: list[str] = []
+    while len(out) < n:
+        if rng.random() < 0.5:
+            name = people(rng, 1)[0]
+        else:
+            name = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.randint(1, 2))).capitalize()
+        if name not in out:
+            out.append(name)
+    return out
 
 
 @dataclass
@@ -80,7 +97,7 @@ def _resolve(steps: list[Step], limit: int) -> bool:
 
 def _gsm_chain(rng: random.Random, fam: MathFamilyConfig) -> Draft:
     """A person's stock of items changes step by step: gains, losses, doubling, packs of several."""
-    name, friend = rng.sample(NAMES, 2)
+    name, friend = people(rng, 2)
     item = rng.choice(ITEMS)
     value = rng.randint(2, fam.max_operand)
     first = f"{name} has {value} {item}."
@@ -118,10 +135,10 @@ def _gsm_chain(rng: random.Random, fam: MathFamilyConfig) -> Draft:
 
 def _gsm_compare(rng: random.Random, fam: MathFamilyConfig) -> Draft:
     """Two or three people's amounts defined relative to each other; how many together?"""
-    people = rng.sample(NAMES, 3)
+    names = people(rng, 3)
     item = rng.choice(ITEMS)
     a = rng.randint(2, fam.max_operand)
-    sentences = [f"{people[0]} has {a} {item}."]
+    sentences = [f"{names[0]} has {a} {item}."]
     steps, key = [], ["compare", a]
     owners = [a]  # a number or a step reference per person
     n_people = 3 if fam.max_steps >= 4 and rng.random() < 0.5 else 2
@@ -132,25 +149,25 @@ def _gsm_compare(rng: random.Random, fam: MathFamilyConfig) -> Draft:
         if kind == "times":
             x = rng.choice([2, 3])
             word = {2: "twice", 3: "three times"}[x]
-            sentences.append(f"{people[i]} has {word} as many {item} as {people[i - 1]}.")
-            steps.append(Step(ref, "*", x, f"{people[i]} has {{eq}} {item}."))
+            sentences.append(f"{names[i]} has {word} as many {item} as {names[i - 1]}.")
+            steps.append(Step(ref, "*", x, f"{names[i]} has {{eq}} {item}."))
         else:
-            sentences.append(f"{people[i]} has {x} {kind} {item} than {people[i - 1]}.")
-            steps.append(Step(ref, "+" if kind == "more" else "-", x, f"{people[i]} has {{eq}} {item}."))
+            sentences.append(f"{names[i]} has {x} {kind} {item} than {names[i - 1]}.")
+            steps.append(Step(ref, "+" if kind == "more" else "-", x, f"{names[i]} has {{eq}} {item}."))
         owners.append(("s", len(steps) - 1))
         key.append((kind, x))
-    total = Step(owners[0], "+", owners[1], f"Together {people[0]} and {people[1]} have {{eq}} {item}.")
+    total = Step(owners[0], "+", owners[1], f"Together {names[0]} and {names[1]} have {{eq}} {item}.")
     steps.append(total)
     if n_people == 3:
-        steps.append(Step(("s", len(steps) - 1), "+", owners[2], f"With {people[2]} they have {{eq}} {item}."))
-    who = " and ".join(people[:n_people]) if n_people == 2 else f"{people[0]}, {people[1]} and {people[2]}"
+        steps.append(Step(("s", len(steps) - 1), "+", owners[2], f"With {names[2]} they have {{eq}} {item}."))
+    who = " and ".join(names[:n_people]) if n_people == 2 else f"{names[0]}, {names[1]} and {names[2]}"
     question = " ".join(sentences) + f" How many {item} do {who} have together?"
     return Draft(question, steps, key=key)
 
 
 def _gsm_shop(rng: random.Random, fam: MathFamilyConfig) -> Draft:
     """Buy a few things at unit prices, pay with a note: how much change?"""
-    name = rng.choice(NAMES)
+    name = people(rng, 1)[0]
     goods = rng.sample(ITEMS, 2)
     n_goods = 2 if fam.max_steps >= 4 and rng.random() < 0.5 else 1
     steps, parts, key = [], [], ["shop"]
@@ -295,8 +312,13 @@ def _render(d: Draft, style: int, order: list[int], swap: bool, end: str) -> str
 STYLES = 6
 
 
-def make_problem(family: str, rng: random.Random, fam: MathFamilyConfig, k: int, pid: str) -> Problem:
-    """One problem of `family` with `k` distinct solutions (redrawn until the draft allows k)."""
+def make_problem(family: str, rng: random.Random, fam: MathFamilyConfig, k: int, pid: str,
+                 styles: tuple[int, ...] = ()) -> Problem:
+    """One problem of `family` with `k` distinct solutions (redrawn until the draft allows k).
+
+    `styles` restricts the solution styles (0 bare equations, 1 narrative, 2 numbered steps,
+    3 first/next/finally, 4 one running line, 5 intro then equations); empty means all.
+    """
     while True:
         d = rng.choice(SCHEMAS[family])(rng, fam)
         if not _resolve(d.steps, fam.max_value):
@@ -306,14 +328,15 @@ def make_problem(family: str, rng: random.Random, fam: MathFamilyConfig, k: int,
         candidates = list(dict.fromkeys(
             _render(d, style, order, swap, end)
             for order in _orders(d.steps, rng)
-            for style in range(STYLES)
+            for style in (styles or range(STYLES))
             for swap in (False, True)
         ))
         if len(candidates) < k:
             continue
-        main = [c for c in candidates[: 2 * STYLES]]  # the written order, every style, first
+        first = 2 * len(styles or range(STYLES))  # the written step order, every style, comes first
+        main = candidates[:first]
         rng.shuffle(main)
-        rest = candidates[2 * STYLES:]
+        rest = candidates[first:]
         rng.shuffle(rest)
         solutions = tuple((main + rest)[:k])
         return Problem(id=pid, family=family, question=d.question, answer=answer, solutions=solutions,

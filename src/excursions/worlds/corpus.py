@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 from excursions.config import Config, WorldConfig
 from excursions.data.problems import MCItem, Problem, format_example
+from excursions.errors import UserError
 from excursions.worlds.arithmetic import apply, make_problem
 from excursions.worlds.knowledge import MC_KINDS, Entity, article, make_entities, make_mc_item
 
@@ -46,12 +47,15 @@ def build_world(cfg: WorldConfig) -> World:
         seen: set[str] = set()
         problems[family] = {}
         for split in ("test", "val", "train"):  # test first: its draw never depends on the train size
-            out = []
+            out, draws = [], 0
             while len(out) < getattr(fam, split):
                 p = make_problem(family, rng, fam, cfg.solutions, f"{family}-{split}-{len(out)}")
+                draws += 1
                 if p.key not in seen:
                     seen.add(p.key)
                     out.append(p)
+                elif draws > 20 * (fam.train + fam.val + fam.test) + 1000:
+                    raise _too_small(family, f"only {len(seen)} distinct problems found")
             problems[family][split] = out
     entities = make_entities(random.Random(f"{cfg.seed}/entities"), cfg.general.entities)
     rng = random.Random(f"{cfg.seed}/mc")
@@ -63,6 +67,11 @@ def build_world(cfg: WorldConfig) -> World:
 
 
 # ------------------------------------------------------------------------------- pretraining pages
+
+def _too_small(family: str, what: str) -> UserError:
+    return UserError(f"world.{family} is too small for its splits ({what}): lower world.{family}.train/val/test, "
+                     f"or raise world.{family}.max_steps / max_operand / max_value")
+
 
 HEADERS = ("", "", "Worked examples.\n\n", "Practice problems with solutions.\n\n", "Exercises.\n\n")
 
@@ -87,9 +96,12 @@ def _math_page(rng: random.Random, cfg: WorldConfig, families: tuple[str, ...], 
         return _drill_page(rng, getattr(cfg, family))
     blocks = []
     for _ in range(rng.randint(2, 8)):
-        p = make_problem(family, rng, getattr(cfg, family), 1, "")
-        while p.key in excluded:
-            p = make_problem(family, rng, getattr(cfg, family), 1, "")
+        for _ in range(1000):
+            p = make_problem(family, rng, getattr(cfg, family), 1, "", cfg.pretrain_styles)
+            if p.key not in excluded:
+                break
+        else:
+            raise _too_small(family, "1000 draws in a row were held-out problems")
         blocks.append(format_example(p.question, p.solutions[0]))
     return rng.choice(HEADERS) + "\n\n".join(blocks)
 

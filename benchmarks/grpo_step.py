@@ -1,0 +1,93 @@
+"""Our GRPO step vs TRL's `GRPOTrainer` on the same tiny model, prompts, G, lengths and batch, on this CPU.
+
+    python benchmarks/grpo_step.py                       # newest runs/tiny checkpoint, 16 prompts x 16
+    python benchmarks/grpo_step.py --prompts 8 --group 8 --steps 3
+
+Both: one optimizer step per rollout batch, temperature 1, at most --max-new tokens, EOS as the only
+stop, no KL model (beta = 0), the same strict reward. Seconds per step exclude the first (warm-up) step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from excursions.config import RLConfig
+from excursions.data.problems import format_prompt, read_jsonl
+from excursions.optim import adamw
+from excursions.rewards import math_rewards
+from excursions.train.rl import grpo_update, rollout
+
+
+def ours(ckpt: Path, problems, args) -> list[float]:
+    model, tok = AutoModelForCausalLM.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt)
+    cfg = RLConfig(prompts_per_step=args.prompts, group_size=args.group, minibatches=1, lr=1e-5, kl_coef=0.0,
+                   max_new_tokens=args.max_new)
+    opt = adamw(model, cfg.lr, cfg.betas, cfg.weight_decay)
+    times = []
+    for step in range(args.steps + 1):
+        t = time.perf_counter()
+        batch = rollout(model, None, tok, problems, cfg, seed=step, stop=())
+        grpo_update(model, opt, batch, cfg)
+        times.append(time.perf_counter() - t)
+    return times[1:]
+
+
+class _Clock(TrainerCallback):
+    def __init__(self):
+        self.marks = []
+
+    def on_step_begin(self, *a, **k):
+        self.marks.append(time.perf_counter())
+
+    def on_train_end(self, *a, **k):
+        self.marks.append(time.perf_counter())
+
+
+def trl(ckpt: Path, problems, args) -> list[float]:
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt)
+    rows = [{"prompt": format_prompt(p.question), "answer": p.answer} for p in problems] * (args.steps + 1)
+
+    def reward(completions, answer, **_):
+        return math_rewards(completions, answer, [True] * len(completions))
+
+    config = GRPOConfig(output_dir="/tmp/trl-bench", per_device_train_batch_size=args.prompts * args.group,
+                        gradient_accumulation_steps=1, num_generations=args.group, max_completion_length=args.max_new,
+                        temperature=1.0, beta=0.0, learning_rate=1e-5, max_steps=args.steps + 1, logging_steps=1,
+                        report_to=[], save_strategy="no", use_cpu=True, bf16=False, fp16=False, shuffle_dataset=False,
+                        disable_tqdm=True)
+    clock = _Clock()
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=Dataset.from_list(rows),
+                          processing_class=tok, callbacks=[clock])
+    trainer.train()
+    return [b - a for a, b in zip(clock.marks[1:], clock.marks[2:])]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--group", type=int, default=16)
+    ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=3)
+    args = ap.parse_args()
+    ckpt = args.checkpoint or sorted(Path("runs/tiny/checkpoints").glob("step*"))[-1]
+    problems = read_jsonl(ckpt.parent.parent / "world/gsm/train.jsonl")[: args.prompts]
+    print(f"model: {ckpt}; {args.prompts} prompts x {args.group} generations, <= {args.max_new} new tokens, "
+          f"{torch.get_num_threads()} threads\n")
+    t_ours, t_trl = ours(ckpt, problems, args), trl(ckpt, problems, args)
+    mean = lambda xs: sum(xs) / len(xs)
+    print("| implementation | s / GRPO step | speed-up |\n|---|---:|---:|")
+    print(f"| TRL GRPOTrainer | {mean(t_trl):.2f} | 1.0x |")
+    print(f"| excursions | {mean(t_ours):.2f} | {mean(t_trl) / mean(t_ours):.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
