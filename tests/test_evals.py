@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,25 @@ def test_eval_cli_writes_results_and_a_sweep_figure(final, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "excursions.cli", "eval", str(final), "--task", "mmlu"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown task 'mmlu'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_eval_of_a_run_evaluates_every_checkpoint_and_resumes(micro_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(micro_run, run)
+    cmd = [sys.executable, "-m", "excursions.cli", "eval", str(run), "--task", "gsm,general", "--n", "2",
+           "--k", "1,2", "--shots", "1", "--limit", "3", "--quiet", "eval.max_new_tokens=8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    curve = json.loads((run / "eval" / "curve.json").read_text())
+    ckpts = sorted((run / "checkpoints").glob("step*"))
+    assert [c["checkpoint"] for c in curve] == [p.name for p in ckpts]
+    assert [c["tokens"] for c in curve] == sorted(c["tokens"] for c in curve)
+    assert set(curve[0]["results"]) == {"gsm", "general"} and "pass@2" in curve[0]["results"]["gsm"]
+    assert (run / "eval" / "base-curve.png").exists()
+    # a rerun reuses every finished result; a changed setting evaluates again
+    first = ckpts[0] / "eval" / "gsm-1shot.json"
+    written = first.stat().st_mtime_ns
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert first.stat().st_mtime_ns == written
+    assert subprocess.run(cmd[:-1] + ["eval.max_new_tokens=9"], capture_output=True).returncode == 0
+    assert first.stat().st_mtime_ns != written

@@ -48,7 +48,9 @@ on the math test sets, accuracy and bits-per-byte on general tasks. Writes one J
 per-problem (n, c), so any k <= n can be recomputed later, and prints a table.
 
 CHECKPOINT is a directory (a pretraining checkpoint, a post-trained model) or a hub id with an
-optional revision (allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B). Base checkpoints are
+optional revision (allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B). Given a whole pretraining
+run directory, every checkpoint is evaluated (finished results are reused, so a killed sweep
+resumes) and the base curve is written to RUN/eval/curve.json and base-curve.png. Base checkpoints are
 evaluated with eval.shots exemplars (8), post-trained ones 0-shot. Tasks: gsm, hard (the world's math
 families), general (world multiple choice + bpb), and arc_easy, arc_challenge, hellaswag, piqa, boolq,
 winogrande (real files in --data-dir, hub schemas).
@@ -56,6 +58,7 @@ winogrande (real files in --data-dir, hub schemas).
 examples:
   excursions eval runs/tiny/checkpoints/step000366-tokens11993088
   excursions eval runs/tiny/checkpoints/step000366-tokens11993088 --task gsm,hard --n 32 --k 1,8,32
+  excursions eval runs/tiny --task gsm,general          # every checkpoint: the base pass@k curve
   excursions eval runs/tiny/checkpoints/step000366-tokens11993088 --task gsm --shots 0,1,2,4,8,16 --limit 200
   excursions eval runs/tiny/checkpoints/step000366-tokens11993088 --task arc_easy,piqa --data-dir ../shared/data/general
 """
@@ -112,13 +115,24 @@ def _int_list(text: str) -> list[int]:
 
 def cmd_eval(args) -> None:
     from excursions.config import EvalConfig, build, to_dict
-    from excursions.evals.harness import evaluate_checkpoint, summary_table
+    from excursions.evals.harness import curve_table, evaluate_checkpoint, evaluate_run, is_run_dir, summary_table
+    from excursions.figures import base_curve_figure
 
     cfg = _load(args).eval
     flags = {"n": args.n, "ks": args.k and tuple(args.k), "problems": args.limit, "mc_items": args.limit,
              "temperature": args.temperature}
     cfg = build(EvalConfig, {**to_dict(cfg), **{k: v for k, v in flags.items() if v is not None}}, "eval")
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    if is_run_dir(args.checkpoint):  # a pretraining run: every checkpoint, then the curve
+        if args.shots and len(args.shots) > 1:
+            raise UserError("an n-shot sweep takes one checkpoint; pass a single --shots value for a whole run")
+        curve = evaluate_run(args.checkpoint, tasks, cfg, args.shots[0] if args.shots else None, args.data_dir,
+                             progress=not args.quiet)
+        figure = Path(args.checkpoint) / "eval" / "base-curve.png"
+        base_curve_figure(curve, figure)
+        print(curve_table(curve))
+        print(f"curve: {Path(args.checkpoint) / 'eval' / 'curve.json'}  figure: {figure}")
+        return
     rows = evaluate_checkpoint(args.checkpoint, tasks, cfg, args.shots, args.world, args.data_dir, args.out,
                                progress=not args.quiet)
     print(summary_table(rows))

@@ -37,3 +37,29 @@ def nshot_figure(rows: Sequence[dict], path: Path) -> None:
     ax.set_title(f"{rows[0]['task']}: base checkpoint vs n-shot")
     ax.legend()
     _save(fig, path)
+
+
+def base_curve_figure(curve: Sequence[dict], path: Path) -> None:
+    """Base-checkpoint pass@k along pretraining (one panel per math task) and general accuracy."""
+    tasks = list(curve[0]["results"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    x = [c["tokens"] for c in curve]
+    for ax, task in zip(axes[0], tasks):
+        first = curve[0]["results"][task]
+        if "shots" in first:
+            for k in [k for k in first if k.startswith("pass@")]:
+                y = [100 * c["results"][task][k]["mean"] for c in curve]
+                ax.plot(x, y, marker="o", label=k)
+                ax.fill_between(x, [100 * c["results"][task][k]["lo"] for c in curve],
+                                [100 * c["results"][task][k]["hi"] for c in curve], alpha=0.2)
+            ax.set_title(f"{task} ({first['shots']}-shot, n={first['n']})")
+            ax.set_ylabel("pass@k (%)")
+        else:
+            ax.plot(x, [100 * c["results"][task]["acc"] for c in curve], marker="o", label="acc")
+            ax.plot(x, [100 * c["results"][task]["acc_norm"] for c in curve], marker="s", label="acc_norm")
+            ax.set_title(f"{task} multiple choice")
+            ax.set_ylabel("accuracy (%)")
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining tokens")
+        ax.legend()
+    _save(fig, path)

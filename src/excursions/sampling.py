@@ -7,7 +7,8 @@
 Why it is faster than `model.generate` (benchmarks/sampler.py measures it):
 - each prompt is prefilled once and its cache shared by its n samples;
 - finished sequences leave the batch (the cache is compacted) instead of decoding padding;
-- sampling is an exponential race, argmax(log p - log E) with E ~ Exp(1), not softmax + multinomial;
+- OLMo-2 decoding keeps one copy of each prompt's cache, attended by all its samples at once;
+- sampling is inverse-CDF (one uniform per row and a binary search), not a noise draw per vocabulary entry;
 - for OLMo-2 models (the tiny ones and the paper's) a decode step runs the layers directly over a
   preallocated cache: no per-step mask building or cache concatenation. Other architectures use
   their HF forward with a `DynamicCache`. Tests check both against recomputing the full sequence.
@@ -55,21 +56,23 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None):
     """Sample one token per row; returns (ids [B], log-probs [B] at `temperature`; T = 1 when greedy).
 
-    Greedy at temperature 0. Otherwise an exponential race over the (top-p truncated) distribution,
-    which draws exactly from softmax(logits / T) without normalising or building a CDF.
+    Greedy at temperature 0. Otherwise inverse-CDF sampling from the (top-p truncated) softmax(logits / T):
+    one uniform draw per row and a binary search, 40x cheaper on a CPU than a noise draw per vocabulary
+    entry (exponential race or Gumbel), which dominated decoding time. The CDF is summed in float64.
     """
     logits = logits.float()
     if temperature <= 0:
         ids = logits.argmax(-1)
         return ids, F.log_softmax(logits, -1).gather(-1, ids[:, None]).squeeze(-1)
     logp = F.log_softmax(logits / temperature, -1)
-    race = logp
+    probs = logp.exp()
     if top_p < 1.0:
-        sorted_logp, order = logp.sort(-1, descending=True)
-        outside = sorted_logp.exp().cumsum(-1) - sorted_logp.exp() >= top_p  # keep the smallest nucleus
-        race = logp.scatter(-1, order, sorted_logp.masked_fill(outside, float("-inf")))
-    noise = torch.empty_like(race).exponential_(generator=gen)
-    ids = (race - noise.log()).argmax(-1)
+        sorted_p, order = probs.sort(-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest nucleus
+        probs = probs.scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(len(cdf), 1, generator=gen, dtype=torch.float64) * cdf[:, -1:]  # renormalises the nucleus
+    ids = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
     return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
 
 
@@ -98,9 +101,10 @@ class HFEngine:
         self.cache.batch_repeat_interleave(n)
         self.valid, self.pos = self.valid.repeat_interleave(n, 0), self.pos.repeat_interleave(n, 0)
 
-    def select(self, rows: torch.Tensor) -> None:
+    def select(self, rows: torch.Tensor) -> torch.Tensor:
         self.cache.batch_select_indices(rows)
         self.valid, self.pos = self.valid[rows], self.pos[rows]
+        return rows
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         self.valid = torch.cat([self.valid, torch.ones_like(self.valid[:, :1])], 1)
@@ -111,7 +115,14 @@ class HFEngine:
 
 
 class Olmo2Engine:
-    """OLMo-2 decode over a preallocated cache, calling the model's own layers (same weights, same maths)."""
+    """OLMo-2 decode with a shared-prefix cache, calling the model's own layers (same weights, same maths).
+
+    Each prompt's keys and values are stored once and attended by all of its n samples in one batched
+    matmul; only the generated tokens have a per-sample cache. With n = 32 samples of a 4-shot prompt
+    this reads the prompt cache 32x less per step, and dropping finished samples copies only the small
+    generated cache. Finished samples stay in the batch until a quarter of the prompts are done (then
+    whole prompts leave): copying caches on every finish cost more than decoding a few idle rows.
+    """
 
     def __init__(self, model, max_new_tokens: int):
         self.model, self.max_new = model, max_new_tokens
@@ -121,54 +132,84 @@ class Olmo2Engine:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
     def prefill(self, ids: torch.Tensor, valid: torch.Tensor, block: int = 16) -> torch.Tensor:
-        B, T = ids.shape
-        shape = (len(self.layers), B, self.kv_heads, T + self.max_new, self.head_dim)
-        self.k = torch.zeros(shape, dtype=self.model.dtype)
-        self.v = torch.zeros(shape, dtype=self.model.dtype)
-        self.valid = torch.zeros(B, T + self.max_new, dtype=torch.bool)
-        self.valid[:, :T] = valid
+        P, T = ids.shape
+        shape = (len(self.layers), P, self.kv_heads, T, self.head_dim)
+        self.pk, self.pv = torch.zeros(shape, dtype=self.model.dtype), torch.zeros(shape, dtype=self.model.dtype)
+        self.pvalid = valid
         pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
         # Causal and not padding; a padding query also sees itself, so that no softmax row is empty (NaN).
-        causal = torch.ones(T, T, dtype=torch.bool).tril()
-        mask = (causal & valid[:, None, :]) | torch.eye(T, dtype=torch.bool)
+        mask = (torch.ones(T, T, dtype=torch.bool).tril() & valid[:, None, :]) | torch.eye(T, dtype=torch.bool)
         logits = []
-        for i in range(0, B, block):  # blocks bound the T x T attention scores in memory
+        for i in range(0, P, block):  # blocks bound the T x T attention scores in memory
             rows = slice(i, i + block)
-            logits.append(self._forward(ids[rows], pos[rows], mask[rows, None], 0, rows)[:, -1])
-        self.len, self.pos = T, pos[:, -1:] + 1
+
+            def attend(layer: int, q, k, v, rows=rows):
+                self.pk[layer, rows], self.pv[layer, rows] = k, v
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[rows, None], scale=self.scale,
+                                                      enable_gqa=self.heads != self.kv_heads)
+
+            logits.append(self._forward(ids[rows], pos[rows], attend)[:, -1])
+        self.n, self.t, self.gk, self.gv = 1, 0, None, None
+        self.pos = pos[:, -1:] + 1
         return torch.cat(logits)
 
-    def repeat(self, n: int) -> None:
-        self.k, self.v = self.k.repeat_interleave(n, 1), self.v.repeat_interleave(n, 1)
-        self.valid, self.pos = self.valid.repeat_interleave(n, 0), self.pos.repeat_interleave(n, 0)
+    @property
+    def scale(self) -> float:
+        return self.layers[0].self_attn.scaling
 
-    def select(self, rows: torch.Tensor) -> None:
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
-        self.valid, self.pos = self.valid[rows], self.pos[rows]
+    def repeat(self, n: int) -> None:
+        self.n = n
+        self.pos = self.pos.repeat_interleave(n, 0)
+
+    def select(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Keep at least `rows`; returns the rows actually kept (whole prompts), or None if nothing changed."""
+        groups = torch.unique(rows // self.n)
+        P = self.pk.shape[1]
+        if P - len(groups) < max(1, P // 4):
+            return None
+        kept = (groups[:, None] * self.n + torch.arange(self.n)).flatten()
+        self.pk, self.pv, self.pvalid = self.pk[:, groups], self.pv[:, groups], self.pvalid[groups]
+        self.gk, self.gv, self.pos = self.gk[:, kept], self.gv[:, kept], self.pos[kept]
+        return kept
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
-        self.valid[:, self.len] = True
-        logits = self._forward(ids[:, None], self.pos, self.valid[:, None, None, : self.len + 1], self.len, slice(None))
-        self.len, self.pos = self.len + 1, self.pos + 1
+        B, t = ids.shape[0], self.t
+        if self.gk is None:
+            shape = (len(self.layers), B, self.kv_heads, self.max_new, self.head_dim)
+            self.gk, self.gv = torch.zeros(shape, dtype=self.model.dtype), torch.zeros(shape, dtype=self.model.dtype)
+        P, n, H, rep = B // self.n, self.n, self.heads, self.heads // self.kv_heads
+
+        def attend(layer: int, q, k, v):  # q [B, H, 1, hd]; prompt part per prompt, generated part per sample
+            self.gk[layer, :, :, t], self.gv[layer, :, :, t] = k[:, :, 0], v[:, :, 0]
+            kp, vp, kg, vg = self.pk[layer], self.pv[layer], self.gk[layer, :, :, : t + 1], self.gv[layer, :, :, : t + 1]
+            if rep > 1:  # grouped-query attention (real OLMo-2 configs)
+                kp, vp, kg, vg = (x.repeat_interleave(rep, 1) for x in (kp, vp, kg, vg))
+            qg = q.view(P, n, H, -1).transpose(1, 2)  # [P, H, n, hd]
+            sp = (qg @ kp.transpose(-1, -2)).masked_fill(~self.pvalid[:, None, None, :], float("-inf"))
+            sg = (q @ kg.transpose(-1, -2)).view(P, n, H, t + 1).transpose(1, 2)  # [P, H, n, t + 1]
+            w = (torch.cat([sp, sg], -1) * self.scale).softmax(-1)
+            Lp = sp.shape[-1]
+            out = (w[..., :Lp] @ vp).transpose(1, 2).reshape(B, H, 1, -1)
+            return out + w[..., Lp:].transpose(1, 2).reshape(B, H, 1, t + 1) @ vg
+
+        logits = self._forward(ids[:, None], self.pos, attend)
+        self.t, self.pos = t + 1, self.pos + 1
         return logits[:, -1]
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, start: int, rows: slice) -> torch.Tensor:
-        """Run `ids` [B, T] at cache slots start..start+T of cache `rows`; mask [B, 1, T, start+T]."""
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, attend) -> torch.Tensor:
+        """The OLMo-2 stack over `ids` [B, T] with attention done by `attend(layer, q, k, v)`."""
         from transformers.models.olmo2.modeling_olmo2 import apply_rotary_pos_emb
 
         B, T = ids.shape
         h = self.model.model.embed_tokens(ids)  # [B, T, d]
         cos, sin = self.model.model.rotary_emb(h, pos)
-        end = start + T
         for i, layer in enumerate(self.layers):
             a = layer.self_attn
             q = a.q_norm(a.q_proj(h)).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
             k = a.k_norm(a.k_proj(h)).view(B, T, -1, self.head_dim).transpose(1, 2)
             v = a.v_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            self.k[i, rows, :, start:end], self.v[i, rows, :, start:end] = k, v
-            att = F.scaled_dot_product_attention(q, self.k[i, rows, :, :end], self.v[i, rows, :, :end], attn_mask=mask,
-                                                 scale=a.scaling, enable_gqa=self.heads != self.kv_heads)
+            att = attend(i, q, k, v)
             h = h + layer.post_attention_layernorm(a.o_proj(att.transpose(1, 2).reshape(B, T, -1)))
             h = h + layer.post_feedforward_layernorm(layer.mlp(h))
         return self.model.lm_head(self.model.model.norm(h))
@@ -237,30 +278,27 @@ def _sample_chunk(model, tok, prompt_ids, n, max_new, temperature, top_p, stop, 
     B = len(prompt_ids) * n
     out_ids: list[list[int]] = [[] for _ in range(B)]
     out_lp: list[list[float]] = [[] for _ in range(B)]
-    tails, finish = [""] * B, ["length"] * B
-    active = list(range(B))
+    tails, finish, alive = [""] * B, ["length"] * B, [True] * B
+    rows = list(range(B))  # engine row -> sample; an engine may keep finished samples for a while
     for t in range(max_new):
         new, lp = pick_tokens(logits, temperature, top_p, gen)
-        keep = []
-        for j, (row, tid, l) in enumerate(zip(active, new.tolist(), lp.tolist())):
+        for row, tid, l in zip(rows, new.tolist(), lp.tolist()):
+            if not alive[row]:
+                continue
             out_ids[row].append(tid)
             out_lp[row].append(l)
             if tid == tok.eos_token_id:
-                finish[row] = "eos"
-                continue
-            if texts is not None:
+                finish[row], alive[row] = "eos", False
+            elif texts is not None:
                 tails[row] = (tails[row] + texts[tid])[-window:]
                 if any(s in tails[row] for s in stop):
-                    finish[row] = "stop"
-                    continue
-            keep.append(j)
-        if not keep or t == max_new - 1:
+                    finish[row], alive[row] = "stop", False
+        live = [j for j, row in enumerate(rows) if alive[row]]
+        if not live or t == max_new - 1:
             break
-        if len(keep) < len(active):
-            idx = torch.tensor(keep)
-            engine.select(idx)
-            new = new[idx]
-            active = [active[j] for j in keep]
+        if len(live) < len(rows) and (kept := engine.select(torch.tensor(live))) is not None:
+            new = new[kept]
+            rows = [rows[j] for j in kept.tolist()]
         logits = engine.step(new)
     return list(zip(out_ids, out_lp, finish))
 

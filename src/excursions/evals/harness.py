@@ -22,6 +22,7 @@ from excursions.model import load_model, parse_checkpoint
 from excursions.sampling import sample
 from excursions.tokenizer import load_tokenizer
 from excursions.train.checkpoint import read_json, write_json
+from excursions.train.pretrain import checkpoints
 from excursions.worlds.corpus import find_world
 
 
@@ -119,22 +120,33 @@ def evaluate_checkpoint(spec: str, tasks: Sequence[str], cfg: EvalConfig, shots:
     shots_list = list(shots) if shots is not None else [cfg.shots if "recipe" not in meta else 0]
     out_dir = Path(out_dir) if out_dir else (Path(path) / "eval" if Path(path).exists()
                                              else Path("runs/eval") / spec.replace("/", "--").replace("@", "--"))
-    model, tok = load_model(path, revision), load_tokenizer(path, revision)
+    loaded: list = []
+
+    def model_and_tokenizer():  # loaded only if some result is not cached already
+        if not loaded:
+            loaded.extend([load_model(path, revision), load_tokenizer(path, revision)])
+        return loaded
+
     rows = []
     for task in tasks:
         if task in MATH_TASKS:
             test = read_jsonl(Path(world) / task / "test.jsonl")[: cfg.problems or None]
             train = read_jsonl(Path(world) / task / "train.jsonl")
             for k in shots_list:
-                result = evaluate_math(model, tok, test, train, cfg, k, progress, desc=f"{task} {k}-shot")
-                rows.append(_save(out_dir / f"{task}-{k}shot.json", spec, task, cfg, result))
+                file = out_dir / f"{task}-{k}shot.json"
+                rows.append(_cached(file, spec, cfg) or _save(file, spec, task, cfg, evaluate_math(
+                    *model_and_tokenizer(), test, train, cfg, k, progress, desc=f"{task} {k}-shot")))
         else:
+            file = out_dir / f"{task}.json"
+            if (row := _cached(file, spec, cfg)) is not None:
+                rows.append(row)
+                continue
             if task == "general":
                 items = load_mc("world", Path(world) / "general" / "mc_test.jsonl", cfg.mc_items or None)
                 heldout = (Path(world) / "general" / "heldout.txt").read_text().split("\n\n\n")
             else:
                 items, heldout = load_mc(task, Path(data_dir) / f"{task}.validation.jsonl", cfg.mc_items or None), ()
-            rows.append(_save(out_dir / f"{task}.json", spec, task, cfg, evaluate_general(model, tok, items, heldout)))
+            rows.append(_save(file, spec, task, cfg, evaluate_general(*model_and_tokenizer(), items, heldout)))
     return rows
 
 
@@ -142,6 +154,71 @@ def _save(path: Path, spec: str, task: str, cfg: EvalConfig, result: dict) -> di
     record = {"checkpoint": spec, "task": task, "eval_config": to_dict(cfg), **result, "path": str(path)}
     write_json(path, record)
     return record
+
+
+def _cached(path: Path, spec: str, cfg: EvalConfig) -> dict | None:
+    """A result already written by the same evaluation (same checkpoint and settings): an interrupted sweep resumes."""
+    if not path.is_file():
+        return None
+    try:
+        record = read_json(path)
+    except UserError:
+        return None  # unreadable: evaluate again and overwrite
+    same = record.get("checkpoint") == spec and record.get("eval_config") == to_dict(cfg)
+    return record if same else None
+
+
+def is_run_dir(path: Path | str) -> bool:
+    return (Path(path) / "checkpoints").is_dir()
+
+
+def evaluate_run(run: Path | str, tasks: Sequence[str], cfg: EvalConfig, shots: int | None = None,
+                 data_dir: Path | None = None, progress: bool = True) -> list[dict]:
+    """Evaluate every checkpoint of a pretraining run; write `eval/curve.json`, one row per checkpoint.
+
+    Each checkpoint's results land in its own `eval/` directory, so a killed sweep resumes where it stopped.
+    """
+    ckpts = checkpoints(Path(run))
+    if not ckpts:
+        raise UserError(f"{run} has no checkpoints yet; run `excursions pretrain` first")
+    curve = []
+    for i, meta in enumerate(ckpts):
+        if progress:
+            print(f"[{i + 1}/{len(ckpts)}] {Path(meta['path']).name}", flush=True)
+        rows = evaluate_checkpoint(meta["path"], tasks, cfg, None if shots is None else [shots], progress=progress)
+        curve.append({"checkpoint": Path(meta["path"]).name, "step": meta["step"], "tokens": meta["tokens"],
+                      "val_loss": meta.get("val_loss"), "results": {r["task"]: _headline(r) for r in rows}})
+    write_json(Path(run) / "eval" / "curve.json", curve)
+    return curve
+
+
+def _headline(row: dict) -> dict:
+    """The numbers a curve plots, without per-problem detail."""
+    if "metrics" in row:
+        return {"shots": row["shots"], "n": row["n"], "problems": row["problems"], **row["metrics"],
+                "format_rate": row["format_rate"]}
+    return {k: row[k] for k in ("acc", "acc_norm", "n", "bits_per_byte") if k in row}
+
+
+def curve_table(curve: Sequence[dict]) -> str:
+    """One line per checkpoint: tokens, val loss, pass@k of each math task, general acc and bpb."""
+    tasks = list(curve[0]["results"])
+    head = f"{'tokens':>12} {'val loss':>8}"
+    for t in tasks:
+        r = curve[0]["results"][t]
+        head += "".join(f" {t + ' ' + k:>15}" for k in r if k.startswith("pass@")) if "n" in r and "shots" in r \
+            else f" {t + ' acc':>12}" + (f" {'bpb':>6}" if "bits_per_byte" in r else "")
+    lines = [head]
+    for c in curve:
+        line = f"{c['tokens']:>12,} {c['val_loss'] if c['val_loss'] is not None else float('nan'):>8.3f}"
+        for t in tasks:
+            r = c["results"][t]
+            if "shots" in r:
+                line += "".join(f" {100 * v['mean']:>15.1f}" for k, v in r.items() if k.startswith("pass@"))
+            else:
+                line += f" {100 * r['acc']:>12.1f}" + (f" {r['bits_per_byte']:>6.3f}" if "bits_per_byte" in r else "")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def summary_table(rows: Sequence[dict]) -> str:
