@@ -77,6 +77,31 @@ def test_a_grpo_step_raises_the_probability_of_rewarded_completions(source):
     assert after[1] < before[1] and after[3] < before[3]  # format-only reward (below the mean): down
 
 
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_micro_batched_gradients_equal_the_whole_batch(source, agg):
+    """Chunks of different token counts, each weighted by its share: the same gradient as one big backward."""
+    from excursions.train.rl import grpo_gradients
+
+    model, tok = AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+    comps = [" 1 + 1 = 2\n#### 2", " 3", " 1 + 1 = 3 and then some more\n#### 3", " 2\n#### 2", " no", " 7 + 1"]
+    rewards = [1.0, 0.0, 0.1, 1.0, 0.0, 0.1]
+
+    def grads(micro: int) -> list[torch.Tensor]:
+        cfg = RLConfig(group_size=6, prompts_per_step=1, minibatches=1, micro_batch=micro, kl_coef=0.1,
+                       aggregation=agg)
+        batch = _batch(model, tok, comps, rewards, cfg)
+        # an off-policy batch, so that the ratio and the KL both carry gradient
+        batch = Rollouts(**{**batch.__dict__, "old_logp": batch.old_logp - 0.05, "ref_logp": batch.ref_logp + 0.1})
+        model.zero_grad(set_to_none=True)
+        grpo_gradients(model, batch, torch.arange(6), cfg)
+        return [p.grad.clone() for p in model.parameters()]
+
+    whole, chunked = grads(6), grads(4)  # chunks of 4 and 2 rows
+    assert any(g.abs().sum() > 0 for g in whole)
+    for a, b in zip(whole, chunked):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
 def test_sft_batches_mask_exactly_the_completion(source, micro_run):
     tok = AutoTokenizer.from_pretrained(source)
     problems = read_jsonl(micro_run / "world/gsm/train.jsonl")[:5]

@@ -248,6 +248,7 @@ class RLConfig:
     prompts_per_step: int = 32  # paper: 512
     group_size: int = 8  # G rollouts per prompt; paper: 32
     minibatches: int = 2  # optimizer steps per rollout batch (paper: 512 / 128 = 4)
+    micro_batch: int = 64  # rollouts per forward/backward; gradients accumulate to the same loss
     lr: float = 5e-5  # paper: 1e-6 at 1B
     betas: tuple[float, ...] = (0.9, 0.999)
     weight_decay: float = 0.01
@@ -270,7 +271,8 @@ class RLConfig:
     def __post_init__(self):
         from excursions.objectives import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
 
-        for name in ("steps", "prompts_per_step", "group_size", "minibatches", "max_new_tokens", "save_every"):
+        for name in ("steps", "prompts_per_step", "group_size", "minibatches", "micro_batch", "max_new_tokens",
+                     "save_every"):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         check(self.prompts_per_step % self.minibatches == 0, "minibatches",
               f"must divide prompts_per_step ({self.prompts_per_step})")

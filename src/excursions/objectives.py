@@ -96,6 +96,24 @@ AGGREGATIONS: dict[str, Callable] = {
 }
 
 
+def chunk_share(agg: str, chunk_mask: torch.Tensor, full_mask: torch.Tensor) -> float:
+    """Weight of a chunk's aggregated loss so that the chunks' weighted sum equals the whole batch's loss.
+
+    Every aggregation is a sum over tokens divided by a normaliser: the token count (token-mean) or the
+    sequence count (the others), so a micro-batch's share is its part of that normaliser.
+
+    >>> m = torch.tensor([[1., 1., 0.], [1., 0., 0.], [1., 1., 1.]])
+    >>> chunk_share("token-mean", m[:1], m), chunk_share("seq-mean-token-mean", m[:1], m)  # 2 of 6 tokens, 1 of 3 rows
+    (0.3333333333333333, 0.3333333333333333)
+    >>> chunk_share("token-mean", m[1:2], m)                                               # 1 of 6 tokens
+    0.16666666666666666
+    """
+    lookup(AGGREGATIONS, agg, "loss aggregation")
+    if agg == "token-mean":
+        return float(chunk_mask.sum()) / max(1.0, float(full_mask.sum()))
+    return chunk_mask.shape[0] / full_mask.shape[0]
+
+
 # ---------------------------------------------------------------------------------------- losses
 
 
@@ -134,7 +152,10 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Per-token entropy of the predictive distribution: [N, T, V] -> [N, T]."""
-    logp = torch.log_softmax(logits.float(), -1)
+def entropy(logp: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy of a predictive distribution given as log-probabilities: [N, T, V] -> [N, T].
+
+    >>> round(float(entropy(torch.log(torch.tensor([[[0.5, 0.5]]])))), 6)  # ln 2
+    0.693147
+    """
     return -(logp.exp() * logp).sum(-1)
