@@ -70,6 +70,7 @@ states, averaged). Settings come from the preset's [rl], [sft] and [parallel] se
 
 Writes into --out: config.toml, metrics.jsonl (reward, KL, entropy, clip fraction, FLOPs, tracked
 test pass@k), and final/ (an HF checkpoint whose excursions.json names the recipe and source).
+Two-stage recipes (sft_rl, sft_gold_rl) keep one such directory per stage; the result is rl/final.
 Interrupted, the same command resumes; a finished run is not redone.
 
 examples:

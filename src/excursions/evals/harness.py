@@ -156,6 +156,11 @@ def _save(path: Path, spec: str, task: str, cfg: EvalConfig, result: dict) -> di
     return record
 
 
+def by_k(metrics: dict) -> dict:
+    """pass@k entries in order of k (results read back from sorted-key JSON list pass@32 before pass@8)."""
+    return dict(sorted(metrics.items(), key=lambda kv: int(kv[0].split("@")[1])))
+
+
 def _cached(path: Path, spec: str, cfg: EvalConfig) -> dict | None:
     """A result already written by the same evaluation (same checkpoint and settings): an interrupted sweep resumes."""
     if not path.is_file():
@@ -165,6 +170,8 @@ def _cached(path: Path, spec: str, cfg: EvalConfig) -> dict | None:
     except UserError:
         return None  # unreadable: evaluate again and overwrite
     same = record.get("checkpoint") == spec and record.get("eval_config") == to_dict(cfg)
+    if same and "metrics" in record:
+        record["metrics"] = by_k(record["metrics"])
     return record if same else None
 
 
