@@ -23,7 +23,7 @@ parallel averaging) off each one, and evaluate them the same way.
 examples:
   excursions pretrain --preset smoke                 # 1-2 minutes: the whole path on a toy setting
   excursions eval runs/smoke/checkpoints/step000146-tokens299008 --task gsm,general
-  excursions pretrain --preset tiny                  # the default study's pretraining (~20 min, 2 cores)
+  excursions pretrain --preset tiny                  # the default study's pretraining (~21 min, 2 cores)
   excursions pretrain --preset tiny pretrain.lr=1e-3 model.size=olmo2_3M --out runs/tiny-3M
   excursions config --preset tiny                    # print the resolved tiny config
 """
