@@ -3,6 +3,8 @@
     python benchmarks/grpo_step.py                       # newest runs/tiny checkpoint, 16 prompts x 16
     python benchmarks/grpo_step.py --prompts 8 --group 8 --steps 3
 
+Needs TRL: pip install -e '.[bench]'.
+
 Both: one optimizer step per rollout batch, temperature 1, at most --max-new tokens, EOS as the only
 stop, no KL model (beta = 0), the same strict reward. Seconds per step exclude the first (warm-up) step.
 """
@@ -10,6 +12,7 @@ stop, no KL model (beta = 0), the same strict reward. Seconds per step exclude t
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -49,8 +52,11 @@ class _Clock(TrainerCallback):
 
 
 def trl(ckpt: Path, problems, args) -> list[float]:
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    try:
+        from datasets import Dataset
+        from trl import GRPOConfig, GRPOTrainer
+    except ImportError:
+        sys.exit("benchmarks/grpo_step.py compares against TRL: pip install -e '.[bench]'")
 
     model, tok = AutoModelForCausalLM.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt)
     rows = [{"prompt": format_prompt(p.question), "answer": p.answer} for p in problems] * (args.steps + 1)
