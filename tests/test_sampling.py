@@ -145,3 +145,24 @@ def test_grouped_query_attention_decodes_like_the_full_forward(lm, prompts):
     for i in range(6):
         n = int(out.mask[i].sum())
         assert out.tokens[i, :n].tolist() == _recompute_greedy(model, tok, prompts[i // 2], 12)
+
+
+def test_prompts_can_leave_before_the_first_decode_step(lm, prompts):
+    """A sample that ends on its first token (EOS or a stop string) may trigger compaction before any step."""
+    from excursions.sampling import Olmo2Engine
+
+    model, tok = lm
+    ids = [tok(p).input_ids for p in prompts[:4]]
+    L = max(map(len, ids))
+    padded = torch.tensor([[tok.pad_token_id] * (L - len(i)) + i for i in ids])
+    valid = torch.tensor([[False] * (L - len(i)) + [True] * len(i) for i in ids])
+    with torch.no_grad():
+        engine = Olmo2Engine(model, max_new_tokens=4)
+        first = engine.prefill(padded, valid).argmax(-1)
+        kept = engine.select(torch.tensor([1, 2, 3]))  # prompt 0 done at t = 0: a quarter of the prompts
+        assert kept.tolist() == [1, 2, 3]
+        got = engine.step(first[kept])
+        alone = Olmo2Engine(model, max_new_tokens=4)
+        alone.prefill(padded[1:], valid[1:])
+        want = alone.step(first[1:])
+    assert torch.allclose(got, want, atol=1e-5)

@@ -169,7 +169,9 @@ class Olmo2Engine:
             return None
         kept = (groups[:, None] * self.n + torch.arange(self.n)).flatten()
         self.pk, self.pv, self.pvalid = self.pk[:, groups], self.pv[:, groups], self.pvalid[groups]
-        self.gk, self.gv, self.pos = self.gk[:, kept], self.gv[:, kept], self.pos[kept]
+        self.pos = self.pos[kept]
+        if self.gk is not None:  # samples can finish on their first token, before any decode step
+            self.gk, self.gv = self.gk[:, kept], self.gv[:, kept]
         return kept
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
