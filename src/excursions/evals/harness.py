@@ -213,8 +213,10 @@ def curve_table(curve: Sequence[dict]) -> str:
     head = f"{'tokens':>12} {'val loss':>8}"
     for t in tasks:
         r = curve[0]["results"][t]
-        head += "".join(f" {t + ' ' + k:>15}" for k in r if k.startswith("pass@")) if "n" in r and "shots" in r \
-            else f" {t + ' acc':>12}" + (f" {'bpb':>6}" if "bits_per_byte" in r else "")
+        if "shots" in r:  # a math task
+            head += "".join(f" {t + ' ' + k:>15}" for k in r if k.startswith("pass@"))
+        else:
+            head += f" {t + ' acc':>12}" + (f" {'bpb':>6}" if "bits_per_byte" in r else "")
     lines = [head]
     for c in curve:
         line = f"{c['tokens']:>12,} {c['val_loss'] if c['val_loss'] is not None else float('nan'):>8.3f}"
