@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from excursions import progress  # noqa: F401  (quiets transformers' loading bars)
 from excursions.config import RLConfig
 from excursions.data.problems import format_prompt, read_jsonl
 from excursions.optim import adamw

@@ -5,7 +5,8 @@
 
 Tokens/s counts useful completion tokens (up to and including EOS or the stop string) per wall second,
 the same count for both; each engine samples its own tokens, so lengths differ slightly between them.
-Both are warmed up on a few prompts first.
+Both are warmed up on a few prompts first, then run alternately `--repeats` times; the table shows
+medians (this machine's speed drifts by 20% within minutes, which a single pair of runs would mix in).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from excursions import progress  # noqa: F401  (quiets transformers' loading bars)
 from excursions.data.problems import STOP_STRINGS, format_prompt, read_jsonl
 from excursions.sampling import sample
 
@@ -43,10 +45,15 @@ def timed(fn, *args) -> tuple[float, int]:
     return time.perf_counter() - t, tokens
 
 
+def rate(seconds: float, tokens: int) -> float:
+    return tokens / seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     ckpt = args.checkpoint or sorted(Path("runs/tiny/checkpoints").glob("step*"))[-1]
     run = ckpt.parent.parent
@@ -63,11 +70,14 @@ def main() -> None:
     print("| case | HF generate tok/s | excursions tok/s | speed-up |\n|---|---:|---:|---:|")
     hf_generate(model, tok, cases[0][1][:4], 2, 8, 1.0)  # warm both up (allocator, token-text cache)
     ours(model, tok, cases[0][1][:4], 2, 8, 1.0)
+    median = lambda xs: sorted(xs)[len(xs) // 2]
     for name, prompts, n in cases:
         torch.manual_seed(0)
-        t_hf, n_hf = timed(hf_generate, model, tok, prompts, n, args.max_new, 1.0)
-        t_us, n_us = timed(ours, model, tok, prompts, n, args.max_new, 1.0)
-        print(f"| {name} | {n_hf / t_hf:,.0f} | {n_us / t_us:,.0f} | {(n_us / t_us) / (n_hf / t_hf):.1f}x |", flush=True)
+        hf, us = [], []
+        for _ in range(args.repeats):
+            hf.append(rate(*timed(hf_generate, model, tok, prompts, n, args.max_new, 1.0)))
+            us.append(rate(*timed(ours, model, tok, prompts, n, args.max_new, 1.0)))
+        print(f"| {name} | {median(hf):,.0f} | {median(us):,.0f} | {median(us) / median(hf):.1f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -115,47 +115,60 @@ class HFEngine:
 
 
 class Olmo2Engine:
-    """OLMo-2 decode with a shared-prefix cache, calling the model's own layers (same weights, same maths).
+    """OLMo-2 decode with a shared-prefix cache over the model's own weights (fused, same maths).
 
     Each prompt's keys and values are stored once and attended by all of its n samples in one batched
     matmul; only the generated tokens have a per-sample cache. With n = 32 samples of a 4-shot prompt
     this reads the prompt cache 32x less per step, and dropping finished samples copies only the small
     generated cache. Finished samples stay in the batch until a quarter of the prompts are done (then
     whole prompts leave): copying caches on every finish cost more than decoding a few idle rows.
+
+    A decode step is ~40 small ops per layer, so their count is the cost at batch 64 on a CPU: the
+    q/k/v and gate/up projections are fused into one matmul each, norms are `F.rms_norm`, the softmax
+    scale is folded into the q-norm gain, rotary embeddings rotate q and k together, and keys are cached
+    transposed ([hd, L]) so that scores are one contiguous batched matmul.
     """
 
     def __init__(self, model, max_new_tokens: int):
         self.model, self.max_new = model, max_new_tokens
-        self.layers = model.model.layers
         cfg = model.config
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.layers = [self._fuse(layer) for layer in model.model.layers]
+        self.norm = model.model.norm
 
-    def prefill(self, ids: torch.Tensor, valid: torch.Tensor, block: int = 16) -> torch.Tensor:
+    def _fuse(self, layer) -> dict:
+        a, mlp = layer.self_attn, layer.mlp
+        cat = lambda *ms: torch.cat([m.weight for m in ms]).detach()
+        return dict(
+            qkv=cat(a.q_proj, a.k_proj, a.v_proj), o=a.o_proj.weight.detach(), gate_up=cat(mlp.gate_proj, mlp.up_proj),
+            down=mlp.down_proj.weight.detach(), q_norm=(a.q_norm.weight * a.scaling).detach(), k_norm=a.k_norm.weight.detach(),
+            attn_norm=layer.post_attention_layernorm.weight.detach(), ff_norm=layer.post_feedforward_layernorm.weight.detach(),
+            eps=a.q_norm.variance_epsilon,
+        )
+
+    def prefill(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         P, T = ids.shape
-        shape = (len(self.layers), P, self.kv_heads, T, self.head_dim)
-        self.pk, self.pv = torch.zeros(shape, dtype=self.model.dtype), torch.zeros(shape, dtype=self.model.dtype)
-        self.pvalid = valid
+        block = max(1, 2**22 // (T * T))  # prompts per forward: bounds the T x T masks to ~4M entries
+        L, KVH, hd, dt = len(self.layers), self.kv_heads, self.head_dim, self.model.dtype
+        self.pk, self.pv = torch.zeros(L, P, KVH, hd, T, dtype=dt), torch.zeros(L, P, KVH, T, hd, dtype=dt)
+        self.pbias = torch.zeros(P, 1, 1, T, dtype=dt).masked_fill(~valid[:, None, None, :], float("-inf"))
         pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
         # Causal and not padding; a padding query also sees itself, so that no softmax row is empty (NaN).
         mask = (torch.ones(T, T, dtype=torch.bool).tril() & valid[:, None, :]) | torch.eye(T, dtype=torch.bool)
         logits = []
-        for i in range(0, P, block):  # blocks bound the T x T attention scores in memory
+        for i in range(0, P, block):
             rows = slice(i, i + block)
 
             def attend(layer: int, q, k, v, rows=rows):
-                self.pk[layer, rows], self.pv[layer, rows] = k, v
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[rows, None], scale=self.scale,
+                self.pk[layer, rows], self.pv[layer, rows] = k.transpose(-1, -2), v
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[rows, None], scale=1.0,
                                                       enable_gqa=self.heads != self.kv_heads)
 
-            logits.append(self._forward(ids[rows], pos[rows], attend)[:, -1])
+            logits.append(self._forward(ids[rows], pos[rows], attend, last_only=True)[:, -1])
         self.n, self.t, self.gk, self.gv = 1, 0, None, None
         self.pos = pos[:, -1:] + 1
         return torch.cat(logits)
-
-    @property
-    def scale(self) -> float:
-        return self.layers[0].self_attn.scaling
 
     def repeat(self, n: int) -> None:
         self.n = n
@@ -168,57 +181,68 @@ class Olmo2Engine:
         if P - len(groups) < max(1, P // 4):
             return None
         kept = (groups[:, None] * self.n + torch.arange(self.n)).flatten()
-        self.pk, self.pv, self.pvalid = self.pk[:, groups], self.pv[:, groups], self.pvalid[groups]
+        self.pk, self.pv, self.pbias = self.pk[:, groups], self.pv[:, groups], self.pbias[groups]
         self.pos = self.pos[kept]
         if self.gk is not None:  # samples can finish on their first token, before any decode step
             self.gk, self.gv = self.gk[:, kept], self.gv[:, kept]
         return kept
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
-        B, t = ids.shape[0], self.t
+        B, t, n = ids.shape[0], self.t, self.n
         if self.gk is None:
-            shape = (len(self.layers), B, self.kv_heads, self.max_new, self.head_dim)
-            self.gk, self.gv = torch.zeros(shape, dtype=self.model.dtype), torch.zeros(shape, dtype=self.model.dtype)
-        P, n, H, rep = B // self.n, self.n, self.heads, self.heads // self.kv_heads
+            L, KVH, hd, dt = len(self.layers), self.kv_heads, self.head_dim, self.model.dtype
+            self.gk, self.gv = torch.zeros(L, B, KVH, hd, self.max_new, dtype=dt), torch.zeros(L, B, KVH, self.max_new, hd, dtype=dt)
+        P, KVH, rep = B // n, self.kv_heads, self.heads // self.kv_heads
 
-        def attend(layer: int, q, k, v):  # q [B, H, 1, hd]; prompt part per prompt, generated part per sample
-            self.gk[layer, :, :, t], self.gv[layer, :, :, t] = k[:, :, 0], v[:, :, 0]
-            kp, vp, kg, vg = self.pk[layer], self.pv[layer], self.gk[layer, :, :, : t + 1], self.gv[layer, :, :, : t + 1]
-            if rep > 1:  # grouped-query attention (real OLMo-2 configs)
-                kp, vp, kg, vg = (x.repeat_interleave(rep, 1) for x in (kp, vp, kg, vg))
-            qg = q.view(P, n, H, -1).transpose(1, 2)  # [P, H, n, hd]
-            sp = (qg @ kp.transpose(-1, -2)).masked_fill(~self.pvalid[:, None, None, :], float("-inf"))
-            sg = (q @ kg.transpose(-1, -2)).view(P, n, H, t + 1).transpose(1, 2)  # [P, H, n, t + 1]
-            w = (torch.cat([sp, sg], -1) * self.scale).softmax(-1)
+        def attend(layer: int, q, k, v):  # q [B, H, 1, hd]: the prompt part per prompt, generated per sample
+            self.gk[layer, :, :, :, t], self.gv[layer, :, :, t] = k[:, :, 0], v[:, :, 0]
+            # query rows grouped by key/value head: [B, KVH, rep, hd]; a prompt's n samples share its cache
+            qg = q.reshape(B, KVH, rep, -1)
+            qp = qg if n == 1 else qg.view(P, n, KVH, rep, -1).transpose(1, 2).reshape(P, KVH, n * rep, -1)
+            sp = qp @ self.pk[layer] + self.pbias  # [P, KVH, n * rep, Lp], -inf on prompt padding
+            sp = sp if n == 1 else sp.view(P, KVH, n, rep, -1).transpose(1, 2).reshape(B, KVH, rep, -1)
+            sg = qg @ self.gk[layer, :, :, :, : t + 1]  # [B, KVH, rep, t + 1]
             Lp = sp.shape[-1]
-            out = (w[..., :Lp] @ vp).transpose(1, 2).reshape(B, H, 1, -1)
-            return out + w[..., Lp:].transpose(1, 2).reshape(B, H, 1, t + 1) @ vg
+            w = torch.cat([sp, sg], -1).softmax(-1)
+            wp = w[..., :Lp]
+            wp = wp if n == 1 else wp.reshape(P, n, KVH, rep, Lp).transpose(1, 2).reshape(P, KVH, n * rep, Lp)
+            op = wp @ self.pv[layer]  # [P, KVH, n * rep, hd]
+            op = op if n == 1 else op.view(P, KVH, n, rep, -1).transpose(1, 2)
+            out = op.reshape(B, KVH, rep, -1) + w[..., Lp:] @ self.gv[layer, :, :, : t + 1]
+            return out.reshape(B, self.heads, 1, -1)
 
         logits = self._forward(ids[:, None], self.pos, attend)
         self.t, self.pos = t + 1, self.pos + 1
         return logits[:, -1]
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, attend) -> torch.Tensor:
-        """The OLMo-2 stack over `ids` [B, T] with attention done by `attend(layer, q, k, v)`."""
-        from transformers.models.olmo2.modeling_olmo2 import apply_rotary_pos_emb
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, attend, last_only: bool = False) -> torch.Tensor:
+        """The OLMo-2 stack over `ids` [B, T] with attention done by `attend(layer, q, k, v)` (q pre-scaled)."""
+        from transformers.models.olmo2.modeling_olmo2 import rotate_half
 
         B, T = ids.shape
+        H, KVH, hd = self.heads, self.kv_heads, self.head_dim
         h = self.model.model.embed_tokens(ids)  # [B, T, d]
         cos, sin = self.model.model.rotary_emb(h, pos)
-        for i, layer in enumerate(self.layers):
-            a = layer.self_attn
-            q = a.q_norm(a.q_proj(h)).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-            k = a.k_norm(a.k_proj(h)).view(B, T, -1, self.head_dim).transpose(1, 2)
-            v = a.v_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            att = attend(i, q, k, v)
-            h = h + layer.post_attention_layernorm(a.o_proj(att.transpose(1, 2).reshape(B, T, -1)))
-            h = h + layer.post_feedforward_layernorm(layer.mlp(h))
-        return self.model.lm_head(self.model.model.norm(h))
+        cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, hd]
+        for i, w in enumerate(self.layers):
+            q, k, v = F.linear(h, w["qkv"]).split([H * hd, KVH * hd, KVH * hd], -1)
+            q, k = F.rms_norm(q, q.shape[-1:], w["q_norm"], w["eps"]), F.rms_norm(k, k.shape[-1:], w["k_norm"], w["eps"])
+            qk = torch.cat([q, k], -1).view(B, T, H + KVH, hd).transpose(1, 2)  # rotate q and k together
+            qk = qk * cos + rotate_half(qk) * sin
+            att = attend(i, qk[:, :H], qk[:, H:], v.view(B, T, KVH, hd).transpose(1, 2))
+            att = F.linear(att.transpose(1, 2).reshape(B, T, -1), w["o"])
+            h = h + F.rms_norm(att, att.shape[-1:], w["attn_norm"], w["eps"])
+            gate, up = F.linear(h, w["gate_up"]).chunk(2, -1)
+            h = h + F.rms_norm(F.linear(F.silu(gate) * up, w["down"]), h.shape[-1:], w["ff_norm"], w["eps"])
+        if last_only:
+            h = h[:, -1:]
+        return self.model.lm_head(self.norm(h))
 
 
 def make_engine(model, max_new_tokens: int, fast: bool = True):
-    if fast and type(model).__name__ == "Olmo2ForCausalLM" and model.config._attn_implementation in ("sdpa", "eager"):
+    cfg = model.config
+    if (fast and type(model).__name__ == "Olmo2ForCausalLM" and cfg._attn_implementation in ("sdpa", "eager")
+            and not getattr(cfg, "attention_bias", False)):
         return Olmo2Engine(model, max_new_tokens)
     return HFEngine(model)
 

@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from excursions.config import RLConfig
 from excursions.data.problems import STOP_STRINGS, Problem, format_prompt
@@ -46,11 +48,26 @@ def position_ids(attention: torch.Tensor) -> torch.Tensor:
 
 def response_logits(model, input_ids: torch.Tensor, attention: torch.Tensor, prompt_width: int, temperature: float):
     """Logits that predict each completion token, divided by the rollout temperature: [N, T, V]."""
-    keep = input_ids.shape[1] - prompt_width + 1
-    # the LM head only over the positions that predict completion tokens, where the model supports it
-    extra = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    L = input_ids.shape[1]
+    extra = {}
+    if _accepts_logits_to_keep(type(model)):  # the LM head only at the positions that predict completions
+        extra["logits_to_keep"] = torch.arange(prompt_width - 1, L - 1)
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids(attention), **extra)
-    return out.logits[:, -keep:-1] / temperature
+    logits = out.logits if extra else out.logits[:, prompt_width - 1 : L - 1]
+    return logits if temperature == 1.0 else logits / temperature
+
+
+@functools.cache
+def _accepts_logits_to_keep(model_type: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
+
+
+def trim(ids: torch.Tensor, attention: torch.Tensor, prompt_width: int, response_mask: torch.Tensor):
+    """Drop the columns of a micro-batch that are padding in every row (left of the prompts, right of
+    the completions): (ids, attention, prompt_width, response columns kept)."""
+    start = int(attention[:, :prompt_width].argmax(-1).min()) if prompt_width else 0
+    width = int(response_mask.sum(-1).max())
+    return ids[:, start : prompt_width + width], attention[:, start : prompt_width + width], prompt_width - start, width
 
 
 @torch.no_grad()
@@ -73,8 +90,8 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
     ids[:, P:], attention[:, P:] = s.tokens, s.mask.long()
     # With one update per rollout batch the policy that sampled is the one being updated: the ratio is
     # exactly 1 and the old log-probs are the current ones, detached (no extra forward pass).
-    old = _logprobs(policy, ids, attention, s.tokens, P, cfg) if cfg.minibatches > 1 else None
-    ref_lp = _logprobs(ref, ids, attention, s.tokens, P, cfg) if ref is not None and cfg.kl_coef > 0 else None
+    old = _logprobs(policy, ids, attention, s.tokens, s.mask, P, cfg) if cfg.minibatches > 1 else None
+    ref_lp = _logprobs(ref, ids, attention, s.tokens, s.mask, P, cfg) if ref is not None and cfg.kl_coef > 0 else None
     n_params, layers, d = model_dims(policy)
     gen_tokens = int(s.mask.sum())
     stats = {
@@ -90,14 +107,22 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
     return Rollouts(ids, attention, s.mask, P, rewards, adv, old, ref_lp, stats)
 
 
+def _micro_logits(model, ids, attention, response_mask, prompt_width: int, temperature: float):
+    """`response_logits` of a micro-batch without its all-padding columns: ([n, w, V], w)."""
+    ids, attention, prompt_width, width = trim(ids, attention, prompt_width, response_mask)
+    return response_logits(model, ids, attention, prompt_width, temperature), width
+
+
 @torch.no_grad()
-def _logprobs(model, ids, attention, tokens, prompt_width: int, cfg: RLConfig) -> torch.Tensor:
+def _logprobs(model, ids, attention, tokens, mask, prompt_width: int, cfg: RLConfig) -> torch.Tensor:
     """Log-probs of the sampled tokens under `model` (eval mode), micro-batch by micro-batch: [N, T]."""
     was_training = model.training
     model.eval()
-    out = torch.cat([token_logprobs(response_logits(model, ids[i : i + cfg.micro_batch], attention[i : i + cfg.micro_batch],
-                                                    prompt_width, cfg.temperature), tokens[i : i + cfg.micro_batch])
-                     for i in range(0, len(ids), cfg.micro_batch)])
+    out = torch.zeros(tokens.shape)
+    for i in range(0, len(ids), cfg.micro_batch):
+        c = slice(i, i + cfg.micro_batch)
+        logits, w = _micro_logits(model, ids[c], attention[c], mask[c], prompt_width, cfg.temperature)
+        out[c, :w] = token_logprobs(logits, tokens[c, :w])
     model.train(was_training)
     return out
 
@@ -107,22 +132,25 @@ def grpo_gradients(policy, batch: Rollouts, rows: torch.Tensor, cfg: RLConfig) -
 
     Runs `cfg.micro_batch` rows at a time, each chunk's loss weighted by its share of the aggregation's
     normaliser, so the gradient equals that of the whole `rows` at once (tested) at a fraction of the memory.
+    Rows go shortest first and each chunk drops its all-padding columns: less padding to run through.
     """
     full_mask = batch.response_mask[rows]
+    rows = rows[full_mask.sum(-1).argsort(stable=True)]
+    T = full_mask.shape[1]
     stats: dict[str, float] = {}
     for chunk in rows.split(cfg.micro_batch):
-        logits = response_logits(policy, batch.input_ids[chunk], batch.attention[chunk], batch.prompt_width,
-                                 cfg.temperature)
         mask = batch.response_mask[chunk]
-        logp_all = torch.log_softmax(logits.float(), -1)  # [n, T, V], shared by the loss and the entropy
-        logp = logp_all.gather(-1, batch.responses[chunk][..., None]).squeeze(-1)
+        logits, w = _micro_logits(policy, batch.input_ids[chunk], batch.attention[chunk], mask, batch.prompt_width,
+                                  cfg.temperature)
+        logp_all = torch.log_softmax(logits.float(), -1)  # [n, w, V], shared by the loss and the entropy
+        logp = F.pad(logp_all.gather(-1, batch.responses[chunk, :w, None]).squeeze(-1), (0, T - w))  # [n, T]
         old = logp.detach() if batch.old_logp is None else batch.old_logp[chunk]
         loss, chunk_stats = grpo_loss(logp, old, None if batch.ref_logp is None else batch.ref_logp[chunk],
                                       batch.advantages[chunk], mask, cfg.clip_eps, cfg.kl_coef, cfg.kl, cfg.aggregation)
         share = chunk_share(cfg.aggregation, mask, full_mask)
         (loss * share).backward()
         with torch.no_grad():
-            chunk_stats["entropy"] = token_mean(entropy(logp_all), mask)
+            chunk_stats["entropy"] = token_mean(entropy(logp_all), mask[:, :w])
         for k, v in chunk_stats.items():
             stats[k] = stats.get(k, 0.0) + share * float(v)
     return stats
