@@ -79,6 +79,19 @@ examples:
   excursions posttrain runs/tiny/checkpoints/step000148-tokens4849664 --recipe parallel parallel.weight=0.7
 """
 
+CALIBRATE_HELP = """\
+Check that a pretraining setting can show the paper's effects: pretrain (or reuse the run in --out),
+evaluate every checkpoint on gsm, hard (--hard-problems) and general, run direct RL from two checkpoints with room for
+it (base pass@1 < 10%, pass@32 > 40%; or --rl-from), and print one table with issue 5's targets
+checked. Every stage writes where its own command would, so finished work is reused and a killed
+calibration resumes. The table lands in OUT/eval/calibration.md and .json.
+
+examples:
+  excursions calibrate --preset tiny                        # reuses runs/tiny where it is done
+  excursions calibrate --preset tiny --rl-from 4,5 rl.lr=2e-4 rl.steps=40
+  excursions calibrate --preset tiny data.math=0.8 --out runs/tiny-math80
+"""
+
 CONFIG_HELP = """\
 Print the resolved config (preset or file, plus overrides) as TOML, after validating it.
 
@@ -163,6 +176,14 @@ def cmd_posttrain(args) -> None:
     print(f"{args.recipe}: {final}")
 
 
+def cmd_calibrate(args) -> None:
+    from excursions.calibrate import calibrate, calibration_table
+
+    cfg = _load(args)
+    out = args.out or Path("runs") / (args.config.stem if args.config else cfg.name)
+    print(calibration_table(calibrate(cfg, out, args.rl_from, args.hard_problems, progress=not args.quiet)))
+
+
 def cmd_config(args) -> None:
     sys.stdout.write(to_toml(_load(args)))
 
@@ -206,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="run directory (default: <run>/posttrain/<checkpoint>/<recipe>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_posttrain)
+
+    p = sub.add_parser("calibrate", help="pretrain, evaluate every checkpoint, RL from two: is the testbed fit?",
+                       description=CALIBRATE_HELP, formatter_class=fmt)
+    _config_args(p)
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<preset>)")
+    p.add_argument("--rl-from", default="auto", help="checkpoint indices for direct RL, e.g. 4,5 (default: auto)")
+    p.add_argument("--hard-problems", type=int, default=200,
+                   help="hard test problems per checkpoint (default: 200; gsm uses eval.problems)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("config", help="print a resolved, validated config", description=CONFIG_HELP, formatter_class=fmt)
     _config_args(p)

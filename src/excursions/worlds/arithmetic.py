@@ -291,8 +291,8 @@ def _equation(step: Step, steps: list[Step], swap: bool) -> str:
     return f"{a} {step.op} {b} = {step.value}"
 
 
-def _render(d: Draft, style: int, order: list[int], swap: bool, end: str) -> str:
-    eqs = [_equation(d.steps[i], d.steps, swap) for i in order]
+def _render(d: Draft, style: int, order: list[int], eqs: list[str], end: str) -> str:
+    """Solution text of `style` for the steps in `order`, whose equations are `eqs`."""
     if style == 0:  # bare equations
         body = "\n".join(eqs)
     elif style == 1:  # narrative
@@ -325,19 +325,24 @@ def make_problem(family: str, rng: random.Random, fam: MathFamilyConfig, k: int,
             continue
         answer = str(d.steps[-1].value)
         end = marker(family, answer)
-        candidates = list(dict.fromkeys(
-            _render(d, style, order, swap, end)
-            for order in _orders(d.steps, rng)
-            for style in (styles or range(STYLES))
-            for swap in (False, True)
-        ))
+        # The distinct renderings, in a fixed order, identified without writing them all out: a style's text
+        # is a function of its equation list, except the narrative's, which also depends on the step order.
+        # Only the k chosen ones are rendered (the corpus asks for one of ~60 per problem).
+        seen: dict = {}
+        for order in _orders(d.steps, rng):
+            by_swap = {swap: [_equation(d.steps[i], d.steps, swap) for i in order] for swap in (False, True)}
+            for style in styles or range(STYLES):
+                for swap in (False, True):
+                    eqs = by_swap[swap]
+                    key = _render(d, 1, order, eqs, end) if style == 1 else (style, tuple(eqs))
+                    seen.setdefault(key, (style, order, eqs))
+        candidates = list(seen.values())
         if len(candidates) < k:
             continue
         first = 2 * len(styles or range(STYLES))  # the written step order, every style, comes first
-        main = candidates[:first]
-        rng.shuffle(main)
-        rest = candidates[first:]
+        main, rest = list(range(min(first, len(candidates)))), list(range(first, len(candidates)))
+        rng.shuffle(main)  # a shuffle's permutation depends only on the length, not on what is shuffled
         rng.shuffle(rest)
-        solutions = tuple((main + rest)[:k])
+        solutions = tuple(_render(d, *candidates[i], end) for i in (main + rest)[:k])
         return Problem(id=pid, family=family, question=d.question, answer=answer, solutions=solutions,
                        key=f"{family}|{d.key!r}|{answer}")
