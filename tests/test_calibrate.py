@@ -27,9 +27,11 @@ def test_calibrate_runs_every_stage_then_reuses_them(micro_run, micro_overrides,
         assert r["minutes"] > 0 and 0 <= r["after"]["pass@1"]["mean"] <= 1
         assert r["before"]["pass@1"]["lo"] <= r["before"]["pass@1"]["mean"] <= r["before"]["pass@1"]["hi"]
     names = [t[0] for t in result["targets"]]
-    assert len(names) == 3 + 2 + 1 and "hard pass@4 below gsm at the same checkpoint" in names
+    assert len(names) == 3 + 2 + 2 and "hard pass@4 below gsm at the same checkpoint" in names
+    assert 0 < result["guess"]["gsm"]["pass@1"] <= result["guess"]["gsm"]["pass@4"] < 1
     table = calibration_table(result)
-    assert table.count("\n| 0 | ") == 2 and "| gsm pass@4 |" in table.replace(" | ", " |\n| ").replace("\n", " ")
+    assert table.count("\n| 0 | ") == 2 and "\n| guess | | | " in table and "| gsm pass@4 |" in table
+    assert (run / "eval" / "calibration.png").stat().st_size > 10_000
     saved = json.loads((run / "eval" / "calibration.json").read_text())
     assert saved["targets"] == [list(t) for t in result["targets"]]
 

@@ -87,7 +87,7 @@ def test_micro_batched_gradients_equal_the_whole_batch(source, agg):
     rewards = [1.0, 0.0, 0.1, 1.0, 0.0, 0.1]
 
     def grads(micro: int) -> list[torch.Tensor]:
-        cfg = RLConfig(group_size=6, prompts_per_step=1, minibatches=1, micro_batch=micro, kl_coef=0.1,
+        cfg = RLConfig(group_size=2, prompts_per_step=3, minibatches=1, micro_batch=micro, kl_coef=0.1,
                        aggregation=agg)
         batch = _batch(model, tok, comps, rewards, cfg)
         # an off-policy batch, so that the ratio and the KL both carry gradient
@@ -96,7 +96,7 @@ def test_micro_batched_gradients_equal_the_whole_batch(source, agg):
         grpo_gradients(model, batch, torch.arange(6), cfg)
         return [p.grad.clone() for p in model.parameters()]
 
-    whole, chunked = grads(6), grads(4)  # chunks of 4 and 2 rows
+    whole, chunked = grads(6), grads(4)  # three groups of 2 rows: chunks of 4 and 2 rows
     assert any(g.abs().sum() > 0 for g in whole)
     for a, b in zip(whole, chunked):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
@@ -159,3 +159,35 @@ def test_rl_resumes_after_kill_9_to_the_same_weights(source, micro_run, micro_ov
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed/metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))
+
+
+def test_shared_prefix_logits_and_gradients_equal_the_full_forward(source, micro_run):
+    """Each prompt run once for its group must give the same logits and gradients as every row in full."""
+    from excursions.train.rl import shared_prefix_logits
+
+    model, tok = AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+    problems = read_jsonl(micro_run / "world/gsm/train.jsonl")[:3]
+    prompts = [tok(format_prompt(p.question)).input_ids for p in problems]
+    G, P, T = 2, max(map(len, prompts)), 7
+    ids = torch.full((3 * G, P + T), tok.pad_token_id)
+    attention = torch.zeros(3 * G, P + T, dtype=torch.long)
+    torch.manual_seed(0)
+    for i in range(3 * G):
+        p, n = prompts[i // G], 3 + i % 5  # ragged prompts (left padding) and completions (right padding)
+        ids[i, P - len(p) : P], attention[i, P - len(p) : P] = torch.tensor(p), 1
+        ids[i, P : P + n], attention[i, P : P + n] = torch.randint(5, len(tok), (n,)), 1
+    mask = attention[:, P:].float()
+
+    def run(fn):
+        model.zero_grad(set_to_none=True)
+        logits = fn()
+        (logits.log_softmax(-1).gather(-1, ids[:, P:, None]).squeeze(-1) * mask).sum().backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+    full, g_full = run(lambda: response_logits(model, ids, attention, P, 0.7))
+    shared, g_shared = run(lambda: shared_prefix_logits(model, ids, attention, P, G, 0.7))
+    assert shared.shape == full.shape == (3 * G, T, len(tok))
+    real = mask.bool()
+    assert torch.allclose(shared[real], full[real], atol=1e-4)
+    for a, b in zip(g_full, g_shared):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Sequence
 
 from excursions.config import Config, to_dict
+from excursions.data.problems import read_jsonl
 from excursions.errors import UserError
 from excursions.evals.harness import evaluate_checkpoint, evaluate_run
+from excursions.figures import base_curve_figure
 from excursions.train.checkpoint import META, atomic_write_text, read_json, write_json
 from excursions.train.pretrain import checkpoints, pretrain
 from excursions.train.recipes import posttrain
@@ -34,6 +36,21 @@ def passk(result: dict) -> list[str]:
 def has_room(result: dict) -> bool:
     top = passk(result)[-1]
     return result["pass@1"]["mean"] < ROOM_FOR_RL[0] and result[top]["mean"] > ROOM_FOR_RL[1]
+
+
+def guess_baseline(train: Sequence[str], test: Sequence[str], ks: Sequence[int]) -> dict[str, float]:
+    """pass@k of a blind guesser that samples each answer from the train split's answer distribution.
+
+    A model that has learned which answers are common, and nothing else, scores this: with small-integer
+    answers it is far from zero, so base pass@k near it says nothing about skill.
+
+    >>> guess_baseline(["1", "1", "2", "3"], ["1", "4"], [1, 2])   # p = 1/2 and 0: pass@2 = (1 - 1/4) / 2
+    {'pass@1': 0.25, 'pass@2': 0.375}
+    """
+    from collections import Counter
+
+    freq, n = Counter(train), len(train)
+    return {f"pass@{k}": sum(1 - (1 - freq[a] / n) ** k for a in test) / len(test) for k in ks}
 
 
 def choose_rl_checkpoints(curve: Sequence[dict], wanted: str) -> list[int]:
@@ -61,7 +78,7 @@ def choose_rl_checkpoints(curve: Sequence[dict], wanted: str) -> list[int]:
 
 def calibrate(cfg: Config, out: Path, rl_from: str = "auto", hard_problems: int = 200, progress: bool = True) -> dict:
     """Run (or reuse) every stage; returns {"curve": ..., "rl": [...], "targets": [...]}, also written to
-    `out/eval/calibration.json` and `.md`."""
+    `out/eval/calibration.json`, `.md` and `.png` (base pass@k of both families and general accuracy)."""
     out = Path(out)
     pretrain(cfg, out, progress)
     # hard samples are slower (longer solutions; early checkpoints never stop): fewer problems than gsm
@@ -69,7 +86,8 @@ def calibrate(cfg: Config, out: Path, rl_from: str = "auto", hard_problems: int 
     hard = evaluate_run(out, ["hard"], hard_cfg, progress=progress)
     curve = evaluate_run(out, ["gsm", "general"], cfg.eval, progress=progress)  # writes eval/curve.json
     for row, h in zip(curve, hard):
-        row["results"]["hard"] = h["results"]["hard"]
+        r = row["results"]
+        row["results"] = {"gsm": r["gsm"], "hard": h["results"]["hard"], "general": r["general"]}
     ckpts = checkpoints(out)
     rl_rows = []
     for i in choose_rl_checkpoints(curve, rl_from):
@@ -81,9 +99,15 @@ def calibrate(cfg: Config, out: Path, rl_from: str = "auto", hard_problems: int 
         after = evaluate_checkpoint(str(final), ["gsm"], cfg.eval, progress=progress)[0]
         rl_rows.append({"index": i, "checkpoint": Path(ckpt).name, "tokens": ckpts[i]["tokens"],
                         "before": before["metrics"], "after": after["metrics"], "minutes": minutes})
-    result = {"curve": curve, "rl": rl_rows, "targets": check_targets(curve, rl_rows)}
+    guess = {}
+    for task, c in (("gsm", cfg.eval), ("hard", hard_cfg)):
+        train = [p.answer for p in read_jsonl(out / "world" / task / "train.jsonl")]
+        test = [p.answer for p in read_jsonl(out / "world" / task / "test.jsonl")[: c.problems or None]]
+        guess[task] = guess_baseline(train, test, c.ks)
+    result = {"curve": curve, "guess": guess, "rl": rl_rows, "targets": check_targets(curve, rl_rows, guess)}
     write_json(out / "eval" / "calibration.json", result)
     atomic_write_text(out / "eval" / "calibration.md", calibration_table(result) + "\n")
+    base_curve_figure(curve, out / "eval" / "calibration.png", baselines=guess)
     return result
 
 
@@ -95,8 +119,9 @@ def settings_digest(section) -> str:
     return hashlib.sha1(json.dumps(to_dict(section), sort_keys=True).encode()).hexdigest()[:6]
 
 
-def check_targets(curve: Sequence[dict], rl_rows: Sequence[dict]) -> list[tuple[str, bool, str]]:
-    """(target, met, the numbers behind it) for each of issue 5's targets."""
+def check_targets(curve: Sequence[dict], rl_rows: Sequence[dict], guess: dict) -> list[tuple[str, bool, str]]:
+    """(target, met, the numbers behind it) for each of issue 5's targets, plus whether the checkpoints with
+    room for RL sample correct answers more often than blind guessing does (else the room is illusory)."""
     gsm = [c["results"]["gsm"] for c in curve]
     p1 = [g["pass@1"]["mean"] for g in gsm]
     room = [i for i, g in enumerate(gsm[:-1]) if has_room(g)]
@@ -112,13 +137,16 @@ def check_targets(curve: Sequence[dict], rl_rows: Sequence[dict]) -> list[tuple[
                     f"{100 * b['mean']:.1f} [{100 * b['lo']:.1f}, {100 * b['hi']:.1f}] -> "
                     f"{100 * a['mean']:.1f} [{100 * a['lo']:.1f}, {100 * a['hi']:.1f}]"))
     top = passk(gsm[0])[-1]
+    above = [i for i in room if gsm[i][top]["lo"] > guess["gsm"][top]]
+    out.append((f"checkpoints with room have {top} above blind guessing ({100 * guess['gsm'][top]:.1f}%)",
+                bool(room) and above == room, f"{len(above)} of {len(room)}: {above}"))
     lower = [c["results"]["hard"][top]["mean"] < c["results"]["gsm"][top]["mean"] for c in curve]
     out.append((f"hard {top} below gsm at the same checkpoint", all(lower), f"{sum(lower)} of {len(lower)} checkpoints"))
     return out
 
 
 def _cell(metric: dict) -> str:
-    return f"{100 * metric['mean']:.1f} [{100 * metric['lo']:.0f}, {100 * metric['hi']:.0f}]"
+    return f"{100 * metric['mean']:.1f} [{100 * metric['lo']:.1f}, {100 * metric['hi']:.1f}]"
 
 
 def calibration_table(result: dict) -> str:
@@ -131,6 +159,10 @@ def calibration_table(result: dict) -> str:
         cells = [_cell(r[task][k]) for task in ("gsm", "hard") for k in ks]
         lines.append(f"| {i} | {c['tokens'] / 1e6:.2f}M | {c['val_loss']:.3f} | " + " | ".join(cells)
                      + f" | {100 * r['general']['acc']:.1f} |")
+    if "guess" in result:
+        g = result["guess"]
+        lines.append("| guess | | | " + " | ".join(f"{100 * g[task][k]:.1f}" for task in ("gsm", "hard") for k in ks)
+                     + " | |")
     if result["rl"]:
         top = ks[-1]
         lines += ["", f"| # | tokens | base 0-shot pass@1 | rl pass@1 | base 0-shot {top} | rl {top} | RL wall |",

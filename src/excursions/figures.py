@@ -39,8 +39,9 @@ def nshot_figure(rows: Sequence[dict], path: Path) -> None:
     _save(fig, path)
 
 
-def base_curve_figure(curve: Sequence[dict], path: Path) -> None:
-    """Base-checkpoint pass@k along pretraining (one panel per math task) and general accuracy."""
+def base_curve_figure(curve: Sequence[dict], path: Path, baselines: dict | None = None) -> None:
+    """Base-checkpoint pass@k along pretraining (one panel per math task) and general accuracy; `baselines`
+    ({task: {"pass@k": value}}, e.g. blind guessing) are drawn as dashed lines in the same colours."""
     tasks = list(curve[0]["results"])
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     x = [c["tokens"] for c in curve]
@@ -49,9 +50,12 @@ def base_curve_figure(curve: Sequence[dict], path: Path) -> None:
         if "shots" in first:
             for k in [k for k in first if k.startswith("pass@")]:
                 y = [100 * c["results"][task][k]["mean"] for c in curve]
-                ax.plot(x, y, marker="o", label=k)
+                line, = ax.plot(x, y, marker="o", label=k)
                 ax.fill_between(x, [100 * c["results"][task][k]["lo"] for c in curve],
                                 [100 * c["results"][task][k]["hi"] for c in curve], alpha=0.2)
+                if baselines and k in baselines.get(task, {}):
+                    ax.axhline(100 * baselines[task][k], color=line.get_color(), linestyle="--", linewidth=1,
+                               label="blind guessing" if k == "pass@1" else None)
             ax.set_title(f"{task} ({first['shots']}-shot, n={first['n']})")
             ax.set_ylabel("pass@k (%)")
         else:
