@@ -137,63 +137,6 @@ class Olmo2Engine:
         self.layers = olmo2_weights(model)
 
     def prefill(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        self.cache, self.valid = DynamicCache(), valid
-        self.pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=valid.long(), position_ids=self.pos,
-                         use_cache=True, **{self.cache_arg: self.cache})
-        self.pos = self.pos[:, -1:] + 1
-        return out.logits[:, -1]
-
-    def repeat(self, n: int) -> None:
-        self.cache.batch_repeat_interleave(n)
-        self.valid, self.pos = self.valid.repeat_interleave(n, 0), self.pos.repeat_interleave(n, 0)
-
-    def select(self, rows: torch.Tensor) -> torch.Tensor:
-        self.cache.batch_select_indices(rows)
-        self.valid, self.pos = self.valid[rows], self.pos[rows]
-        return rows
-
-    def step(self, ids: torch.Tensor) -> torch.Tensor:
-        self.valid = torch.cat([self.valid, torch.ones_like(self.valid[:, :1])], 1)
-        out = self.model(input_ids=ids[:, None], attention_mask=self.valid.long(), position_ids=self.pos,
-                         use_cache=True, **{self.cache_arg: self.cache})
-        self.pos = self.pos + 1
-        return out.logits[:, -1]
-
-
-class Olmo2Engine:
-    """OLMo-2 decode with a shared-prefix cache over the model's own weights (fused, same maths).
-
-    Each prompt's keys and values are stored once and attended by all of its n samples in one batched
-    matmul; only the generated tokens have a per-sample cache. With n = 32 samples of a 4-shot prompt
-    this reads the prompt cache 32x less per step, and dropping finished samples copies only the small
-    generated cache. Finished samples stay in the batch until a quarter of the prompts are done (then
-    whole prompts leave): copying caches on every finish cost more than decoding a few idle rows.
-
-    A decode step is ~40 small ops per layer, so their count is the cost at batch 64 on a CPU: the
-    q/k/v and gate/up projections are fused into one matmul each, norms are `F.rms_norm`, the softmax
-    scale is folded into the q-norm gain, rotary embeddings rotate q and k together, and keys are cached
-    transposed ([hd, L]) so that scores are one contiguous batched matmul.
-    """
-
-    def __init__(self, model, max_new_tokens: int):
-        self.model, self.max_new = model, max_new_tokens
-        cfg = model.config
-        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.layers = olmo2_weights(model)
-
-    def _fuse(self, layer) -> dict:
-        a, mlp = layer.self_attn, layer.mlp
-        cat = lambda *ms: torch.cat([m.weight for m in ms]).detach()
-        return dict(
-            qkv=cat(a.q_proj, a.k_proj, a.v_proj), o=a.o_proj.weight.detach(), gate_up=cat(mlp.gate_proj, mlp.up_proj),
-            down=mlp.down_proj.weight.detach(), q_norm=(a.q_norm.weight * a.scaling).detach(), k_norm=a.k_norm.weight.detach(),
-            attn_norm=layer.post_attention_layernorm.weight.detach(), ff_norm=layer.post_feedforward_layernorm.weight.detach(),
-            eps=a.q_norm.variance_epsilon,
-        )
-
-    def prefill(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         P, T = ids.shape
         block = max(1, 2**22 // (T * T))  # prompts per forward: bounds the T x T masks to ~4M entries
         L, KVH, hd, dt = len(self.layers), self.kv_heads, self.head_dim, self.model.dtype
