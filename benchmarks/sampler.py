@@ -1,7 +1,7 @@
 """Our sampler vs HF `model.generate` on the same model, prompts, lengths, temperature and stop strings.
 
     python benchmarks/sampler.py                                     # newest runs/tiny checkpoint
-    python benchmarks/sampler.py --checkpoint runs/tiny/checkpoints/step000366-tokens11993088
+    python benchmarks/sampler.py --checkpoint runs/tiny/checkpoints/step000930-tokens7618560
 
 Tokens/s counts useful completion tokens (up to and including EOS or the stop string) per wall second,
 the same count for both; each engine samples its own tokens, so lengths differ slightly between them.

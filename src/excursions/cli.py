@@ -56,11 +56,11 @@ families), general (world multiple choice + bpb), and arc_easy, arc_challenge, h
 winogrande (real files in --data-dir, hub schemas).
 
 examples:
-  excursions eval runs/tiny/checkpoints/step000366-tokens11993088
-  excursions eval runs/tiny/checkpoints/step000366-tokens11993088 --task gsm,hard --n 32 --k 1,8,32
+  excursions eval runs/tiny/checkpoints/step001465-tokens12001280
+  excursions eval runs/tiny/checkpoints/step001465-tokens12001280 --task gsm,hard --n 32 --k 1,8,32
   excursions eval runs/tiny --task gsm,general          # every checkpoint: the base pass@k curve
-  excursions eval runs/tiny/checkpoints/step000366-tokens11993088 --task gsm --shots 0,1,2,4,8,16 --limit 200
-  excursions eval runs/tiny/checkpoints/step000366-tokens11993088 --task arc_easy,piqa --data-dir ../shared/data/general
+  excursions eval runs/tiny/checkpoints/step001465-tokens12001280 --task gsm --shots 0,1,2,4,8,16 --limit 200
+  excursions eval runs/tiny/checkpoints/step001465-tokens12001280 --task arc_easy,piqa --data-dir ../shared/data/general
 """
 
 POSTTRAIN_HELP = """\
@@ -74,9 +74,9 @@ Two-stage recipes (sft_rl, sft_gold_rl) keep one such directory per stage; the r
 Interrupted, the same command resumes; a finished run is not redone.
 
 examples:
-  excursions posttrain runs/tiny/checkpoints/step000148-tokens4849664 --recipe rl
-  excursions posttrain runs/tiny/checkpoints/step000148-tokens4849664 --recipe sft_rl --out runs/tiny-post/sft_rl
-  excursions posttrain runs/tiny/checkpoints/step000148-tokens4849664 --recipe parallel parallel.weight=0.7
+  excursions posttrain runs/tiny/checkpoints/step000591-tokens4841472 --recipe rl
+  excursions posttrain runs/tiny/checkpoints/step000591-tokens4841472 --recipe sft_rl --out runs/tiny-post/sft_rl
+  excursions posttrain runs/tiny/checkpoints/step000591-tokens4841472 --recipe parallel parallel.weight=0.7
 """
 
 CALIBRATE_HELP = """\
