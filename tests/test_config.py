@@ -47,6 +47,7 @@ def test_config_is_frozen():
         ("model.size='olmo2_1T'", "model.size", "unknown size"),
         ("data.general=0.9", "data.general", "must sum to 1"),
         ("world.gsm.max_steps=1", "world.gsm.max_steps", ">= min_steps"),
+        ("world.gsm.start_max=500", "world.gsm.start_max", "in [2, max_value (50)]"),
         ("pretrain.seq_len=4096", "pretrain.seq_len", "<= model.context"),
         ("pretrain.compile=1", "pretrain.compile", "true or false"),
         ("model=3", "model", "table of settings"),

@@ -50,6 +50,20 @@ def test_number_ranges_follow_the_config():
         assert int(p.answer) <= 30
 
 
+def test_start_max_spreads_the_starting_amounts_and_so_the_answers():
+    narrow = MathFamilyConfig(max_operand=9, max_value=200)
+    wide = MathFamilyConfig(max_operand=9, max_value=200, start_max=99)
+    rng_n, rng_w = random.Random(0), random.Random(0)
+    first = re.compile(r"^\w+ has (\d+) ")  # chain and compare problems open with a starting amount
+    starts_n = [int(m.group(1)) for p in (make_problem("gsm", rng_n, narrow, 1, "x") for _ in range(300))
+                if (m := first.match(p.question))]
+    probs_w = [make_problem("gsm", rng_w, wide, 1, "x") for _ in range(300)]
+    starts_w = [int(m.group(1)) for p in probs_w if (m := first.match(p.question))]
+    assert max(starts_n) <= 9 and max(starts_w) > 50 and all(2 <= s <= 99 for s in starts_w)
+    assert all(int(p.answer) <= 200 for p in probs_w)
+    assert len({p.answer for p in probs_w}) > 2 * len({int(s) for s in starts_n})
+
+
 def test_splits_are_disjoint_and_absent_from_pretraining_text(micro_cfg):
     """By content: no held-out question (train/val/test) appears in the pretraining stream."""
     world = build_world(micro_cfg.world)

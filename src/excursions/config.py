@@ -44,6 +44,7 @@ class MathFamilyConfig:
     max_steps: int = 3
     max_operand: int = 9  # largest number a step introduces (and a starting amount)
     max_value: int = 50  # largest intermediate result or answer
+    start_max: int = 0  # largest starting amount of a word problem (0: max_operand); wider spreads the answers
 
     def __post_init__(self):
         for name in ("train", "val", "test"):
@@ -52,6 +53,8 @@ class MathFamilyConfig:
         check(self.max_steps >= self.min_steps, "max_steps", f"must be >= min_steps ({self.min_steps})")
         check(self.max_operand >= 2, "max_operand", "must be >= 2")
         check(self.max_value >= 2 * self.max_operand, "max_value", f"must be >= 2 * max_operand ({2 * self.max_operand})")
+        check(self.start_max == 0 or 2 <= self.start_max <= self.max_value, "start_max",
+              f"must be 0 (= max_operand) or in [2, max_value ({self.max_value})]")
 
 
 @dataclass(frozen=True)

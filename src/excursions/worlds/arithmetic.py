@@ -99,7 +99,7 @@ def _gsm_chain(rng: random.Random, fam: MathFamilyConfig) -> Draft:
     """A person's stock of items changes step by step: gains, losses, doubling, packs of several."""
     name, friend = people(rng, 2)
     item = rng.choice(ITEMS)
-    value = rng.randint(2, fam.max_operand)
+    value = rng.randint(2, fam.start_max or fam.max_operand)
     first = f"{name} has {value} {item}."
     sentences, steps, key = [first], [], ["chain", value]
     n = rng.randint(fam.min_steps, fam.max_steps)
@@ -137,7 +137,7 @@ def _gsm_compare(rng: random.Random, fam: MathFamilyConfig) -> Draft:
     """Two or three people's amounts defined relative to each other; how many together?"""
     names = people(rng, 3)
     item = rng.choice(ITEMS)
-    a = rng.randint(2, fam.max_operand)
+    a = rng.randint(2, fam.start_max or fam.max_operand)
     sentences = [f"{names[0]} has {a} {item}."]
     steps, key = [], ["compare", a]
     owners = [a]  # a number or a step reference per person
