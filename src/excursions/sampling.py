@@ -79,6 +79,18 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: tor
 # ------------------------------------------------------------------------------------------ engines
 
 
+def position_ids(valid: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: [N, L] (bool or 0/1) -> [N, L]."""
+    return (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def prompt_mask(valid: torch.Tensor) -> torch.Tensor:
+    """Attention mask of left-padded prompts [P, L] -> [P, 1, L, L]: causal over real tokens; a padding
+    query also sees itself, so that no softmax row is empty (NaN)."""
+    L = valid.shape[-1]
+    return ((torch.ones(L, L, dtype=torch.bool).tril() & valid.bool()[:, None, :]) | torch.eye(L, dtype=torch.bool))[:, None]
+
+
 class HFEngine:
     """Any HF causal LM: its own forward over a DynamicCache, left padding via position ids."""
 
@@ -91,7 +103,7 @@ class HFEngine:
 
     def prefill(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         self.cache, self.valid = DynamicCache(), valid
-        self.pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        self.pos = position_ids(valid)
         out = self.model(input_ids=ids, attention_mask=valid.long(), position_ids=self.pos,
                          use_cache=True, **{self.cache_arg: self.cache})
         self.pos = self.pos[:, -1:] + 1
@@ -131,9 +143,7 @@ class Olmo2Engine:
 
     def __init__(self, model, max_new_tokens: int):
         self.model, self.max_new = model, max_new_tokens
-        cfg = model.config
-        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.heads, self.kv_heads, self.head_dim = olmo2_heads(model)
         self.layers = olmo2_weights(model)
 
     def prefill(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -142,16 +152,14 @@ class Olmo2Engine:
         L, KVH, hd, dt = len(self.layers), self.kv_heads, self.head_dim, self.model.dtype
         self.pk, self.pv = torch.zeros(L, P, KVH, hd, T, dtype=dt), torch.zeros(L, P, KVH, T, hd, dtype=dt)
         self.pbias = torch.zeros(P, 1, 1, T, dtype=dt).masked_fill(~valid[:, None, None, :], float("-inf"))
-        pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
-        # Causal and not padding; a padding query also sees itself, so that no softmax row is empty (NaN).
-        mask = (torch.ones(T, T, dtype=torch.bool).tril() & valid[:, None, :]) | torch.eye(T, dtype=torch.bool)
+        pos, mask = position_ids(valid), prompt_mask(valid)
         logits = []
         for i in range(0, P, block):
             rows = slice(i, i + block)
 
             def attend(layer: int, q, k, v, rows=rows):
                 self.pk[layer, rows], self.pv[layer, rows] = k.transpose(-1, -2), v
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[rows, None], scale=1.0,
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[rows], scale=1.0,
                                                       enable_gqa=self.heads != self.kv_heads)
 
             logits.append(olmo2_forward(self.model, self.layers, ids[rows], pos[rows], attend, last_only=True)[:, -1])
@@ -206,6 +214,13 @@ class Olmo2Engine:
 
 
 
+def olmo2_heads(model) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head dim) of an OLMo-2 model."""
+    cfg = model.config
+    H = cfg.num_attention_heads
+    return H, cfg.num_key_value_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+
+
 def olmo2_weights(model) -> list[dict]:
     """Per layer, an OLMo-2 model's weights fused for `olmo2_forward` (differentiable outside no_grad)."""
     out = []
@@ -227,10 +242,8 @@ def olmo2_forward(model, weights: list[dict], ids: torch.Tensor, pos: torch.Tens
     with q pre-scaled (the softmax scale is folded into the q-norm gain): logits [B, T or 1, V]."""
     from transformers.models.olmo2.modeling_olmo2 import rotate_half
 
-    cfg = model.config
     B, T = ids.shape
-    H, KVH = cfg.num_attention_heads, cfg.num_key_value_heads
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    H, KVH, hd = olmo2_heads(model)
     h = model.model.embed_tokens(ids)  # [B, T, d]
     cos, sin = model.model.rotary_emb(h, pos)
     cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, hd]

@@ -19,7 +19,8 @@ from excursions.data.problems import STOP_STRINGS, Problem, format_prompt
 from excursions.flops import generate_flops_per_token, model_dims, train_flops_per_token
 from excursions.objectives import ADVANTAGES, chunk_share, entropy, grpo_loss, token_logprobs, token_mean
 from excursions.rewards import math_rewards
-from excursions.sampling import is_olmo2, olmo2_forward, olmo2_weights, sample
+from excursions.sampling import (is_olmo2, olmo2_forward, olmo2_heads, olmo2_weights, position_ids, prompt_mask,
+                                 sample)
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,6 @@ class Rollouts:
     @property
     def responses(self) -> torch.Tensor:  # [N, T]
         return self.input_ids[:, self.prompt_width :]
-
-
-def position_ids(attention: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding: [N, L] -> [N, L]."""
-    return (attention.cumsum(-1) - 1).clamp(min=0)
 
 
 def response_logits(model, input_ids: torch.Tensor, attention: torch.Tensor, prompt_width: int, temperature: float):
@@ -66,14 +62,13 @@ def shared_prefix_logits(model, input_ids: torch.Tensor, attention: torch.Tensor
     after a ~50-token prompt this skips a quarter of the forward and backward. OLMo-2 only (`is_olmo2`).
     """
     P, (N, L) = prompt_width, input_ids.shape
-    T, H, KVH = L - P, model.config.num_attention_heads, model.config.num_key_value_heads
+    T, (H, KVH, _) = L - P, olmo2_heads(model)
     pvalid = attention[::group, :P].bool()  # [g, P]
-    ppos = (pvalid.long().cumsum(-1) - 1).clamp(min=0)
+    ppos = position_ids(pvalid)
     R = T - 1  # completion tokens 0..T-2 predict 1..T-1; the prompt's last position predicts token 0
     rpos = pvalid.sum(-1).repeat_interleave(group)[:, None] + torch.arange(R)  # [N, R]
     weights = olmo2_weights(model)
-    # a prompt attends causally to its real tokens (a padding query to itself: no empty softmax row)
-    pmask = ((torch.ones(P, P, dtype=torch.bool).tril() & pvalid[:, None, :]) | torch.eye(P, dtype=torch.bool))[:, None]
+    pmask = prompt_mask(pvalid)
     # a completion token attends to its prompt's real tokens and causally to its own completion
     rmask = torch.cat([pvalid.repeat_interleave(group, 0)[:, None, :].expand(N, R, P),
                        torch.ones(R, R, dtype=torch.bool).tril().expand(N, R, R)], -1)[:, None]
