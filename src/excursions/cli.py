@@ -21,9 +21,12 @@ Pretrain a model and keep checkpoints, branch post-training excursions (RL, SFT,
 parallel averaging) off each one, and evaluate them the same way.
 
 examples:
+  excursions study                                   # the tiny study end to end: runs/study-tiny/report/
+  excursions study --preset smoke                    # the same on a toy setting, a few minutes
+  excursions status runs/study-tiny                  # what is done, running, failed
   excursions pretrain --preset smoke                 # 1-2 minutes: the whole path on a toy setting
   excursions eval runs/smoke/checkpoints/step000146-tokens299008 --task gsm,general
-  excursions pretrain --preset tiny                  # the default study's pretraining (~21 min, 2 cores)
+  excursions pretrain --preset tiny                  # the default study's pretraining (~17 min, 2 cores)
   excursions pretrain --preset tiny pretrain.lr=1e-3 model.size=olmo2_3M --out runs/tiny-3M
   excursions config --preset tiny                    # print the resolved tiny config
 """
@@ -56,11 +59,11 @@ families), general (world multiple choice + bpb), and arc_easy, arc_challenge, h
 winogrande (real files in --data-dir, hub schemas).
 
 examples:
-  excursions eval runs/tiny/checkpoints/step001465-tokens12001280
-  excursions eval runs/tiny/checkpoints/step001465-tokens12001280 --task gsm,hard --n 32 --k 1,8,32
+  excursions eval runs/tiny/checkpoints/step001221-tokens10002432
+  excursions eval runs/tiny/checkpoints/step001221-tokens10002432 --task gsm,hard --n 32 --k 1,8,32
   excursions eval runs/tiny --task gsm,general          # every checkpoint: the base pass@k curve
-  excursions eval runs/tiny/checkpoints/step001465-tokens12001280 --task gsm --shots 0,1,2,4,8,16 --limit 200
-  excursions eval runs/tiny/checkpoints/step001465-tokens12001280 --task arc_easy,piqa --data-dir ../shared/data/general
+  excursions eval runs/tiny/checkpoints/step001221-tokens10002432 --task gsm --shots 0,1,2,4,8,16 --limit 200
+  excursions eval runs/tiny/checkpoints/step001221-tokens10002432 --task arc_easy,piqa --data-dir ../shared/data/general
 """
 
 POSTTRAIN_HELP = """\
@@ -74,9 +77,9 @@ Two-stage recipes (sft_rl, sft_gold_rl) keep one such directory per stage; the r
 Interrupted, the same command resumes; a finished run is not redone.
 
 examples:
-  excursions posttrain runs/tiny/checkpoints/step000591-tokens4841472 --recipe rl
-  excursions posttrain runs/tiny/checkpoints/step000591-tokens4841472 --recipe sft_rl --out runs/tiny-post/sft_rl
-  excursions posttrain runs/tiny/checkpoints/step000591-tokens4841472 --recipe parallel parallel.weight=0.7
+  excursions posttrain runs/tiny/checkpoints/step000519-tokens4251648 --recipe rl
+  excursions posttrain runs/tiny/checkpoints/step000519-tokens4251648 --recipe sft_rl --out runs/tiny-post/sft_rl
+  excursions posttrain runs/tiny/checkpoints/step000519-tokens4251648 --recipe parallel parallel.weight=0.7
 """
 
 CALIBRATE_HELP = """\
@@ -90,6 +93,25 @@ examples:
   excursions calibrate --preset tiny                        # reuses runs/tiny where it is done
   excursions calibrate --preset tiny --rl-from 4,5 rl.lr=2e-4 rl.steps=40
   excursions calibrate --preset tiny data.math=0.8 --out runs/tiny-math80
+"""
+
+STUDY_HELP = """\
+Run the paper's experiments end to end: pretrain (or take the checkpoints listed in study.external),
+evaluate the chosen checkpoints, branch every recipe off each one for every seed, evaluate the
+results, and write a report with one figure per experiment and the paper's claims checked.
+
+The [study] section of the config says which checkpoints, recipes, seeds, tasks and experiments.
+Units that are done are skipped, an interrupted one resumes (kill -9 included: run the same command
+again), and a changed setting re-runs only what depends on it. Writes into --out: study.toml,
+study.db (SQLite: units, checkpoints, evaluations with per-problem c/n, training metrics), pretrain/,
+posttrain/, evals/ and report/ (report.html with figures embedded, report.md, figures/*.png).
+
+examples:
+  excursions study                                   # the tiny study into runs/study-tiny
+  excursions study --preset smoke --out runs/study-smoke
+  excursions study my-study.toml study.seeds=[0,1] rl.steps=40
+  excursions status runs/study-tiny                  # what is done, running, failed
+  excursions export runs/study-tiny                  # CSV (and Parquet with pyarrow) of every table
 """
 
 CONFIG_HELP = """\
@@ -184,6 +206,34 @@ def cmd_calibrate(args) -> None:
     print(calibration_table(calibrate(cfg, out, args.rl_from, args.hard_problems, progress=not args.quiet)))
 
 
+def cmd_study(args) -> None:
+    from excursions.study import run_study
+
+    if args.file is not None and "=" in args.file.name and not args.file.exists():  # an override, not a file
+        args.overrides, args.file = [str(args.file)] + list(args.overrides), None
+    if args.file is not None:
+        if args.config is not None or args.preset is not None:
+            raise UserError("give the study config once: a CONFIG file, --config or --preset")
+        args.config = args.file
+    cfg = _load(args)
+    out = args.out or Path("runs") / f"study-{args.config.stem if args.config else cfg.name}"
+    report = run_study(cfg, out, progress=not args.quiet)
+    print(f"report: {report}\n        {report.with_suffix('.md')}")
+
+
+def cmd_status(args) -> None:
+    from excursions.study import status_table
+
+    print(status_table(args.dir))
+
+
+def cmd_export(args) -> None:
+    from excursions.study import export
+
+    for path in export(args.dir, args.to):
+        print(path)
+
+
 def cmd_config(args) -> None:
     sys.stdout.write(to_toml(_load(args)))
 
@@ -237,6 +287,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard test problems per checkpoint (default: 200; gsm uses eval.problems)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("study", help="run the paper's experiments end to end and write the report",
+                       description=STUDY_HELP, formatter_class=fmt)
+    p.add_argument("file", nargs="?", type=Path, default=None, metavar="CONFIG", help="a study TOML (default: --preset tiny)")
+    _config_args(p)
+    p.add_argument("--out", type=Path, default=None, help="study directory (default: runs/study-<preset>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("status", help="what a study has done, is running, or failed", formatter_class=fmt,
+                       description="Print each unit of the study in DIR with its status and wall time.\n\n"
+                                   "example:\n  excursions status runs/study-tiny")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="write a study's database as CSV / Parquet", formatter_class=fmt,
+                       description="Write every table of DIR/study.db as CSV (and Parquet where pyarrow is "
+                                   "installed) for your own analysis.\n\nexample:\n  excursions export runs/study-tiny "
+                                   "--to tables/")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("--to", type=Path, default=None, help="output directory (default: DIR/export)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("config", help="print a resolved, validated config", description=CONFIG_HELP, formatter_class=fmt)
     _config_args(p)

@@ -146,7 +146,7 @@ class ModelConfig:
 class PretrainConfig:
     """Pretraining from scratch (paper Table 4, scaled down): AdamW, cosine with warmup, checkpoints."""
 
-    tokens: int = 12_000_000  # token budget
+    tokens: int = 10_000_000  # token budget
     seq_len: int = 512
     batch_size: int = 16  # sequences per optimizer step
     lr: float = 6e-3
@@ -339,6 +339,45 @@ class ParallelConfig:
         check(0 <= self.weight_end <= 1, "weight_end", "must be between 0 and 1")
 
 
+EXPERIMENTS = ("recipes", "base_vs_rl", "sharpening", "general", "parallel", "seeds")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What `excursions study` runs: the checkpoints to branch from, the recipes, seeds and experiments.
+
+    Every recipe runs from every chosen checkpoint once per seed (the seed goes to [rl] and [sft]);
+    `seed_checkpoint` adds direct-RL runs with `extra_seeds` there, for the brittleness experiment.
+    """
+
+    checkpoints: tuple[int, ...] = ()  # indices into the pretraining checkpoints (negative from the end); () = all
+    external: tuple[str, ...] = ()  # checkpoint dirs or hub ids[@revision] to use instead of pretraining
+    world: str = ""  # the world/ directory the external checkpoints are evaluated and post-trained on
+    recipes: tuple[str, ...] = ("rl", "sft", "sft_gold", "sft_rl", "parallel")
+    seeds: tuple[int, ...] = (0,)
+    extra_seeds: tuple[int, ...] = ()  # more direct-RL seeds at `seed_checkpoint` (Fig. 13-14)
+    seed_checkpoint: int = -1
+    tasks: tuple[str, ...] = ("gsm", "general")  # evaluated on every base checkpoint and every result
+    experiments: tuple[str, ...] = EXPERIMENTS
+
+    def __post_init__(self):
+        from excursions.train.recipes import RECIPES
+
+        for i, name in enumerate(self.recipes):
+            check(name in RECIPES, f"recipes[{i}]", f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+        for i, name in enumerate(self.experiments):
+            check(name in EXPERIMENTS, f"experiments[{i}]",
+                  f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+        known = ("gsm", "hard", "general")
+        for i, task in enumerate(self.tasks):
+            check(task in known, f"tasks[{i}]", f"unknown task {task!r}; choose from {', '.join(known)}")
+        check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
+        check(len(set(self.seeds + self.extra_seeds)) == len(self.seeds) + len(self.extra_seeds), "extra_seeds",
+              "must not repeat a seed of `seeds`")
+        check(not self.external or bool(self.world), "world",
+              "external checkpoints need the world/ directory they are evaluated on")
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything one run needs. `name` is the preset it came from (informational)."""
@@ -354,6 +393,7 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     def __post_init__(self):
         p = self.pretrain

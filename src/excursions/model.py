@@ -85,8 +85,8 @@ def parse_checkpoint(spec: str) -> tuple[str, str | None]:
 
     >>> parse_checkpoint("allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B")
     ('allenai/OLMo-2-0425-1B', 'stage1-step10000-tokens21B')
-    >>> parse_checkpoint("runs/tiny/checkpoints/step001465-tokens12001280")
-    ('runs/tiny/checkpoints/step001465-tokens12001280', None)
+    >>> parse_checkpoint("runs/tiny/checkpoints/step001221-tokens10002432")
+    ('runs/tiny/checkpoints/step001221-tokens10002432', None)
     """
     from pathlib import Path
 

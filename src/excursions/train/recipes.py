@@ -1,6 +1,6 @@
 """Post-training recipes, registered by name and composed from shared pieces (sampler, rewards, losses).
 
-    excursions posttrain runs/tiny/checkpoints/step000591-tokens4841472 --recipe rl
+    excursions posttrain runs/tiny/checkpoints/step000519-tokens4251648 --recipe rl
 
 | recipe        | what it does                                                        |
 | ------------- | ------------------------------------------------------------------- |

@@ -1,0 +1,440 @@
+"""The study: the paper's experiments planned as units, run in order, every number kept in one SQLite file.
+
+    excursions study                                  # the tiny study into runs/study-tiny
+    excursions study --preset smoke --out runs/study-smoke
+    excursions status runs/study-tiny
+
+A unit is one piece of work whose output directory is named by a digest of the settings it depends on:
+the pretraining run, a base checkpoint's evaluation, one recipe from one checkpoint with one seed, and
+that result's evaluation. Each unit is resumable on its own (pretraining and recipes keep resume states,
+evaluations write one JSON per result and reuse it), so the runner only runs units in order: a finished
+unit is skipped, an interrupted one resumes, and a changed setting gets a new directory, so only what
+depends on it runs again. The database (`study.db`) records each unit's status and every number the
+report draws from: checkpoints, evaluations with per-problem (n, c), training metrics per step.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+from excursions.config import Config, to_dict, to_toml
+from excursions.errors import UserError
+from excursions.train.checkpoint import META, atomic_write_text, read_json, write_json
+
+DB = "study.db"
+LOCK = "study.lock"
+
+
+# ----------------------------------------------------------------------------------------- units
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work. `id` is stable across settings (for status); `path` carries the settings digest."""
+
+    id: str  # e.g. "rl/step000338-tokens2768896/s0"
+    kind: str  # pretrain | base_eval | posttrain | eval
+    path: Path  # a run directory, or an evaluation's record (the result files it wrote); named by digest
+    checkpoint: str = ""  # the source checkpoint's name
+    tokens: int = 0  # its pretraining tokens
+    recipe: str = "base"
+    seed: int = 0
+    source: str = ""  # what the unit reads: a checkpoint directory or hub id
+
+
+def digest(obj) -> str:
+    """Eight hex digits naming a JSON-able value: the unit's settings."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def seeded(cfg: Config, seed: int) -> Config:
+    """The config a recipe runs with for one seed: rollouts, SFT order and exemplars all follow it."""
+    return replace(cfg, rl=replace(cfg.rl, seed=seed), sft=replace(cfg.sft, seed=seed))
+
+
+def recipe_settings(cfg: Config, recipe: str) -> dict:
+    """The config sections a recipe's result depends on (what its directory digest covers)."""
+    sections = {"rl": ("rl",), "sft": ("sft",), "sft_gold": ("sft",), "sft_rl": ("sft", "rl"),
+                "sft_gold_rl": ("sft", "rl"), "parallel": ("parallel", "rl", "sft")}[recipe]
+    return {"recipe": recipe, **{s: to_dict(getattr(cfg, s)) for s in sections}}
+
+
+def pretrain_dir(cfg: Config, out: Path) -> Path:
+    keep = {k: to_dict(getattr(cfg, k)) for k in ("world", "data", "tokenizer", "model", "pretrain")}
+    return out / "pretrain" / f"{cfg.name}-{digest({**keep, 'seed': cfg.seed})}"
+
+
+def all_checkpoints(cfg: Config, out: Path) -> list[tuple[str, int, str]]:
+    """(name, tokens, source) of every checkpoint the study could branch from, known before pretraining runs."""
+    from excursions.train.pretrain import checkpoint_name
+
+    if cfg.study.external:
+        return [(spec.replace("/", "--").replace("@", "--"), revision_tokens(spec), spec) for spec in cfg.study.external]
+    p, root = cfg.pretrain, pretrain_dir(cfg, out) / "checkpoints"
+    names = [(checkpoint_name(st, st * p.tokens_per_step), st * p.tokens_per_step) for st in p.checkpoint_steps()]
+    return [(name, tokens, str(root / name)) for name, tokens in names]
+
+
+def revision_tokens(spec: str) -> int:
+    """Pretraining tokens named by a checkpoint's revision or directory (OLMo's `...-tokens21B`), else 0.
+
+    >>> revision_tokens("allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B"), revision_tokens("runs/x/final")
+    (21000000000, 0)
+    """
+    import re
+
+    m = re.search(r"tokens(\d+)([KMB]?)", spec)
+    return int(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "B": 10**9}[m.group(2)] if m else 0
+
+
+def plan(cfg: Config, out: Path) -> list[Unit]:
+    """Every unit of the study, in the order they run (each after the units it reads)."""
+    s = cfg.study
+    every = all_checkpoints(cfg, out)
+    for i in s.checkpoints + (s.seed_checkpoint,):
+        if not -len(every) <= i < len(every):
+            raise UserError(f"config: study: checkpoint index {i} is out of range; there are {len(every)} "
+                            f"checkpoints (0..{len(every) - 1}, or negative from the end)")
+    chosen = sorted({every[i] for i in s.checkpoints}, key=every.index) if s.checkpoints else every
+    seed_ckpt = every[s.seed_checkpoint] if s.extra_seeds else None
+    if seed_ckpt is not None and seed_ckpt not in chosen:
+        raise UserError("config: study.seed_checkpoint must be one of study.checkpoints (the extra seeds branch "
+                        "from a checkpoint the study already evaluates)")
+    units = [] if s.external else [Unit("pretrain", "pretrain", pretrain_dir(cfg, out))]
+    ev = digest({"eval": to_dict(cfg.eval), "tasks": list(s.tasks)})
+    for name, tokens, source in chosen:
+        units.append(Unit(f"base/{name}", "base_eval", out / "evals" / "base" / f"{name}-{ev}.json", name, tokens,
+                          source=source))
+    for ckpt in chosen:
+        name, tokens, source = ckpt
+        for recipe in s.recipes:
+            for seed in s.seeds + (s.extra_seeds if recipe == "rl" and ckpt == seed_ckpt else ()):
+                settings = recipe_settings(seeded(cfg, seed), recipe)
+                run = out / "posttrain" / name / f"{recipe}-s{seed}-{digest({**settings, 'source': source})}"
+                units.append(Unit(f"{recipe}/{name}/s{seed}", "posttrain", run, name, tokens, recipe, seed, source))
+                record = out / "evals" / recipe / name / f"s{seed}-{run.name.rsplit('-', 1)[1]}-{ev}.json"
+                units.append(Unit(f"eval/{recipe}/{name}/s{seed}", "eval", record, name, tokens, recipe, seed,
+                                  str(run)))
+    return units
+
+
+def world_dir(cfg: Config, out: Path) -> Path:
+    return Path(cfg.study.world) if cfg.study.external else pretrain_dir(cfg, out) / "world"
+
+
+def final_dir(run: Path) -> Path:
+    """A recipe run's result: `final/`, or the RL stage's for two-stage recipes."""
+    return run / "rl" / "final" if (run / "rl").exists() else run / "final"
+
+
+def execute(unit: Unit, cfg: Config, out: Path, progress: bool) -> None:
+    """Run (or resume, or confirm finished) one unit."""
+    from excursions.evals.harness import evaluate_checkpoint
+    from excursions.train.pretrain import pretrain
+    from excursions.train.recipes import posttrain
+
+    world = world_dir(cfg, out)
+    if unit.kind == "pretrain":
+        pretrain(cfg, unit.path, progress)
+    elif unit.kind == "posttrain":
+        posttrain(unit.source, unit.recipe, seeded(cfg, unit.seed), unit.path, world, progress)
+    else:
+        # Results land next to the model (as `excursions eval` writes them, so either reuses the other's);
+        # the unit's record lists them. Base checkpoints are evaluated few-shot (the exemplars carry the
+        # answer format) and 0-shot (where RL starts); post-trained models 0-shot.
+        spec = unit.source if unit.kind == "base_eval" else str(final_dir(Path(unit.source)))
+        local = Path(spec).exists()
+        rows = evaluate_checkpoint(spec, list(cfg.study.tasks), cfg.eval,
+                                   shots=sorted({cfg.eval.shots, 0}) if unit.kind == "base_eval" else [0],
+                                   world_dir=world, out_dir=None if local else out / "evals" / "hub" / unit.checkpoint,
+                                   progress=progress)
+        write_json(unit.path, [r["path"] for r in rows])
+
+
+def is_done(unit: Unit) -> bool:
+    """Whether the unit's output is complete on disk (the database may lag behind a kill)."""
+    if unit.kind == "pretrain":
+        from excursions.train.pretrain import checkpoints
+
+        cfg_file = unit.path / "config.toml"
+        if not cfg_file.exists():
+            return False
+        import tomllib
+
+        total = tomllib.loads(cfg_file.read_text())["pretrain"]
+        steps = max(1, round(total["tokens"] / (total["seq_len"] * total["batch_size"])))
+        return any(c["step"] == steps for c in checkpoints(unit.path))
+    if unit.kind == "posttrain":
+        return (final_dir(unit.path) / META).exists()
+    return unit.path.exists()
+
+
+# ----------------------------------------------------------------------------------------- store
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS units (
+    id TEXT PRIMARY KEY, kind TEXT, path TEXT, checkpoint TEXT, tokens INTEGER, recipe TEXT, seed INTEGER,
+    status TEXT, started REAL, finished REAL, seconds REAL, error TEXT, completions INTEGER DEFAULT 0);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name TEXT PRIMARY KEY, step INTEGER, tokens INTEGER, val_loss REAL, path TEXT);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY, unit TEXT, checkpoint TEXT, tokens INTEGER, recipe TEXT, seed INTEGER, task TEXT,
+    shots INTEGER, n INTEGER, problems INTEGER, format_rate REAL, acc REAL, acc_norm REAL, bits_per_byte REAL,
+    seconds REAL, path TEXT);
+CREATE TABLE IF NOT EXISTS metrics (
+    evaluation INTEGER, metric TEXT, mean REAL, lo REAL, hi REAL, PRIMARY KEY (evaluation, metric));
+CREATE TABLE IF NOT EXISTS problems (
+    evaluation INTEGER, problem TEXT, n INTEGER, c INTEGER, PRIMARY KEY (evaluation, problem));
+CREATE TABLE IF NOT EXISTS training (
+    unit TEXT, stage TEXT, step INTEGER, key TEXT, value REAL, PRIMARY KEY (unit, stage, step, key));
+"""
+TABLES = ("units", "checkpoints", "evaluations", "metrics", "problems", "training")
+
+
+class Store:
+    """The study's SQLite database. Each unit's results go in with its `done` status in one transaction,
+    so a kill leaves either all of a unit's rows or none."""
+
+    def __init__(self, path: Path):
+        self.db = sqlite3.connect(path, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def status(self) -> dict[str, sqlite3.Row]:
+        return {r["id"]: r for r in self.db.execute("SELECT * FROM units")}
+
+    def retire(self, units: list[Unit]) -> None:
+        """Mark units that are no longer in the plan (or ran with other settings) stale: the report skips them."""
+        current = {u.id: str(u.path) for u in units}
+        with self.db:
+            for r in self.db.execute("SELECT id, path FROM units WHERE status = 'done'").fetchall():
+                if current.get(r["id"]) != r["path"]:
+                    self.db.execute("UPDATE units SET status = 'stale' WHERE id = ?", (r["id"],))
+
+    def start(self, unit: Unit) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO units (id, kind, path, checkpoint, tokens, recipe, seed, status, started) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?) ON CONFLICT(id) DO UPDATE SET path = excluded.path, "
+                "status = 'running', started = excluded.started, finished = NULL, seconds = NULL, error = NULL",
+                (unit.id, unit.kind, str(unit.path), unit.checkpoint, unit.tokens, unit.recipe, unit.seed, time.time()))
+
+    def fail(self, unit: Unit, error: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE units SET status = 'failed', error = ? WHERE id = ?", (error, unit.id))
+
+    def finish(self, unit: Unit, seconds: float | None) -> None:
+        """Ingest the unit's outputs and mark it done, atomically. `seconds` is None for a unit found done
+        on disk (finished before a kill): it was not run again, so its completions count stays."""
+        with self.db:
+            self._ingest(unit)
+            row = self.db.execute("SELECT seconds FROM units WHERE id = ?", (unit.id,)).fetchone()
+            self.db.execute(
+                "INSERT INTO units (id, kind, path, checkpoint, tokens, recipe, seed, status, finished, seconds, "
+                "completions) VALUES (?, ?, ?, ?, ?, ?, ?, 'done', ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "status = 'done', path = excluded.path, finished = excluded.finished, seconds = excluded.seconds, "
+                "error = NULL, completions = completions + excluded.completions",
+                (unit.id, unit.kind, str(unit.path), unit.checkpoint, unit.tokens, unit.recipe, unit.seed, time.time(),
+                 seconds if seconds is not None else (row["seconds"] if row else None), int(seconds is not None)))
+
+    def _ingest(self, unit: Unit) -> None:
+        db = self.db
+        if unit.kind == "pretrain":
+            from excursions.train.pretrain import checkpoints
+
+            for c in checkpoints(unit.path):
+                db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                           (Path(c["path"]).name, c["step"], c["tokens"], c.get("val_loss"), c["path"]))
+            self._training(unit.id, "pretrain", unit.path / "metrics.jsonl")
+        elif unit.kind == "posttrain":
+            db.execute("DELETE FROM training WHERE unit = ?", (unit.id,))
+            stages = [p for p in sorted(unit.path.iterdir()) if (p / "metrics.jsonl").exists()] or [unit.path]
+            for stage_dir in stages:
+                self._training(unit.id, unit.recipe if stage_dir == unit.path else stage_dir.name,
+                               stage_dir / "metrics.jsonl")
+        else:
+            old = [r[0] for r in db.execute("SELECT id FROM evaluations WHERE unit = ?", (unit.id,))]
+            for e in old:
+                db.execute("DELETE FROM metrics WHERE evaluation = ?", (e,))
+                db.execute("DELETE FROM problems WHERE evaluation = ?", (e,))
+            db.execute("DELETE FROM evaluations WHERE unit = ?", (unit.id,))
+            for file in read_json(unit.path):
+                self._evaluation(unit, read_json(file), Path(file))
+
+    def _training(self, unit: str, stage: str, metrics: Path) -> None:
+        if not metrics.exists():
+            return
+        rows = []
+        for line in metrics.read_text().splitlines():
+            r = json.loads(line)
+            rows += [(unit, stage, r["step"], k, float(v)) for k, v in r.items()
+                     if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self.db.executemany("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?)", rows)
+
+    def _evaluation(self, unit: Unit, r: dict, file: Path) -> None:
+        cur = self.db.execute(
+            "INSERT INTO evaluations (unit, checkpoint, tokens, recipe, seed, task, shots, n, problems, format_rate, "
+            "acc, acc_norm, bits_per_byte, seconds, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (unit.id, unit.checkpoint, unit.tokens, unit.recipe, unit.seed, r["task"], r.get("shots"), r.get("n"),
+             r.get("problems"), r.get("format_rate"), r.get("acc"), r.get("acc_norm"), r.get("bits_per_byte"),
+             r.get("seconds"), str(file)))
+        e = cur.lastrowid
+        self.db.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
+                            [(e, k, v["mean"], v["lo"], v["hi"]) for k, v in r.get("metrics", {}).items()])
+        self.db.executemany("INSERT INTO problems VALUES (?, ?, ?, ?)",
+                            [(e, p["id"], p["n"], p["c"]) for p in r.get("per_problem", [])])
+
+
+# ----------------------------------------------------------------------------------------- runner
+
+
+@contextmanager
+def study_lock(out: Path) -> Iterator[None]:
+    """One study per directory: an OS lock, released by the kernel however the process ends (kill -9 too)."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = (out / LOCK).open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise UserError(f"another study is running in {out} (pid {pid}); wait for it to finish, or pass another --out")
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def is_locked(out: Path) -> bool:
+    if not (out / LOCK).exists():
+        return False
+    with (out / LOCK).open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def run_study(cfg: Config, out: Path | str, progress: bool = True) -> Path:
+    """Run every unit that is not done, then write the report; returns the report's path."""
+    from excursions.progress import progress_bar
+    from excursions.report import write_report
+
+    out = Path(out)
+    units = plan(cfg, out)  # a bad study section fails here, before anything is written
+    if cfg.study.external and not (world_dir(cfg, out) / "gsm" / "test.jsonl").is_file():
+        raise UserError(f"study.world {cfg.study.world} has no gsm/test.jsonl; point it at a pretraining run's world/")
+    with study_lock(out):
+        atomic_write_text(out / "study.toml", to_toml(cfg))
+        store = Store(out / DB)
+        try:
+            store.retire(units)
+            status = store.status()
+            bar = progress_bar(total=len(units), unit="unit", desc="study", disable=not progress, position=0)
+            for unit in units:
+                row = status.get(unit.id)
+                current = row is not None and row["status"] == "done" and row["path"] == str(unit.path)
+                if not (current and is_done(unit)):
+                    bar.set_postfix_str(unit.id)
+                    if is_done(unit):  # finished before a kill, not yet recorded: record it, run nothing
+                        store.finish(unit, None)
+                    else:
+                        store.start(unit)
+                        t0 = time.perf_counter()
+                        try:
+                            execute(unit, cfg, out, progress)
+                        except BaseException as err:
+                            store.fail(unit, f"{type(err).__name__}: {err}")
+                            raise
+                        store.finish(unit, time.perf_counter() - t0)
+                bar.update(1)
+            bar.close()
+            return write_report(cfg, out, store)
+        finally:
+            store.close()
+
+
+def status_table(out: Path) -> str:
+    """What `excursions status DIR` prints: one line per unit and a count by status."""
+    out = Path(out)
+    if not (out / DB).exists():
+        raise UserError(f"{out} holds no study (no {DB}); run `excursions study --out {out}` first")
+    store = Store(out / DB)
+    try:
+        rows = list(store.status().values())
+    finally:
+        store.close()
+    running = is_locked(out)
+    lines = [f"{'unit':<52} {'status':<12} {'time':>8}"]
+    counts: dict[str, int] = {}
+    for r in sorted(rows, key=lambda r: (r["started"] or r["finished"] or 0)):
+        state = r["status"] if r["status"] != "running" or running else "interrupted"
+        counts[state] = counts.get(state, 0) + 1
+        secs = f"{r['seconds'] / 60:.1f} min" if r["seconds"] is not None else ""
+        lines.append(f"{r['id']:<52} {state:<12} {secs:>8}" + (f"  {r['error']}" if r["error"] else ""))
+    plan_file = out / "study.toml"
+    if plan_file.exists():
+        from excursions.config import load_config
+
+        total = len(plan(load_config(path=plan_file), out))
+        counts["pending"] = max(0, total - sum(v for k, v in counts.items()))
+    lines.append("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) +
+                 ("  (a study is running in this directory)" if running else ""))
+    return "\n".join(lines)
+
+
+def export(out: Path, dest: Path | None = None) -> list[Path]:
+    """Every table of the study database as CSV (and Parquet where pyarrow is installed)."""
+    import csv
+
+    out = Path(out)
+    if not (out / DB).exists():
+        raise UserError(f"{out} holds no study (no {DB}); run `excursions study --out {out}` first")
+    dest = Path(dest) if dest else out / "export"
+    dest.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(out / DB)
+    written = []
+    try:
+        for table in TABLES:
+            cur = db.execute(f"SELECT * FROM {table}")
+            cols = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+            path = dest / f"{table}.csv"
+            tmp = path.with_suffix(".csv.tmp")
+            with tmp.open("w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(cols)
+                w.writerows(rows)
+            tmp.replace(path)
+            written.append(path)
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:
+                continue
+            pq.write_table(pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)}), dest / f"{table}.parquet")
+            written.append(dest / f"{table}.parquet")
+    finally:
+        db.close()
+    return written

@@ -1,0 +1,173 @@
+"""The study runner: planning, the store, the report, the lock, and resuming after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from excursions.config import load_config
+from excursions.errors import ConfigError, UserError
+from excursions.study import DB, plan, run_study, status_table, study_lock
+
+from test_posttrain import POST
+
+STUDY = ["study.checkpoints=[1, 2]", "study.recipes=['rl', 'sft', 'sft_gold', 'sft_rl', 'parallel']",
+         "study.extra_seeds=[1]", "study.seed_checkpoint=2", "eval.problems=8", "eval.n=4", "eval.ks=[1, 2, 4]",
+         "eval.bootstrap=20", "eval.shots=1", "world.general.mc_test=20"]
+
+
+def micro_study(micro_overrides, *extra):
+    return load_config("smoke", overrides=micro_overrides + POST + STUDY + list(extra))
+
+
+def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path):
+    cfg = micro_study(micro_overrides)
+    units = plan(cfg, tmp_path)
+    ids = [u.id for u in units]
+    assert ids[0] == "pretrain"
+    assert sum(u.kind == "base_eval" for u in units) == 2
+    # 2 checkpoints x 5 recipes x 1 seed + 1 extra RL seed, each trained then evaluated
+    assert sum(u.kind == "posttrain" for u in units) == 11 and sum(u.kind == "eval" for u in units) == 11
+    for i, u in enumerate(units):
+        if u.kind == "eval":
+            assert ids.index(u.id.removeprefix("eval/")) < i  # evaluated after it is trained
+    assert any(u.id.startswith("rl/") and u.id.endswith("/s1") for u in units)
+
+    # a changed RL setting moves exactly the units that depend on it
+    other = {u.id: u.path for u in plan(micro_study(micro_overrides, "rl.lr=2e-3"), tmp_path)}
+    moved = {u.id.split("/")[0] for u in units if other[u.id] != u.path}
+    assert moved == {"rl", "sft_rl", "parallel", "eval"}
+    assert all(other[u.id] == u.path for u in units if u.id.startswith(("pretrain", "base/", "sft/", "sft_gold/")))
+
+
+def test_bad_study_settings_fail_before_anything_is_written(micro_overrides, tmp_path):
+    with pytest.raises(ConfigError, match=r"study.recipes\[0\].*unknown recipe 'grpo'"):
+        micro_study(micro_overrides, "study.recipes=['grpo']")
+    with pytest.raises(ConfigError, match="study.experiments"):
+        micro_study(micro_overrides, "study.experiments=['fig99']")
+    with pytest.raises(UserError, match="checkpoint index 7 is out of range"):
+        run_study(micro_study(micro_overrides, "study.checkpoints=[7]"), tmp_path / "s", progress=False)
+    with pytest.raises(UserError, match="seed_checkpoint must be one of study.checkpoints"):
+        run_study(micro_study(micro_overrides, "study.seed_checkpoint=0"), tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_one_study_per_directory(tmp_path):
+    with study_lock(tmp_path):
+        with pytest.raises(UserError, match=rf"another study is running in .* \(pid {os.getpid()}\)"):
+            with study_lock(tmp_path):
+                pass
+    with study_lock(tmp_path):  # released on exit
+        pass
+
+
+@pytest.fixture(scope="module")
+def micro_study_dir(tmp_path_factory, micro_overrides):
+    out = tmp_path_factory.mktemp("study") / "s"
+    run_study(micro_study(micro_overrides), out, progress=False)
+    return out
+
+
+def _evaluations(out: Path) -> dict:
+    db = sqlite3.connect(out / DB)
+    rows = db.execute("SELECT e.unit, e.task, e.shots, m.metric, m.mean FROM evaluations e "
+                      "JOIN metrics m ON m.evaluation = e.id").fetchall()
+    rows += db.execute("SELECT unit, task, shots, 'acc', acc FROM evaluations WHERE acc IS NOT NULL").fetchall()
+    db.close()
+    return {r[:4]: r[4] for r in rows}
+
+
+def test_study_writes_report_and_database(micro_study_dir):
+    out = micro_study_dir
+    db = sqlite3.connect(out / DB)
+    assert {r[0] for r in db.execute("SELECT status FROM units")} == {"done"}
+    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 22
+    assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 3
+    # every recipe at both checkpoints, every base checkpoint few-shot and 0-shot, on gsm and general
+    for recipe in ("base", "rl", "sft", "sft_gold", "sft_rl", "parallel"):
+        ck = {r[0] for r in db.execute("SELECT checkpoint FROM evaluations WHERE recipe = ? AND task = 'gsm'",
+                                       (recipe,))}
+        assert len(ck) == 2, recipe
+    assert {r[0] for r in db.execute("SELECT shots FROM evaluations WHERE recipe = 'base' AND task = 'gsm'")} == {0, 1}
+    first, last = [r[0] for r in db.execute("SELECT DISTINCT checkpoint FROM evaluations ORDER BY tokens")]
+    n_problems = db.execute("SELECT COUNT(*) FROM problems p JOIN evaluations e ON e.id = p.evaluation "
+                            "WHERE e.unit = ? AND e.task = 'gsm'", (f"eval/rl/{first}/s0",)).fetchone()[0]
+    assert n_problems == 8
+    steps = db.execute("SELECT COUNT(DISTINCT step) FROM training WHERE unit = ?", (f"rl/{first}/s0",)).fetchone()
+    assert steps[0] == 3
+    stages = {r[0] for r in db.execute("SELECT DISTINCT stage FROM training WHERE unit LIKE 'sft_rl/%'")}
+    assert stages == {"sft", "rl"}
+
+    # the report exists, embeds every figure, and states the numbers the database holds
+    md = (out / "report" / "report.md").read_text()
+    html = (out / "report" / "report.html").read_text()
+    for fig in ("recipes", "base-vs-rl", "sharpening", "general", "parallel", "seeds"):
+        assert (out / "report" / "figures" / f"{fig}.png").stat().st_size > 1000
+        assert f"figures/{fig}.png" in md
+    assert html.count("data:image/png;base64,") == 6
+    mean, lo, hi = db.execute(
+        "SELECT m.mean, m.lo, m.hi FROM metrics m JOIN evaluations e ON e.id = m.evaluation WHERE e.recipe = 'rl' "
+        "AND e.seed = 0 AND e.task = 'gsm' AND e.checkpoint = ? AND m.metric = 'pass@1'", (last,)).fetchone()
+    assert f"rl {100 * mean:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in md
+    for verdict_line in [line for line in md.splitlines() if line.startswith("| RL is effective early")]:
+        assert any(v in verdict_line for v in ("| reproduced |", "| not reproduced |", "| inconclusive |"))
+    db.close()
+
+    table = status_table(out)
+    assert "done: 25" in table and f"rl/{last}/s1" in table
+
+    from excursions.study import export
+
+    files = export(out)
+    units_csv = next(f for f in files if f.name == "units.csv").read_text().splitlines()
+    assert len(units_csv) == 1 + 25
+
+
+def test_rerun_is_a_no_op_and_a_changed_setting_reruns_only_its_units(micro_study_dir, micro_overrides):
+    out = micro_study_dir
+    before = _evaluations(out)
+    t0 = time.time()
+    run_study(micro_study(micro_overrides), out, progress=False)
+    db = sqlite3.connect(out / DB)
+    assert db.execute("SELECT MAX(completions) FROM units").fetchone()[0] == 1
+    assert db.execute("SELECT COUNT(*) FROM units WHERE finished > ?", (t0,)).fetchone()[0] == 0
+    db.close()
+    assert _evaluations(out) == before
+
+
+def test_kill_9_then_rerun_finishes_with_the_same_results(micro_study_dir, micro_overrides, tmp_path):
+    """Kill the study while a recipe is mid-run, run it again: same numbers as the uninterrupted study,
+    and no unit ran to completion twice."""
+    out = tmp_path / "s"
+    args = micro_overrides + POST + STUDY
+    cmd = [sys.executable, "-m", "excursions.cli", "study", "--preset", "smoke", "--out", str(out), "--quiet", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    target = None
+    while time.time() < deadline and proc.poll() is None:  # wait until a recipe has saved a resume state
+        resume = list((out / "posttrain").glob("*/*/resume/step*")) if (out / "posttrain").exists() else []
+        if resume:
+            target = resume[0]
+            break
+        time.sleep(0.2)
+    assert target is not None, "the study never reached a recipe's resume state"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "interrupted" in status_table(out)
+
+    run_study(micro_study(micro_overrides), out, progress=False)
+    db = sqlite3.connect(out / DB)
+    assert db.execute("SELECT MAX(completions) FROM units").fetchone()[0] == 1
+    assert {r[0] for r in db.execute("SELECT status FROM units")} == {"done"}
+    db.close()
+    got, want = _evaluations(out), _evaluations(micro_study_dir)
+    assert got.keys() == want.keys()
+    assert got == pytest.approx(want)
