@@ -21,7 +21,7 @@ from test_posttrain import POST
 
 STUDY = ["study.checkpoints=[1, 2]", "study.recipes=['rl', 'sft', 'sft_gold', 'sft_rl', 'parallel']",
          "study.extra_seeds=[1]", "study.seed_checkpoint=2", "eval.problems=8", "eval.n=4", "eval.ks=[1, 2, 4]",
-         "eval.bootstrap=20", "eval.shots=1", "world.general.mc_test=20"]
+         "eval.bootstrap=20", "eval.shots=1", "world.general.mc_test=20", "study.nshot=[0, 1, 2]"]
 
 
 def micro_study(micro_overrides, *extra):
@@ -51,6 +51,8 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
 def test_bad_study_settings_fail_before_anything_is_written(micro_overrides, tmp_path):
     with pytest.raises(ConfigError, match=r"study.recipes\[0\].*unknown recipe 'grpo'"):
         micro_study(micro_overrides, "study.recipes=['grpo']")
+    with pytest.raises(ConfigError, match="study.tasks: needs a math task"):
+        micro_study(micro_overrides, "study.tasks=['general']")
     with pytest.raises(ConfigError, match="study.experiments"):
         micro_study(micro_overrides, "study.experiments=['fig99']")
     with pytest.raises(UserError, match="checkpoint index 7 is out of range"):
@@ -89,14 +91,15 @@ def test_study_writes_report_and_database(micro_study_dir):
     out = micro_study_dir
     db = sqlite3.connect(out / DB)
     assert {r[0] for r in db.execute("SELECT status FROM units")} == {"done"}
-    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 22
+    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22
     assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 3
     # every recipe at both checkpoints, every base checkpoint few-shot and 0-shot, on gsm and general
     for recipe in ("base", "rl", "sft", "sft_gold", "sft_rl", "parallel"):
         ck = {r[0] for r in db.execute("SELECT checkpoint FROM evaluations WHERE recipe = ? AND task = 'gsm'",
                                        (recipe,))}
         assert len(ck) == 2, recipe
-    assert {r[0] for r in db.execute("SELECT shots FROM evaluations WHERE recipe = 'base' AND task = 'gsm'")} == {0, 1}
+    assert {r[0] for r in db.execute("SELECT shots FROM evaluations WHERE unit LIKE 'base/%' AND task = 'gsm'")} == {0, 1}
+    assert {r[0] for r in db.execute("SELECT shots FROM evaluations WHERE unit LIKE 'nshot/%'")} == {0, 1, 2}
     first, last = [r[0] for r in db.execute("SELECT DISTINCT checkpoint FROM evaluations ORDER BY tokens")]
     n_problems = db.execute("SELECT COUNT(*) FROM problems p JOIN evaluations e ON e.id = p.evaluation "
                             "WHERE e.unit = ? AND e.task = 'gsm'", (f"eval/rl/{first}/s0",)).fetchone()[0]
@@ -109,10 +112,10 @@ def test_study_writes_report_and_database(micro_study_dir):
     # the report exists, embeds every figure, and states the numbers the database holds
     md = (out / "report" / "report.md").read_text()
     html = (out / "report" / "report.html").read_text()
-    for fig in ("recipes", "base-vs-rl", "sharpening", "general", "parallel", "seeds"):
+    for fig in ("recipes", "base-vs-rl", "sharpening", "general", "parallel", "seeds", "nshot"):
         assert (out / "report" / "figures" / f"{fig}.png").stat().st_size > 1000
         assert f"figures/{fig}.png" in md
-    assert html.count("data:image/png;base64,") == 6
+    assert html.count("data:image/png;base64,") == 7
     mean, lo, hi = db.execute(
         "SELECT m.mean, m.lo, m.hi FROM metrics m JOIN evaluations e ON e.id = m.evaluation WHERE e.recipe = 'rl' "
         "AND e.seed = 0 AND e.task = 'gsm' AND e.checkpoint = ? AND m.metric = 'pass@1'", (last,)).fetchone()
@@ -122,13 +125,13 @@ def test_study_writes_report_and_database(micro_study_dir):
     db.close()
 
     table = status_table(out)
-    assert "done: 25" in table and f"rl/{last}/s1" in table
+    assert "done: 26" in table and f"rl/{last}/s1" in table
 
     from excursions.study import export
 
     files = export(out)
     units_csv = next(f for f in files if f.name == "units.csv").read_text().splitlines()
-    assert len(units_csv) == 1 + 25
+    assert len(units_csv) == 1 + 26
 
 
 def test_rerun_is_a_no_op_and_a_changed_setting_reruns_only_its_units(micro_study_dir, micro_overrides):

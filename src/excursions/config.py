@@ -339,7 +339,7 @@ class ParallelConfig:
         check(0 <= self.weight_end <= 1, "weight_end", "must be between 0 and 1")
 
 
-EXPERIMENTS = ("recipes", "base_vs_rl", "sharpening", "general", "parallel", "seeds")
+EXPERIMENTS = ("recipes", "base_vs_rl", "sharpening", "general", "parallel", "seeds", "nshot")
 
 
 @dataclass(frozen=True)
@@ -357,6 +357,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0,)
     extra_seeds: tuple[int, ...] = ()  # more direct-RL seeds at `seed_checkpoint` (Fig. 13-14)
     seed_checkpoint: int = -1
+    nshot: tuple[int, ...] = (0, 1, 2, 4, 8)  # exemplar counts swept on the last base checkpoint (Fig. 16)
     tasks: tuple[str, ...] = ("gsm", "general")  # evaluated on every base checkpoint and every result
     experiments: tuple[str, ...] = EXPERIMENTS
 
@@ -371,7 +372,9 @@ class StudyConfig:
         known = ("gsm", "hard", "general")
         for i, task in enumerate(self.tasks):
             check(task in known, f"tasks[{i}]", f"unknown task {task!r}; choose from {', '.join(known)}")
+        check(any(t != "general" for t in self.tasks), "tasks", "needs a math task (gsm or hard): every experiment reads one")
         check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
+        check(all(k >= 0 for k in self.nshot), "nshot", "exemplar counts must be >= 0")
         check(len(set(self.seeds + self.extra_seeds)) == len(self.seeds) + len(self.extra_seeds), "extra_seeds",
               "must not repeat a seed of `seeds`")
         check(not self.external or bool(self.world), "world",

@@ -66,8 +66,9 @@ def wilson(p: float, n: int, z: float = 1.96) -> Stat:
 class Results:
     """The study database as lookups: evaluation stats by (task, recipe, checkpoint), training curves by unit."""
 
-    def __init__(self, db):
+    def __init__(self, db, base_shots: int):
         self.db = db
+        self.base_shots = base_shots  # base checkpoints are compared at this exemplar count
         rows = db.execute("SELECT e.*, m.metric, m.mean, m.lo, m.hi FROM evaluations e JOIN units u ON u.id = e.unit "
                           "LEFT JOIN metrics m ON m.evaluation = e.id WHERE u.status = 'done'").fetchall()
         self.stats: dict[tuple, list[Stat]] = {}  # (task, recipe, shots, checkpoint, metric) -> one per seed
@@ -88,7 +89,6 @@ class Results:
         self.tasks = sorted({k[0] for k in self.stats})
         self.math_tasks = [t for t in self.tasks if any(k[0] == t and k[4].startswith("pass@") for k in self.stats)]
         self.ks = sorted({k[4] for k in self.stats if k[4].startswith("pass@")}, key=lambda m: int(m.split("@")[1]))
-        self.base_shots = max((k[2] for k in self.stats if k[1] == "base" and k[2] is not None), default=0)
 
     def get(self, task: str, recipe: str, ckpt: str, metric: str, shots: int | None = None) -> Stat | None:
         """The stat averaged over seeds (mean of means and of bounds); base defaults to its few-shot result."""
@@ -408,6 +408,32 @@ def seeds_experiment(res: Results, figdir: Path) -> Section:
     return Section("RL seed brittleness (paper Fig. 13-14)", "seeds.png", reading, claims=claims)
 
 
+@experiment("nshot")
+def nshot_experiment(res: Results, figdir: Path) -> Section:
+    """Fig. 16: the base checkpoint's pass@k against the number of in-context exemplars."""
+    task = res.math_tasks[0]
+    found = {(k[2], k[3]) for k in res.stats if k[0] == task and k[1] == "base"}  # (shots, checkpoint)
+    ckpt = max({c for _, c in found}, key=lambda c: sum(x == c for _, x in found), default=None)
+    shots = sorted(s for s, c in found if c == ckpt)
+    if len(shots) < 3:
+        return Section("Base checkpoint vs n-shot (paper Fig. 16)", reading="No n-shot sweep in this study.")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for k in res.ks:
+        _line(ax, shots, [res.get(task, "base", ckpt, k, shots=s) for s in shots], k)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xticks(shots, [str(s) for s in shots])
+    ax.set_xlabel("in-context exemplars (n-shot)")
+    ax.set_ylabel("pass@k (%)")
+    ax.set_title(f"{task}, base checkpoint at {res.tokens[ckpt] / 1e6:.1f}M tokens")
+    ax.legend(fontsize=7)
+    _save(fig, figdir / "nshot.png")
+    table = [["shots"] + res.ks] + [[str(s)] + [str(res.get(task, "base", ckpt, k, shots=s)) for k in res.ks]
+                                    for s in shots]
+    reading = (f"pass@k of the {res.tokens[ckpt] / 1e6:.1f}M-token base checkpoint with 0 to {shots[-1]} worked "
+               f"exemplars in the prompt (the study evaluates base checkpoints {res.base_shots}-shot).")
+    return Section("Base checkpoint vs n-shot (paper Fig. 16)", "nshot.png", reading, table)
+
+
 # ----------------------------------------------------------------------------------------- writing
 
 
@@ -447,7 +473,7 @@ VERDICTS = ("Each claim is checked at every evaluated checkpoint (named by its p
 
 
 def write_report(cfg: Config, out: Path, store) -> Path:
-    res = Results(store.db)
+    res = Results(store.db, cfg.eval.shots)
     rdir = out / "report"
     figdir = rdir / "figures"
     sections = [setup_section(cfg, store, res)]

@@ -42,7 +42,7 @@ class Unit:
     """One piece of work. `id` is stable across settings (for status); `path` carries the settings digest."""
 
     id: str  # e.g. "rl/step000338-tokens2768896/s0"
-    kind: str  # pretrain | base_eval | posttrain | eval
+    kind: str  # pretrain | base_eval | nshot | posttrain | eval
     path: Path  # a run directory, or an evaluation's record (the result files it wrote); named by digest
     checkpoint: str = ""  # the source checkpoint's name
     tokens: int = 0  # its pretraining tokens
@@ -114,6 +114,11 @@ def plan(cfg: Config, out: Path) -> list[Unit]:
     for name, tokens, source in chosen:
         units.append(Unit(f"base/{name}", "base_eval", out / "evals" / "base" / f"{name}-{ev}.json", name, tokens,
                           source=source))
+    if "nshot" in s.experiments and s.nshot:
+        name, tokens, source = chosen[-1]
+        shots = digest({"eval": to_dict(cfg.eval), "shots": sorted(s.nshot)})
+        units.append(Unit(f"nshot/{name}", "nshot", out / "evals" / "nshot" / f"{name}-{shots}.json", name, tokens,
+                          source=source))
     for ckpt in chosen:
         name, tokens, source = ckpt
         for recipe in s.recipes:
@@ -151,12 +156,13 @@ def execute(unit: Unit, cfg: Config, out: Path, progress: bool) -> None:
         # Results land next to the model (as `excursions eval` writes them, so either reuses the other's);
         # the unit's record lists them. Base checkpoints are evaluated few-shot (the exemplars carry the
         # answer format) and 0-shot (where RL starts); post-trained models 0-shot.
-        spec = unit.source if unit.kind == "base_eval" else str(final_dir(Path(unit.source)))
+        spec = str(final_dir(Path(unit.source))) if unit.kind == "eval" else unit.source
         local = Path(spec).exists()
-        rows = evaluate_checkpoint(spec, list(cfg.study.tasks), cfg.eval,
-                                   shots=sorted({cfg.eval.shots, 0}) if unit.kind == "base_eval" else [0],
-                                   world_dir=world, out_dir=None if local else out / "evals" / "hub" / unit.checkpoint,
-                                   progress=progress)
+        tasks, shots = list(cfg.study.tasks), {"base_eval": sorted({cfg.eval.shots, 0}), "eval": [0]}.get(unit.kind)
+        if unit.kind == "nshot":  # the n-shot sweep of a base checkpoint, on the first math task
+            tasks, shots = [next(t for t in cfg.study.tasks if t != "general")], sorted(cfg.study.nshot)
+        rows = evaluate_checkpoint(spec, tasks, cfg.eval, shots=shots, world_dir=world,
+                                   out_dir=None if local else out / "evals" / "hub" / unit.checkpoint, progress=progress)
         write_json(unit.path, [r["path"] for r in rows])
 
 
