@@ -382,29 +382,30 @@ def run_study(cfg: Config, out: Path | str, progress: bool = True) -> Path:
 
 
 def status_table(out: Path) -> str:
-    """What `excursions status DIR` prints: one line per unit and a count by status."""
+    """What `excursions status DIR` prints: each unit of the study's plan with its state and wall time, then a
+    count by state. A unit whose settings changed since it ran is pending again (its old result is stale)."""
+    from excursions.config import load_config
+
     out = Path(out)
-    if not (out / DB).exists():
+    if not (out / DB).exists() or not (out / "study.toml").exists():
         raise UserError(f"{out} holds no study (no {DB}); run `excursions study --out {out}` first")
     store = Store(out / DB)
     try:
-        rows = list(store.status().values())
+        rows = store.status()
     finally:
         store.close()
     running = is_locked(out)
     lines = [f"{'unit':<52} {'status':<12} {'time':>8}"]
     counts: dict[str, int] = {}
-    for r in sorted(rows, key=lambda r: (r["started"] or r["finished"] or 0)):
-        state = r["status"] if r["status"] != "running" or running else "interrupted"
+    for unit in plan(load_config(path=out / "study.toml"), out):
+        r = rows.get(unit.id)
+        state, secs, error = "pending", "", ""
+        if r is not None and r["path"] == str(unit.path):
+            state = r["status"] if r["status"] != "running" or running else "interrupted"
+            secs = f"{r['seconds'] / 60:.1f} min" if r["seconds"] is not None else ""
+            error = f"  {r['error']}" if r["error"] else ""
         counts[state] = counts.get(state, 0) + 1
-        secs = f"{r['seconds'] / 60:.1f} min" if r["seconds"] is not None else ""
-        lines.append(f"{r['id']:<52} {state:<12} {secs:>8}" + (f"  {r['error']}" if r["error"] else ""))
-    plan_file = out / "study.toml"
-    if plan_file.exists():
-        from excursions.config import load_config
-
-        total = len(plan(load_config(path=plan_file), out))
-        counts["pending"] = max(0, total - sum(v for k, v in counts.items()))
+        lines.append(f"{unit.id:<52} {state:<12} {secs:>8}{error}")
     lines.append("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) +
                  ("  (a study is running in this directory)" if running else ""))
     return "\n".join(lines)
