@@ -156,9 +156,9 @@ def _line(ax, x, stats, label, **kw):
     if not pts:
         return
     xs = [p[0] for p in pts]
-    ax.plot(xs, [100 * p[1].mean for p in pts], marker="o", label=label, color=COLORS.get(label), **kw)
+    line, = ax.plot(xs, [100 * p[1].mean for p in pts], marker="o", label=label, color=COLORS.get(label), **kw)
     ax.fill_between(xs, [100 * p[1].lo for p in pts], [100 * p[1].hi for p in pts], alpha=0.15,
-                    color=COLORS.get(label))
+                    color=line.get_color())  # the band in its line's colour (pass@k lines have no fixed one)
 
 
 @experiment("recipes")
