@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from excursions.config import Config, to_dict
+from excursions.config import Config, digest, to_dict
 from excursions.data.problems import read_jsonl
 from excursions.errors import UserError
 from excursions.evals.harness import evaluate_checkpoint, evaluate_run
@@ -113,10 +113,7 @@ def calibrate(cfg: Config, out: Path, rl_from: str = "auto", hard_problems: int 
 
 def settings_digest(section) -> str:
     """Six hex digits naming a config section's values: RL trials with other settings get their own directory."""
-    import hashlib
-    import json
-
-    return hashlib.sha1(json.dumps(to_dict(section), sort_keys=True).encode()).hexdigest()[:6]
+    return digest(to_dict(section), 6)
 
 
 def check_targets(curve: Sequence[dict], rl_rows: Sequence[dict], guess: dict) -> list[tuple[str, bool, str]]:

@@ -556,6 +556,19 @@ def to_toml(cfg: Any) -> str:
     return tomli_w.dumps(to_dict(cfg))
 
 
+def digest(obj, digits: int = 8) -> str:
+    """Hex digits naming a JSON-able value (e.g. `to_dict` of a config section): runs with other settings get
+    other directories.
+
+    >>> digest({"lr": 1e-4}) == digest({"lr": 1e-4}) != digest({"lr": 2e-4}), len(digest({}, 6))
+    (True, 6)
+    """
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:digits]
+
+
 def diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Dotted names of the settings that differ between two plain config dicts."""
     out = []

@@ -11,11 +11,13 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path, dpi: int = 150, svg: bool = True) -> None:
+    """Write `fig` as PNG (and SVG beside it unless `svg` is false) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    fig.savefig(path.with_suffix(".svg"))
+    fig.savefig(path, dpi=dpi)
+    if svg:
+        fig.savefig(path.with_suffix(".svg"))
     plt.close(fig)
 
 
@@ -36,7 +38,7 @@ def nshot_figure(rows: Sequence[dict], path: Path) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{rows[0]['task']}: base checkpoint vs n-shot")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def base_curve_figure(curve: Sequence[dict], path: Path, baselines: dict | None = None) -> None:
@@ -66,4 +68,4 @@ def base_curve_figure(curve: Sequence[dict], path: Path, baselines: dict | None 
         ax.set_xscale("log")
         ax.set_xlabel("pretraining tokens")
         ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -15,13 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from excursions.config import Config  # noqa: E402
-from excursions.train.checkpoint import atomic_write_text  # noqa: E402
+from excursions.config import Config
+from excursions.figures import plt, save_figure
+from excursions.train.checkpoint import atomic_write_text
 
 ORDER = ("base", "rl", "sft", "sft_rl", "sft_gold", "sft_gold_rl", "parallel")
 COLORS = {"base": "#555555", "base 0-shot": "#999999", "rl": "#d62728", "sft": "#1f77b4", "sft_rl": "#9467bd",
@@ -134,10 +130,7 @@ def experiment(name: str):
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110, svg=False)  # PNG only: the HTML report embeds it
 
 
 def _verdict(wins: int, losses: int, total: int) -> str:
@@ -382,7 +375,7 @@ def seeds_experiment(res: Results, figdir: Path) -> Section:
         ax.set_xlabel("RL step")
         ax.set_ylabel(f"{key} (%)")
         ax.set_title(key)
-    finals = [res.seed_stats.get((task, "rl", 0, ckpt, k, s)) for s in seeds for k in ("pass@1",)]
+    finals = [res.seed_stats.get((task, "rl", 0, ckpt, "pass@1", s)) for s in seeds]
     base = res.get(task, "base", ckpt, "pass@1", shots=0)
     ax = axes[2]
     ax.errorbar(range(len(seeds)), [100 * f.mean for f in finals],

@@ -15,8 +15,9 @@ report draws from: checkpoints, evaluations with per-problem (n, c), training me
 
 from __future__ import annotations
 
+import csv
 import fcntl
-import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -26,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from excursions.config import Config, to_dict, to_toml
+from excursions.config import Config, digest, to_dict, to_toml
 from excursions.errors import UserError
 from excursions.train.checkpoint import META, atomic_write_text, read_json, write_json
 
@@ -51,11 +52,6 @@ class Unit:
     source: str = ""  # what the unit reads: a checkpoint directory or hub id
 
 
-def digest(obj) -> str:
-    """Eight hex digits naming a JSON-able value: the unit's settings."""
-    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
-
-
 def seeded(cfg: Config, seed: int) -> Config:
     """The config a recipe runs with for one seed: rollouts, SFT order and exemplars all follow it."""
     return replace(cfg, rl=replace(cfg.rl, seed=seed), sft=replace(cfg.sft, seed=seed))
@@ -69,8 +65,11 @@ def recipe_settings(cfg: Config, recipe: str) -> dict:
 
 
 def pretrain_dir(cfg: Config, out: Path) -> Path:
-    keep = {k: to_dict(getattr(cfg, k)) for k in ("world", "data", "tokenizer", "model", "pretrain")}
-    return out / "pretrain" / f"{cfg.name}-{digest({**keep, 'seed': cfg.seed})}"
+    """Named by the settings pretraining depends on (the ones its run directory is claimed for)."""
+    from excursions.train.pretrain import PRETRAIN_SECTIONS
+
+    keep = {k: v for k, v in to_dict(cfg).items() if k in PRETRAIN_SECTIONS}
+    return out / "pretrain" / f"{cfg.name}-{digest(keep)}"
 
 
 def all_checkpoints(cfg: Config, out: Path) -> list[tuple[str, int, str]]:
@@ -166,19 +165,13 @@ def execute(unit: Unit, cfg: Config, out: Path, progress: bool) -> None:
         write_json(unit.path, [r["path"] for r in rows])
 
 
-def is_done(unit: Unit) -> bool:
+def is_done(unit: Unit, cfg: Config) -> bool:
     """Whether the unit's output is complete on disk (the database may lag behind a kill)."""
     if unit.kind == "pretrain":
         from excursions.train.pretrain import checkpoints
 
-        cfg_file = unit.path / "config.toml"
-        if not cfg_file.exists():
-            return False
-        import tomllib
-
-        total = tomllib.loads(cfg_file.read_text())["pretrain"]
-        steps = max(1, round(total["tokens"] / (total["seq_len"] * total["batch_size"])))
-        return any(c["step"] == steps for c in checkpoints(unit.path))
+        return (unit.path / "checkpoints").is_dir() and any(
+            c["step"] == cfg.pretrain.total_steps for c in checkpoints(unit.path))
     if unit.kind == "posttrain":
         return (final_dir(unit.path) / META).exists()
     return unit.path.exists()
@@ -360,10 +353,11 @@ def run_study(cfg: Config, out: Path | str, progress: bool = True) -> Path:
             bar = progress_bar(total=len(units), unit="unit", desc="study", disable=not progress, position=0)
             for unit in units:
                 row = status.get(unit.id)
-                current = row is not None and row["status"] == "done" and row["path"] == str(unit.path)
-                if not (current and is_done(unit)):
+                recorded = row is not None and row["status"] == "done" and row["path"] == str(unit.path)
+                on_disk = is_done(unit, cfg)
+                if not (recorded and on_disk):
                     bar.set_postfix_str(unit.id)
-                    if is_done(unit):  # finished before a kill, not yet recorded: record it, run nothing
+                    if on_disk:  # finished before a kill, not yet recorded: record it, run nothing
                         store.finish(unit, None)
                     else:
                         store.start(unit)
@@ -386,9 +380,7 @@ def status_table(out: Path) -> str:
     count by state. A unit whose settings changed since it ran is pending again (its old result is stale)."""
     from excursions.config import load_config
 
-    out = Path(out)
-    if not (out / DB).exists() or not (out / "study.toml").exists():
-        raise UserError(f"{out} holds no study (no {DB}); run `excursions study --out {out}` first")
+    out = _require_study(out)
     store = Store(out / DB)
     try:
         rows = store.status()
@@ -411,13 +403,16 @@ def status_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def _require_study(out: Path | str) -> Path:
+    out = Path(out)
+    if not (out / DB).exists() or not (out / "study.toml").exists():
+        raise UserError(f"{out} holds no study (no {DB}); run `excursions study --out {out}` first")
+    return out
+
+
 def export(out: Path, dest: Path | None = None) -> list[Path]:
     """Every table of the study database as CSV (and Parquet where pyarrow is installed)."""
-    import csv
-
-    out = Path(out)
-    if not (out / DB).exists():
-        raise UserError(f"{out} holds no study (no {DB}); run `excursions study --out {out}` first")
+    out = _require_study(out)
     dest = Path(dest) if dest else out / "export"
     dest.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(out / DB)
@@ -427,14 +422,10 @@ def export(out: Path, dest: Path | None = None) -> list[Path]:
             cur = db.execute(f"SELECT * FROM {table}")
             cols = [d[0] for d in cur.description]
             rows = cur.fetchall()
-            path = dest / f"{table}.csv"
-            tmp = path.with_suffix(".csv.tmp")
-            with tmp.open("w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(cols)
-                w.writerows(rows)
-            tmp.replace(path)
-            written.append(path)
+            text = io.StringIO()
+            csv.writer(text).writerows([cols, *rows])
+            atomic_write_text(dest / f"{table}.csv", text.getvalue())
+            written.append(dest / f"{table}.csv")
             try:
                 import pyarrow as pa
                 import pyarrow.parquet as pq
