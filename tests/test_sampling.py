@@ -117,15 +117,14 @@ def test_logprobs_are_those_of_the_sampled_tokens(lm, prompts):
 
 def test_sampling_draws_from_the_tempered_truncated_softmax():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf")]]).repeat(40_000, 1)
-    gen = torch.Generator().manual_seed(0)
     for t in (1.0, 0.5):
-        ids, lp = pick_tokens(logits, temperature=t, top_p=1.0, gen=gen)
+        ids, lp = pick_tokens(logits, temperature=t, top_p=1.0, keys=torch.arange(40_000) + int(100_000 * t))
         freq = torch.bincount(ids, minlength=5).float() / len(ids)
         want = torch.softmax(logits[0] / t, -1)
         assert torch.allclose(freq, want, atol=0.01) and freq[4] == 0
         assert torch.allclose(lp, want[ids].log())
     # nucleus 0.7: the two likeliest tokens (0.64 + 0.24 >= 0.7), renormalised
-    ids, _ = pick_tokens(logits, temperature=1.0, top_p=0.7, gen=gen)
+    ids, _ = pick_tokens(logits, temperature=1.0, top_p=0.7, keys=torch.arange(40_000))
     freq = torch.bincount(ids, minlength=5).float() / len(ids)
     p = torch.softmax(logits[0], -1)[:2]
     assert torch.allclose(freq, torch.cat([p / p.sum(), torch.zeros(3)]), atol=0.01)
@@ -166,3 +165,16 @@ def test_prompts_can_leave_before_the_first_decode_step(lm, prompts):
         alone.prefill(padded[1:], valid[1:])
         want = alone.step(first[1:])
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_a_shard_or_a_chunk_samples_what_the_whole_batch_would(lm, prompts):
+    """Per-sample random streams: rollouts sharded over ranks (or split into chunks) equal the whole batch's."""
+    model, tok = lm
+    whole = sample(model, tok, prompts[:4], n=3, max_new_tokens=12, temperature=1.0, seed=7, stop=())
+    chunked = sample(model, tok, prompts[:4], n=3, max_new_tokens=12, temperature=1.0, seed=7, stop=(), max_batch=3)
+    shard = sample(model, tok, prompts[2:4], n=3, max_new_tokens=12, temperature=1.0, seed=7, stop=(),
+                   prompt_index=[2, 3])
+    assert chunked.texts == whole.texts
+    assert shard.texts == whole.texts[6:] and whole.texts[:6] != whole.texts[6:]
+    assert torch.allclose(shard.logprobs[:, : shard.tokens.shape[1]], whole.logprobs[6:, : shard.tokens.shape[1]],
+                          atol=1e-5)

@@ -29,6 +29,8 @@ examples:
   excursions pretrain --preset tiny                  # the default study's pretraining (~17 min, 2 cores)
   excursions pretrain --preset tiny pretrain.lr=1e-3 model.size=olmo2_3M --out runs/tiny-3M
   excursions config --preset tiny                    # print the resolved tiny config
+  excursions data data/real --family gsm --train gsm8k:gsm8k/train.jsonl --test gsm8k:gsm8k/test.jsonl
+  excursions revisions allenai/OLMo-2-0425-1B         # intermediate checkpoints of a real run, with tokens
 """
 
 PRETRAIN_HELP = """\
@@ -120,6 +122,38 @@ Print the resolved config (preset or file, plus overrides) as TOML, after valida
 examples:
   excursions config --preset tiny
   excursions config --preset smoke model.size=olmo2_1M pretrain.lr=1e-3
+"""
+
+
+DATA_HELP = """\
+Adapt a real math dataset to the project's problems and write WORLD/FAMILY/{train,val,test}.jsonl, the
+files every recipe and evaluation reads (a tiny run's world/ has the same layout). FAMILY gsm plays
+GSM8K's role, hard plays MATH's. Rows of one question are grouped into one problem with all their
+demonstrations (OpenMathInstruct-2: what makes sft_gold real). Rows that cannot be used are skipped,
+counted, and listed with file and line in WORLD/FAMILY/import.json; train problems that also occur in
+the test set are dropped (counted).
+
+Sources are ADAPTER:FILE (.jsonl, .json lines, .parquet) or ADAPTER:ID[:CONFIG]@SPLIT from the hub
+(needs `pip install datasets`). Adapters: gsm8k, math, openmath2.
+
+examples:
+  excursions data data/real --family gsm --train gsm8k:../shared/data/gsm8k/train.jsonl \\
+      --test gsm8k:../shared/data/gsm8k/test.jsonl
+  excursions data data/real --family hard --train math:MATH/algebra.jsonl math:MATH/geometry.jsonl \\
+      --test math:../shared/data/math/math500.jsonl
+  excursions data data/real --family gsm --train openmath2:nvidia/OpenMathInstruct-2@train_1M \\
+      --subset gsm8k,augmented_gsm8k --max-solutions 8 --test gsm8k:openai/gsm8k:main@test
+  excursions eval allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B --task gsm --world data/real --shots 8
+"""
+
+REVISIONS_HELP = """\
+List the branches of a hub model repository that match a pattern (OLMo-2 names its intermediate
+checkpoints stage1-step{N}-tokens{B}B), sorted by tokens, with the token count parsed from the name.
+Needs network access to the hub.
+
+examples:
+  excursions revisions allenai/OLMo-2-0425-1B
+  excursions revisions allenai/OLMo-2-0425-1B --pattern 'stage2-.*'
 """
 
 
@@ -234,6 +268,32 @@ def cmd_export(args) -> None:
         print(path)
 
 
+def cmd_data(args) -> None:
+    from excursions.data.real import import_family
+
+    report = import_family(args.out, args.family, args.train, args.test, args.val or (), args.val_size,
+                           tuple(x for x in (args.subset or "").split(",") if x), args.max_solutions, args.seed)
+    for split in ("train", "val", "test"):
+        r = report[split]
+        line = f"{args.family}/{split}: {r['problems']:>6} problems  from {r['source']}"
+        if "rows" in r:
+            line += f"  ({r['rows']} rows, {r['skipped']} skipped, {r['solutions']} solutions"
+            line += f", {r['outside_subset']} outside the subset" if r["outside_subset"] else ""
+            line += f", {r['overlap_with_test']} also in test, dropped" if r.get("overlap_with_test") else ""
+            line += ")"
+        print(line)
+        for row in r.get("skipped_rows", [])[:5]:
+            print(f"  skipped {row}")
+    print(f"written: {Path(args.out) / args.family}/{{train,val,test}}.jsonl and import.json (every skipped row)")
+
+
+def cmd_revisions(args) -> None:
+    from excursions.model import list_revisions
+
+    for name, tokens in list_revisions(args.repo, args.pattern):
+        print(f"{name}\t{tokens if tokens is not None else ''}")
+
+
 def cmd_config(args) -> None:
     sys.stdout.write(to_toml(_load(args)))
 
@@ -309,6 +369,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("--to", type=Path, default=None, help="output directory (default: DIR/export)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("data", help="adapt a real math dataset (GSM8K, MATH, OpenMathInstruct-2) into a world/ dir",
+                       description=DATA_HELP, formatter_class=fmt)
+    p.add_argument("out", type=Path, metavar="WORLD", help="the world directory to write FAMILY/ into")
+    p.add_argument("--family", choices=("gsm", "hard"), required=True, help="gsm (the GSM8K role) or hard (MATH)")
+    p.add_argument("--train", required=True, nargs="+", metavar="ADAPTER:SOURCE",
+                   help="one or more, e.g. gsm8k:data/gsm8k/train.jsonl")
+    p.add_argument("--test", required=True, nargs="+", metavar="ADAPTER:SOURCE", help="e.g. gsm8k:openai/gsm8k:main@test")
+    p.add_argument("--val", default=None, nargs="+", metavar="ADAPTER:SOURCE",
+                   help="default: --val-size problems held out of train")
+    p.add_argument("--val-size", type=int, default=200, help="problems held out of train when no --val (default 200)")
+    p.add_argument("--subset", default=None, help="keep train rows of these problem_source values (OpenMathInstruct-2)")
+    p.add_argument("--max-solutions", type=int, default=0, help="demonstrations kept per problem (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation hold-out")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("revisions", help="list a hub model's revisions (intermediate checkpoints) and their tokens",
+                       formatter_class=fmt, description=REVISIONS_HELP)
+    p.add_argument("repo", metavar="REPO", help="a hub model id, e.g. allenai/OLMo-2-0425-1B")
+    p.add_argument("--pattern", default=r"stage1-step(?P<step>\d+)-tokens(?P<tokens>\d+)B",
+                   help="regex the branch names must match; a 'tokens' group gives billions of tokens")
+    p.set_defaults(func=cmd_revisions)
 
     p = sub.add_parser("config", help="print a resolved, validated config", description=CONFIG_HELP, formatter_class=fmt)
     _config_args(p)

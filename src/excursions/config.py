@@ -339,6 +339,13 @@ class ParallelConfig:
         check(0 <= self.weight_end <= 1, "weight_end", "must be between 0 and 1")
 
 
+@dataclass(frozen=True)
+class DistributedConfig:
+    """How a run launched by `torchrun` with several processes splits its work (one process ignores it)."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # DistributedDataParallel, or FSDP2's fully_shard per layer
+
+
 EXPERIMENTS = ("recipes", "base_vs_rl", "sharpening", "general", "parallel", "seeds", "nshot")
 
 
@@ -397,6 +404,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self):
         p = self.pretrain

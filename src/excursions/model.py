@@ -74,7 +74,8 @@ def count_params(model: torch.nn.Module, embeddings: bool = True) -> int:
 def load_model(path: str, revision: str | None = None, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """Any HF causal LM from a local directory or a hub id (with a revision); a clear error if missing."""
     try:
-        return AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype)
+        # Remote code stays off: a checkpoint runs only classes transformers ships.
+        return AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype, trust_remote_code=False)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load a model from {path!r}{'@' + revision if revision else ''}: {first}") from None
@@ -94,3 +95,71 @@ def parse_checkpoint(spec: str) -> tuple[str, str | None]:
         return spec, None
     name, _, revision = spec.rpartition("@")
     return name, revision or None
+
+
+def check_checkpoint(spec: str) -> None:
+    """Fail now, with one clear line, if `spec` (a directory or hub id[@revision]) cannot be loaded:
+    a missing directory, one without config.json, an unknown repo or revision, no network and no cache.
+    Reads only the config, so a study checks all its checkpoints before any work starts."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    path, revision = parse_checkpoint(spec)
+    local = Path(path)
+    if local.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1:
+        if not local.is_dir():
+            raise UserError(f"checkpoint {spec!r}: no such directory")
+        if not (local / "config.json").is_file():
+            raise UserError(f"checkpoint {spec!r}: not an HF model directory (no config.json)")
+    try:
+        AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"checkpoint {spec!r} cannot be loaded: {first}") from None
+
+
+def revision_tokens(spec: str) -> int:
+    """Pretraining tokens named by a checkpoint's revision or directory (OLMo's `...-tokens21B`), else 0.
+
+    >>> revision_tokens("allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B"), revision_tokens("runs/x/final")
+    (21000000000, 0)
+    >>> revision_tokens("runs/tiny/checkpoints/step001221-tokens10002432")
+    10002432
+    """
+    import re
+
+    m = re.search(r"tokens(\d+)([KMB]?)", spec)
+    return int(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "B": 10**9}[m.group(2)] if m else 0
+
+
+def match_revisions(names, pattern: str) -> list[tuple[str, int]]:
+    r"""The names that fully match `pattern`, with their tokens, in order of tokens (then name).
+
+    >>> match_revisions(["main", "stage1-step2000-tokens5B", "stage1-step1000-tokens3B", "stage2-x"],
+    ...                 r"stage1-step\d+-tokens\d+B")
+    [('stage1-step1000-tokens3B', 3000000000), ('stage1-step2000-tokens5B', 5000000000)]
+    """
+    import re
+
+    try:
+        rx = re.compile(pattern)
+    except re.error as err:
+        raise UserError(f"revision pattern {pattern!r} is not a valid regular expression ({err})") from None
+    kept = [(n, revision_tokens(n)) for n in names if rx.fullmatch(n)]
+    return sorted(kept, key=lambda nt: (nt[1], nt[0]))
+
+
+def list_revisions(repo: str, pattern: str) -> list[tuple[str, int]]:
+    """Branches of hub repo `repo` matching `pattern`, with tokens (OLMo-2's intermediate checkpoints)."""
+    from huggingface_hub import list_repo_refs
+
+    try:
+        refs = list_repo_refs(repo)
+    except Exception as err:  # offline, unknown repo, gated: one line instead of the client's traceback
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"cannot list the revisions of {repo!r}: {first}") from None
+    found = match_revisions([b.name for b in refs.branches], pattern)
+    if not found:
+        raise UserError(f"no revision of {repo!r} matches {pattern!r} ({len(refs.branches)} branches)")
+    return found

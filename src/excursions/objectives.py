@@ -96,22 +96,27 @@ AGGREGATIONS: dict[str, Callable] = {
 }
 
 
-def chunk_share(agg: str, chunk_mask: torch.Tensor, full_mask: torch.Tensor) -> float:
+def normaliser(agg: str, mask: torch.Tensor) -> float:
+    """What an aggregation divides its token sum by: the token count (token-mean) or the sequence count."""
+    lookup(AGGREGATIONS, agg, "loss aggregation")
+    return float(mask.sum()) if agg == "token-mean" else float(mask.shape[0])
+
+
+def chunk_share(agg: str, chunk_mask: torch.Tensor, full_mask: torch.Tensor, total: float | None = None) -> float:
     """Weight of a chunk's aggregated loss so that the chunks' weighted sum equals the whole batch's loss.
 
     Every aggregation is a sum over tokens divided by a normaliser: the token count (token-mean) or the
-    sequence count (the others), so a micro-batch's share is its part of that normaliser.
+    sequence count (the others), so a micro-batch's share is its part of that normaliser. `total` replaces
+    the full mask's normaliser (the global one, when the batch is sharded over processes).
 
     >>> m = torch.tensor([[1., 1., 0.], [1., 0., 0.], [1., 1., 1.]])
     >>> chunk_share("token-mean", m[:1], m), chunk_share("seq-mean-token-mean", m[:1], m)  # 2 of 6 tokens, 1 of 3 rows
     (0.3333333333333333, 0.3333333333333333)
-    >>> chunk_share("token-mean", m[1:2], m)                                               # 1 of 6 tokens
-    0.16666666666666666
+    >>> chunk_share("token-mean", m[1:2], m), chunk_share("token-mean", m[1:2], m, total=12.0)  # 1 of 6; of 12
+    (0.16666666666666666, 0.08333333333333333)
     """
-    lookup(AGGREGATIONS, agg, "loss aggregation")
-    if agg == "token-mean":
-        return float(chunk_mask.sum()) / max(1.0, float(full_mask.sum()))
-    return chunk_mask.shape[0] / full_mask.shape[0]
+    full = normaliser(agg, full_mask) if total is None else total
+    return normaliser(agg, chunk_mask) / max(1.0, full)
 
 
 # ---------------------------------------------------------------------------------------- losses

@@ -53,7 +53,47 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
-def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None):
+_M64 = 2**64
+
+
+def _s64(x: int) -> int:
+    """A 64-bit constant as torch's signed int64 (multiplication wraps modulo 2^64)."""
+    return x - _M64 if x >= 2**63 else x
+
+
+_GOLDEN, _MIX1, _MIX2 = _s64(0x9E3779B97F4A7C15), _s64(0xBF58476D1CE4E5B9), _s64(0x94D049BB133111EB)
+
+
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser: a bijective, well-mixed hash of int64 counters."""
+    x = x + _GOLDEN
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def uniforms(keys: torch.Tensor) -> torch.Tensor:
+    """One float64 uniform in [0, 1) per int64 key: the top 53 bits of its hash.
+
+    >>> u = uniforms(torch.arange(100_000)); bool(u.min() >= 0) and bool(u.max() < 1), round(u.mean().item(), 2)
+    (True, 0.5)
+    """
+    return _shr(mix64(keys), 11).double() * 2.0**-53
+
+
+def sample_keys(seed: int, sample_ids: torch.Tensor) -> torch.Tensor:
+    """Per-sample random streams: token t of sample i draws `uniforms(mix64(key_i + t))`. A sample's tokens
+    depend only on (seed, its id, the model), not on the batch it ran in: chunking, dropped finished rows
+    or rollouts sharded over ranks give the same completions."""
+    return mix64(mix64(torch.full_like(sample_ids, seed)) ^ sample_ids)
+
+
+def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, keys: torch.Tensor | None):
     """Sample one token per row; returns (ids [B], log-probs [B] at `temperature`; T = 1 when greedy).
 
     Greedy at temperature 0. Otherwise inverse-CDF sampling from the (top-p truncated) softmax(logits / T):
@@ -71,7 +111,7 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: tor
         outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest nucleus
         probs = probs.scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
     cdf = probs.double().cumsum(-1)
-    u = torch.rand(len(cdf), 1, generator=gen, dtype=torch.float64) * cdf[:, -1:]  # renormalises the nucleus
+    u = uniforms(keys)[:, None] * cdf[:, -1:]  # renormalises the nucleus
     ids = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
     return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
 
@@ -263,10 +303,12 @@ def olmo2_forward(model, weights: list[dict], ids: torch.Tensor, pos: torch.Tens
 
 
 def is_olmo2(model) -> bool:
-    """Whether `olmo2_forward` computes this model exactly (OLMo-2 without attention biases)."""
+    """Whether `olmo2_forward` computes this model exactly (OLMo-2 without attention biases). Not for a
+    DDP wrapper or an FSDP2-sharded model: their forward must run through the engine's hooks."""
+    if type(model).__name__ != "Olmo2ForCausalLM":
+        return False
     cfg = model.config
-    return (type(model).__name__ == "Olmo2ForCausalLM" and cfg._attn_implementation in ("sdpa", "eager")
-            and not getattr(cfg, "attention_bias", False))
+    return cfg._attn_implementation in ("sdpa", "eager") and not getattr(cfg, "attention_bias", False)
 
 
 def make_engine(model, max_new_tokens: int, fast: bool = True):
@@ -290,18 +332,24 @@ def _token_texts(tok) -> list[str]:
 @torch.no_grad()
 def sample(model, tok, prompts: Sequence[str], n: int = 1, max_new_tokens: int = 128, temperature: float = 1.0,
            top_p: float = 1.0, stop: Sequence[str] = STOP_STRINGS, seed: int = 0, max_batch: int = 256,
-           fast: bool = True, progress=None) -> Samples:
-    """`n` completions of each prompt. Reproducible: the same arguments give the same samples."""
+           fast: bool = True, progress=None, prompt_index: Sequence[int] | None = None) -> Samples:
+    """`n` completions of each prompt. Reproducible: the same arguments give the same samples.
+
+    Sample j of prompt i has its own random stream, keyed by (seed, prompt_index[i] * n + j); `prompt_index`
+    (default 0, 1, ...) names a prompt's place in a larger batch, so a shard of it samples what the whole would.
+    """
     was_training = model.training
     model.eval()
-    gen = torch.Generator().manual_seed(seed)
+    index = list(range(len(prompts))) if prompt_index is None else list(prompt_index)
+    ids = torch.tensor([i * n + j for i in index for j in range(n)], dtype=torch.long)
+    keys = sample_keys(seed, ids)
     prompt_ids = [tok(p).input_ids for p in prompts]
     rows: list[tuple] = []
     per_chunk = max(1, max_batch // n)
     try:
         for i in range(0, len(prompts), per_chunk):
             rows += _sample_chunk(model, tok, prompt_ids[i : i + per_chunk], n, max_new_tokens, temperature, top_p,
-                                  stop, gen, fast)
+                                  stop, keys[i * n : (i + per_chunk) * n], fast)
             if progress is not None:
                 progress.update(len(prompt_ids[i : i + per_chunk]) * n)
     finally:
@@ -315,7 +363,7 @@ def sample(model, tok, prompts: Sequence[str], n: int = 1, max_new_tokens: int =
     return Samples(prompt_ids, tokens, logprobs, mask, texts, [r[2] for r in rows], n)
 
 
-def _sample_chunk(model, tok, prompt_ids, n, max_new, temperature, top_p, stop, gen, fast) -> list[tuple]:
+def _sample_chunk(model, tok, prompt_ids, n, max_new, temperature, top_p, stop, keys, fast) -> list[tuple]:
     """Decode one chunk of prompts; returns (ids, logprobs, finish) per sample, prompt-major."""
     texts = _token_texts(tok) if stop else None
     window = max((len(s) for s in stop), default=0) + 32
@@ -335,7 +383,7 @@ def _sample_chunk(model, tok, prompt_ids, n, max_new, temperature, top_p, stop, 
     tails, finish, alive = [""] * B, ["length"] * B, [True] * B
     rows = list(range(B))  # engine row -> sample; an engine may keep finished samples for a while
     for t in range(max_new):
-        new, lp = pick_tokens(logits, temperature, top_p, gen)
+        new, lp = pick_tokens(logits, temperature, top_p, mix64(keys[rows] + t))
         for row, tid, l in zip(rows, new.tolist(), lp.tolist()):
             if not alive[row]:
                 continue

@@ -77,22 +77,12 @@ def all_checkpoints(cfg: Config, out: Path) -> list[tuple[str, int, str]]:
     from excursions.train.pretrain import checkpoint_name
 
     if cfg.study.external:
+        from excursions.model import revision_tokens
+
         return [(spec.replace("/", "--").replace("@", "--"), revision_tokens(spec), spec) for spec in cfg.study.external]
     p, root = cfg.pretrain, pretrain_dir(cfg, out) / "checkpoints"
     names = [(checkpoint_name(st, st * p.tokens_per_step), st * p.tokens_per_step) for st in p.checkpoint_steps()]
     return [(name, tokens, str(root / name)) for name, tokens in names]
-
-
-def revision_tokens(spec: str) -> int:
-    """Pretraining tokens named by a checkpoint's revision or directory (OLMo's `...-tokens21B`), else 0.
-
-    >>> revision_tokens("allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B"), revision_tokens("runs/x/final")
-    (21000000000, 0)
-    """
-    import re
-
-    m = re.search(r"tokens(\d+)([KMB]?)", spec)
-    return int(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "B": 10**9}[m.group(2)] if m else 0
 
 
 def plan(cfg: Config, out: Path) -> list[Unit]:
@@ -344,6 +334,11 @@ def run_study(cfg: Config, out: Path | str, progress: bool = True) -> Path:
     units = plan(cfg, out)  # a bad study section fails here, before anything is written
     if cfg.study.external and not (world_dir(cfg, out) / "gsm" / "test.jsonl").is_file():
         raise UserError(f"study.world {cfg.study.world} has no gsm/test.jsonl; point it at a pretraining run's world/")
+    if cfg.study.external:  # a missing revision or unreadable directory fails now, not an hour in
+        from excursions.model import check_checkpoint
+
+        for spec in cfg.study.external:
+            check_checkpoint(spec)
     with study_lock(out):
         atomic_write_text(out / "study.toml", to_toml(cfg))
         store = Store(out / DB)

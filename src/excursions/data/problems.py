@@ -98,7 +98,8 @@ def read_jsonl(path: Path) -> list[Problem]:
     if not path.is_file():
         raise UserError(f"problem file {path} does not exist")
     problems = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    # split on "\n" only: str.splitlines also breaks at U+2028 and friends, which JSON strings may hold raw
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:

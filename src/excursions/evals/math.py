@@ -88,6 +88,12 @@ def _boxed(text: str) -> list[tuple[int, str]]:
     return out
 
 
+def last_boxed(text: str) -> str | None:
+    """The stripped content of the last complete `\\boxed{}` (MATH's answer convention), or None."""
+    found = _boxed(text)
+    return found[-1][1].strip() or None if found else None
+
+
 def _markers(text: str) -> list[tuple[int, int, str]]:
     """(start, end, content) of every answer marker in `text`."""
     found = [(m.start(), m.end(), m.group(1).strip()) for m in _HASH.finditer(text)]

@@ -26,17 +26,18 @@ from excursions.train.checkpoint import (META, atomic_write_text, clean_temporar
 class RunDir:
     """One training run's directory: claim it for a config, resume, log, save, finish."""
 
-    def __init__(self, out: Path | str, settings: dict):
-        self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        clean_temporaries(self.out)
+    def __init__(self, out: Path | str, settings: dict, write: bool = True):
+        self.out, self.write = Path(out), write  # write=False: a distributed run's other ranks only read
+        if write:
+            self.out.mkdir(parents=True, exist_ok=True)
+            clean_temporaries(self.out)
         path = self.out / "config.toml"
         if path.exists():
             changed = diff(tomllib.loads(path.read_text()), settings)
             if changed:
                 raise UserError(f"{self.out} holds a run with different settings ({'; '.join(changed[:5])}); "
                                 "use another --out, or delete the directory to start over")
-        else:
+        elif write:
             atomic_write_text(path, tomli_w.dumps(settings))
         self.metrics = self.out / "metrics.jsonl"
 
@@ -52,26 +53,25 @@ class RunDir:
         states = sorted((self.out / "resume").glob("step*")) if (self.out / "resume").exists() else []
         return states[-1] if states else None
 
-    def resume(self, model, optimizers: dict) -> int:
-        """Load the newest resume state into `model` and `optimizers`; the step to continue from."""
+    def resume(self, model) -> tuple[int, dict]:
+        """Load the newest resume state's weights into `model`: (the step to continue from, the optimizers'
+        states by name, empty when starting fresh)."""
         latest = self.latest()
         if latest is None:
             self._truncate(0)
-            return 0
+            return 0, {}
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(latest / "model.safetensors"), strict=False)
         state = load_trainer_state(latest)
-        for name, opt in optimizers.items():
-            opt.load_state_dict(state["optimizer"][name])
         torch.set_rng_state(state["torch_rng"])
         self._truncate(state["step"])
-        return state["step"]
+        return state["step"], state["optimizer"]
 
-    def save(self, step: int, model, tok, optimizers: dict) -> None:
+    def save(self, step: int, model, tok, optimizer_states: dict) -> None:
         class _Bundle:  # save_state takes one optimizer; several are saved as one dict
             def state_dict(self):
-                return {name: opt.state_dict() for name, opt in optimizers.items()}
+                return optimizer_states
 
         save_state(self.out / "resume" / f"step{step:06d}", model, tok, _Bundle(), {"step": step}, {"step": step})
         for old in sorted((self.out / "resume").glob("step*"))[:-1]:
@@ -95,7 +95,7 @@ class RunDir:
         return [json.loads(line) for line in self.metrics.read_text().splitlines()] if self.metrics.exists() else []
 
     def _truncate(self, step: int) -> None:
-        if self.metrics.exists():
+        if self.write and self.metrics.exists():
             keep = [json.dumps(r) + "\n" for r in self.rows() if r["step"] <= step]
             atomic_write_text(self.metrics, "".join(keep))
 

@@ -28,6 +28,7 @@ from excursions.objectives import lookup
 from excursions.optim import ParallelAveraging, adamw, constant_with_warmup, set_lr
 from excursions.progress import progress_bar
 from excursions.tokenizer import load_tokenizer
+from excursions.train import dist
 from excursions.train.loop import RunDir, track
 from excursions.train.rl import grpo_gradients, grpo_update, rollout, training_flops
 from excursions.train.sft import SFTBatches, demonstrations, sft_gradients
@@ -88,6 +89,7 @@ class _Setup:
 
     def __init__(self, src: str, cfg: Config, world: Path, family: str, reference: bool):
         path, revision = parse_checkpoint(src)
+        self.src = src
         self.policy = load_model(path, revision)
         self.ref = load_model(path, revision).eval().requires_grad_(False) if reference else None
         self.tok = load_tokenizer(path, revision)
@@ -110,69 +112,137 @@ def _prompt_rows(step: int, n_items: int, per_step: int, seed: int) -> list[int]
     return perm[i * per_step : (i + 1) * per_step].tolist()
 
 
-def _loop(run: RunDir, setup: _Setup, cfg: Config, steps: int, optimizers: dict, step_fn: Callable[[int], dict],
-          save_every: int, track_every: int, track_n: int, desc: str, progress: bool) -> None:
-    """The shared loop: resume, step, count FLOPs, track test pass@k, log, save."""
-    start = run.resume(setup.policy, optimizers)
+class Trainee:
+    """The model being trained as each process holds it: `module` runs forward / backward (plain, DDP, or
+    FSDP2-sharded), `replica` is a plain model with the current weights for rollouts, tracking and saving."""
+
+    def __init__(self, run: RunDir, setup: _Setup, d: dist.Dist):
+        self.d, self.setup = d, setup
+        self.start, self._states = run.resume(setup.policy)  # every rank loads the same weights, then shards
+        self.module = dist.wrap(setup.policy, d)
+        self.replica = setup.policy
+        if d.strategy == "fsdp" and d.active:
+            import copy
+
+            self.replica = copy.deepcopy(setup.ref) if setup.ref is not None else load_model(*parse_checkpoint(setup.src))
+            self.sync()
+        self.optimizers: dict = {}
+
+    def attach(self, optimizers: dict) -> None:
+        """The optimizers (made over `module`'s parameters), with their resumed states."""
+        self.optimizers = optimizers
+        for name, opt in optimizers.items():
+            if name in self._states:
+                dist.load_optimizer_state(self.module, opt, self._states[name], self.d)
+
+    def sync(self) -> None:
+        """After an update: the FSDP2 replica gets the new full weights (the DDP / single module is the replica)."""
+        if self.replica is not self.setup.policy:
+            self.replica.load_state_dict(dist.full_state(self.module, self.d))
+            self.replica.eval()
+
+    def save(self, run: RunDir, step: int) -> None:
+        states = {name: dist.optimizer_state(self.module, opt, self.d) for name, opt in self.optimizers.items()}
+        if self.d.main:
+            run.save(step, self.replica, self.setup.tok, states)
+        dist.barrier(self.d)
+
+
+def _claim(out: Path, settings: dict, d: dist.Dist) -> RunDir:
+    """The run directory; rank 0 claims and cleans it before the other ranks read it."""
+    run = RunDir(out, settings) if d.main else None
+    dist.barrier(d)
+    return run or RunDir(out, settings, write=False)
+
+
+def _loop(run: RunDir, trainee: Trainee, cfg: Config, steps: int, step_fn: Callable[[int], dict], save_every: int,
+          track_every: int, track_n: int, desc: str, progress: bool) -> None:
+    """The shared loop: step, count FLOPs, track test pass@k, log, save (rank 0 writes)."""
+    setup, d, start = trainee.setup, trainee.d, trainee.start
     last = run.rows()[-1] if start else {}
     totals = {k: last.get(f"total_{k}", 0) for k in ("train_flops", "rollout_flops", "rollout_tokens")}
     test = setup.test[: cfg.rl.track_problems]
-    bar = progress_bar(total=steps, initial=start, unit="step", desc=desc, disable=not progress)
+    bar = progress_bar(total=steps, initial=start, unit="step", desc=desc, disable=not progress or not d.main)
     for step in range(start, steps):
         t0 = time.perf_counter()
         stats = step_fn(step)
+        trainee.sync()
         for k in totals:
             totals[k] += stats.pop(k, 0)
         row = {"step": step + 1, **stats, **{f"total_{k}": v for k, v in totals.items()},
                "seconds": time.perf_counter() - t0}
         done = step + 1
         if done == steps or (track_every and done % track_every == 0):
-            row.update(track(setup.policy, setup.tok, test, cfg.eval, track_n, setup.family))
-            setup.policy.train()
-        run.log(row)
+            row.update(track(trainee.replica, setup.tok, test, cfg.eval, track_n, setup.family))
+            trainee.replica.train(trainee.replica is setup.policy)
+        if d.main:
+            run.log(row)
         bar.update(1)
         bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in row.items() if k in ("train/reward", "train/loss")})
         if done % save_every == 0 and done < steps:
-            run.save(done, setup.policy, setup.tok, optimizers)
+            trainee.save(run, done)
     bar.close()
 
 
-def _finish(run: RunDir, setup: _Setup, src: str, name: str, world: Path, steps: int, t0: float) -> Path:
+def _finish(run: RunDir, trainee: Trainee, src: str, name: str, world: Path, steps: int, t0: float) -> Path:
+    setup = trainee.setup
     rows = run.rows()
     meta = {"recipe": name, "source": src, "world_dir": str(world.resolve()), "family": setup.family, "steps": steps,
             "final": {k: v for k, v in rows[-1].items() if k.startswith(("eval/", "total_"))} if rows else {},
             "wall_seconds": time.perf_counter() - t0}
-    return run.finish(setup.policy, setup.tok, meta)
+    if trainee.d.active:
+        meta["distributed"] = {"strategy": trainee.d.strategy, "world_size": trainee.d.world}
+    if trainee.d.main:
+        run.finish(trainee.replica, setup.tok, meta)
+    dist.barrier(trainee.d)
+    return run.final
+
+
+def _single_process_only(name: str, cfg: Config) -> dist.Dist:
+    d = dist.setup(cfg.distributed.strategy)
+    if d.active:
+        raise UserError(f"the {name} stage runs in one process so far; launch it without torchrun "
+                        "(distributed runs support the rl recipe)")
+    return d
 
 
 def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name: str) -> Path:
     c = cfg.rl
-    run = RunDir(out, {"stage": "rl", "source": src, "rl": to_dict(c), "eval": to_dict(cfg.eval)})
+    d = dist.setup(cfg.distributed.strategy)
+    run = _claim(out, {"stage": "rl", "source": src, "rl": to_dict(c), "eval": to_dict(cfg.eval)}, d)
     if run.done:
         return run.final
     t0 = time.perf_counter()
     setup = _Setup(src, cfg, world, c.family, reference=c.kl_coef > 0)
-    opt = adamw(setup.policy, c.lr, c.betas, c.weight_decay)
+    trainee = Trainee(run, setup, d)
+    opt = adamw(trainee.module, c.lr, c.betas, c.weight_decay)
+    trainee.attach({"opt": opt})
 
     def step_fn(step: int) -> dict:
-        problems = [setup.train[i] for i in _prompt_rows(step, len(setup.train), c.prompts_per_step, c.seed)]
-        batch = rollout(setup.policy, setup.ref, setup.tok, problems, c, seed=c.seed * 1_000_003 + step)
-        return {**batch.stats, **grpo_update(setup.policy, opt, batch, c)}
+        rows = _prompt_rows(step, len(setup.train), c.prompts_per_step, c.seed)
+        mine = dist.shard(len(rows), d, c.minibatches)  # this rank's prompts, mini-batch by mini-batch
+        batch = rollout(trainee.replica, setup.ref, setup.tok, [setup.train[rows[i]] for i in mine], c,
+                        seed=c.seed * 1_000_003 + step, prompt_index=mine)
+        update = grpo_update(trainee.module, opt, batch, c, d, flops_model=trainee.replica)
+        return {**dist.mean_stats(batch.stats, d), **update}
 
-    _loop(run, setup, cfg, c.steps, {"opt": opt}, step_fn, c.save_every, c.track_every, c.track_n, name, progress)
-    return _finish(run, setup, src, name, world, c.steps, t0)
+    _loop(run, trainee, cfg, c.steps, step_fn, c.save_every, c.track_every, c.track_n, name, progress)
+    return _finish(run, trainee, src, name, world, c.steps, t0)
 
 
 def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, demos: str, name: str) -> Path:
     c = cfg.sft
+    d = _single_process_only(name, cfg)
     run = RunDir(out, {"stage": "sft", "demos": demos, "source": src, "sft": to_dict(c), "eval": to_dict(cfg.eval)})
     if run.done:
         return run.final
     t0 = time.perf_counter()
     setup = _Setup(src, cfg, world, c.family, reference=False)
+    trainee = Trainee(run, setup, d)
     batches = SFTBatches(setup.tok, demonstrations(setup.train, demos, c.seed), c.batch_size, c.seed)
     steps = c.epochs * batches.steps_per_epoch
     opt = adamw(setup.policy, c.lr, c.betas, c.weight_decay)
+    trainee.attach({"opt": opt})
 
     def step_fn(step: int) -> dict:
         set_lr(opt, constant_with_warmup(step, c.lr, c.warmup_steps))
@@ -184,20 +254,23 @@ def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, demos
         return {"train/loss": loss, "epoch": (step + 1) / batches.steps_per_epoch,
                 "train_flops": training_flops(setup.policy, batch[1])}
 
-    _loop(run, setup, cfg, steps, {"opt": opt}, step_fn, c.save_every, c.track_every, cfg.rl.track_n, name, progress)
-    return _finish(run, setup, src, name, world, steps, t0)
+    _loop(run, trainee, cfg, steps, step_fn, c.save_every, c.track_every, cfg.rl.track_n, name, progress)
+    return _finish(run, trainee, src, name, world, steps, t0)
 
 
 def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) -> Path:
     c, r, s = cfg.parallel, cfg.rl, cfg.sft
+    d = _single_process_only("parallel", cfg)
     run = RunDir(out, {"stage": "parallel", "source": src, "parallel": to_dict(c), "rl": to_dict(r),
                        "sft": to_dict(s), "eval": to_dict(cfg.eval)})
     if run.done:
         return run.final
     t0 = time.perf_counter()
     setup = _Setup(src, cfg, world, r.family, reference=r.kl_coef > 0)
+    trainee = Trainee(run, setup, d)
     batches = SFTBatches(setup.tok, demonstrations(setup.train, "one", s.seed), s.batch_size, s.seed)
     avg = ParallelAveraging(setup.policy, c.rl_lr, c.sft_lr, r.betas, r.weight_decay)
+    trainee.attach({"rl": avg.rl, "sft": avg.sft})
     params = avg.params
 
     def grads(clip: float) -> list[torch.Tensor]:
@@ -222,6 +295,5 @@ def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) 
         return {**batch.stats, **{f"train/{k}": v for k, v in rl_stats.items()}, "train/loss": sft_loss,
                 "parallel/weight": w, "train_flops": flops}
 
-    _loop(run, setup, cfg, c.steps, {"rl": avg.rl, "sft": avg.sft}, step_fn, r.save_every, r.track_every, r.track_n,
-          "parallel", progress)
-    return _finish(run, setup, src, "parallel", world, c.steps, t0)
+    _loop(run, trainee, cfg, c.steps, step_fn, r.save_every, r.track_every, r.track_n, "parallel", progress)
+    return _finish(run, trainee, src, "parallel", world, c.steps, t0)

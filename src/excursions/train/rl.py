@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from excursions.config import RLConfig
 from excursions.data.problems import STOP_STRINGS, Problem, format_prompt
 from excursions.flops import generate_flops_per_token, model_dims, train_flops_per_token
-from excursions.objectives import ADVANTAGES, chunk_share, entropy, grpo_loss, token_logprobs, token_mean
+from excursions.objectives import ADVANTAGES, chunk_share, entropy, grpo_loss, normaliser, token_logprobs, token_mean
 from excursions.rewards import math_rewards
+from excursions.train.dist import SINGLE, Dist, global_sum
 from excursions.sampling import (is_olmo2, olmo2_forward, olmo2_heads, olmo2_weights, position_ids, prompt_mask,
                                  sample)
 
@@ -105,12 +106,13 @@ def trim(ids: torch.Tensor, attention: torch.Tensor, prompt_width: int, response
 
 @torch.no_grad()
 def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
-            stop: Sequence[str] = STOP_STRINGS) -> Rollouts:
-    """Sample G completions per problem, score them, and compute advantages and old / ref log-probs."""
+            stop: Sequence[str] = STOP_STRINGS, prompt_index: Sequence[int] | None = None) -> Rollouts:
+    """Sample G completions per problem, score them, and compute advantages and old / ref log-probs.
+    `prompt_index`: the problems' places in the step's whole batch when this is a shard of it."""
     prompts = [format_prompt(p.question) for p in problems]
     G = cfg.group_size
     s = sample(policy, tok, prompts, n=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed,
-               stop=stop)
+               stop=stop, prompt_index=prompt_index)
     answers = [p.answer for p in problems for _ in range(G)]
     rewards = torch.tensor(math_rewards(s.texts, answers, [f != "length" for f in s.finish], cfg.format_score))
     P = max(len(p) for p in s.prompt_ids)
@@ -174,14 +176,16 @@ def _logprobs(model, ids, attention, tokens, mask, prompt_width: int, cfg: RLCon
     return out
 
 
-def grpo_gradients(policy, batch: Rollouts, rows: torch.Tensor, cfg: RLConfig) -> dict:
+def grpo_gradients(policy, batch: Rollouts, rows: torch.Tensor, cfg: RLConfig, d: Dist = SINGLE) -> dict:
     """Backpropagate the GRPO loss of `rows` of the batch (gradients accumulate); returns its stats.
 
     `rows` are whole groups. Runs about `cfg.micro_batch` rows at a time, each chunk's loss weighted by its
     share of the aggregation's normaliser, so the gradient equals that of the whole `rows` at once (tested)
-    at a fraction of the memory.
+    at a fraction of the memory. Sharded over `d.world` processes, the normaliser is the global one and the
+    loss is scaled by the world size, which the engine's gradient averaging divides out again.
     """
     full_mask = batch.response_mask[rows]
+    total = global_sum(normaliser(cfg.aggregation, full_mask), d)
     T = full_mask.shape[1]
     stats: dict[str, float] = {}
     for chunk in micro_batches(rows, full_mask.sum(-1), cfg.group_size, cfg.micro_batch):
@@ -193,28 +197,29 @@ def grpo_gradients(policy, batch: Rollouts, rows: torch.Tensor, cfg: RLConfig) -
         old = logp.detach() if batch.old_logp is None else batch.old_logp[chunk]
         loss, chunk_stats = grpo_loss(logp, old, None if batch.ref_logp is None else batch.ref_logp[chunk],
                                       batch.advantages[chunk], mask, cfg.clip_eps, cfg.kl_coef, cfg.kl, cfg.aggregation)
-        share = chunk_share(cfg.aggregation, mask, full_mask)
-        (loss * share).backward()
+        share = chunk_share(cfg.aggregation, mask, full_mask, total)
+        (loss * share * d.world).backward()
         with torch.no_grad():
             chunk_stats["entropy"] = token_mean(entropy(logp_all), mask[:, :w])
         for k, v in chunk_stats.items():
             stats[k] = stats.get(k, 0.0) + share * float(v)
-    return stats
+    return {k: global_sum(v, d) for k, v in sorted(stats.items())}  # shares of the global normaliser add up
 
 
-def grpo_update(policy, opt, batch: Rollouts, cfg: RLConfig) -> dict:
-    """One optimizer step per mini-batch (whole groups each), as VeRL's actor update."""
+def grpo_update(policy, opt, batch: Rollouts, cfg: RLConfig, d: Dist = SINGLE, flops_model=None) -> dict:
+    """One optimizer step per mini-batch (whole groups each), as VeRL's actor update. `policy` may be a DDP
+    or FSDP2 module holding this rank's shard of the batch (`dist.shard` cuts it mini-batch by mini-batch)."""
     groups = batch.rewards.numel() // cfg.group_size
     per = groups // cfg.minibatches
     collected: list[dict] = []
     for m in range(cfg.minibatches):
         rows = torch.arange(m * per * cfg.group_size, (m + 1) * per * cfg.group_size)
-        collected.append(grpo_gradients(policy, batch, rows, cfg))
+        collected.append(grpo_gradients(policy, batch, rows, cfg, d))
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
     stats = {f"train/{k}": sum(c[k] for c in collected) / len(collected) for k in collected[0]}
-    stats["train_flops"] = training_flops(policy, batch.attention)
+    stats["train_flops"] = global_sum(training_flops(flops_model or policy, batch.attention), d)
     return stats
 
 

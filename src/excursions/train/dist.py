@@ -1,0 +1,136 @@
+"""Several processes, one result: GRPO under `torchrun` with DDP or FSDP2 (gloo, on CPUs so far).
+
+    torchrun --nproc_per_node 2 $(which excursions) posttrain CKPT --recipe rl distributed.strategy=fsdp
+
+Each rank samples its share of a step's prompts (per-sample random streams make the shards' completions
+those of the whole batch, see `sampling.sample_keys`), computes its share of the loss against the global
+normaliser, and the engine (`DistributedDataParallel`, or FSDP2's `fully_shard`) reduces the gradients:
+the update is the single-process one (tested on CPU: 2 gloo ranks equal 1 process). Rollouts and tracking
+run on a plain copy of the weights on every rank (with DDP the wrapped module itself; with FSDP2 a copy
+refreshed from the full state after each update, as an inference engine would be). Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from excursions.errors import UserError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    strategy: str = "none"  # none | ddp | fsdp
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+SINGLE = Dist()
+
+
+def setup(strategy: str) -> Dist:
+    """Join the process group `torchrun` describes in the environment (one process: nothing to join)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return SINGLE
+    if strategy not in ("ddp", "fsdp"):
+        raise UserError(f"distributed.strategy {strategy!r}: choose ddp or fsdp for a run of {world} processes")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")  # training runs on the CPU so far; NCCL comes with GPU placement (issue 7)
+    return Dist(dist.get_rank(), dist.get_world_size(), strategy)
+
+
+def shard(n: int, d: Dist, parts: int = 1) -> list[int]:
+    """The indices of `n` items (a step's prompts) this rank takes. The batch is cut into `parts` mini-batches
+    first and each is split over the ranks, so a rank's k-th local mini-batch is its slice of the k-th global
+    one (mini-batch updates stay those of one process).
+
+    >>> shard(8, Dist(1, 2), parts=2)   # mini-batches [0..3], [4..7]; rank 1 takes the second half of each
+    [2, 3, 6, 7]
+    """
+    if n % (parts * d.world):
+        raise UserError(f"{n} prompts per step do not split into {parts} mini-batches over {d.world} ranks; "
+                        f"make rl.prompts_per_step a multiple of {parts * d.world}")
+    per, each = n // parts, n // parts // d.world
+    return [m * per + d.rank * each + i for m in range(parts) for i in range(each)]
+
+
+def wrap(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
+    """The module forward and backward run through: DDP's wrapper, or the model sharded in place by FSDP2
+    (each decoder layer, then the root)."""
+    if not d.active:
+        return model
+    if d.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model)
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def full_state(model: torch.nn.Module, d: Dist) -> dict:
+    """The full (unsharded) state dict on CPU, on every rank. A collective under FSDP: all ranks call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    inner = model.module if d.strategy == "ddp" and d.active else model
+    if d.strategy != "fsdp" or not d.active:
+        return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+    # without cpu_offload every rank gets the gathered tensors (with it, only rank 0 does)
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+
+
+def optimizer_state(model, opt, d: Dist) -> dict:
+    """The optimizer's full state (a collective under FSDP; only rank 0 receives it), for rank 0 to save."""
+    if d.strategy != "fsdp" or not d.active:
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model, opt, state: dict, d: Dist) -> None:
+    if d.strategy != "fsdp" or not d.active:
+        opt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+
+
+def mean_stats(stats: dict, d: Dist) -> dict:
+    """Per-rank means of equally sized shards, averaged over the ranks (what one process would log)."""
+    if not d.active or not stats:
+        return stats
+    keys = sorted(k for k, v in stats.items() if isinstance(v, (int, float)))
+    t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    sums = ("rollout_tokens", "rollout_flops", "train_flops")  # totals add up, rates average
+    return {**stats, **{k: (v if k in sums else v / d.world) for k, v in zip(keys, t.tolist())}}
+
+
+def global_sum(x: float, d: Dist) -> float:
+    if not d.active:
+        return x
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def barrier(d: Dist) -> None:
+    if d.active:
+        dist.barrier()

@@ -1,0 +1,228 @@
+"""Real scale without a GPU or network: dataset adapters on the real files, revisions, a tiny HF model on disk
+used as a local directory and as a hub checkpoint (an offline hub cache), and `excursions eval` on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from excursions.data.real import import_family, load_problems
+from excursions.errors import UserError
+from excursions.evals.math import extract_answer
+from excursions.model import check_checkpoint, match_revisions, revision_tokens
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.exists(), reason="needs ../shared/data")
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for line in path.open() if line.strip())
+
+
+@needs_data
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_gsm8k_every_row_parsed(split):
+    path = DATA / "gsm8k" / f"{split}.jsonl"
+    problems, report = load_problems(f"gsm8k:{path}", "gsm", split)
+    assert report["rows"] == _lines(path) == {"train": 7473, "test": 1319}[split]
+    assert report["skipped"] == 0 and len(problems) == report["problems"]
+    rows = [json.loads(line) for line in path.open()]
+    by_question = {r["question"].strip(): r["answer"].rsplit("####", 1)[1].strip().replace(",", "") for r in rows}
+    for p in problems:  # the answer is the #### line's, and the demonstration ends with it, calculator notes gone
+        assert p.answer == by_question[p.question]
+        assert re.fullmatch(r"-?\d+(\.\d+)?", p.answer), p.answer  # every GSM8K answer is a number
+        assert extract_answer(p.solutions[0]) == p.answer and "<<" not in p.solutions[0]
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["test.jsonl", "math500.jsonl"])
+def test_math_boxed_extracted_for_every_row_that_has_one(name, tmp_path):
+    path = DATA / "math" / name
+    rows = [json.loads(line) for line in path.open()]
+    # two rows of our own without a \boxed{} answer: skipped, counted and listed with file and line
+    extra = tmp_path / name
+    extra.write_text(path.read_text() + json.dumps({"problem": "P1", "solution": "no box"}) + "\n"
+                     + json.dumps({"problem": "P2", "solution": "\\boxed{unclosed"}) + "\n")
+    problems, report = load_problems(f"math:{extra}", "hard", "test")
+    has_box = sum("\\boxed{" in r["solution"] for r in rows)
+    assert report["rows"] == len(rows) + 2 and report["skipped"] == len(rows) + 2 - has_box
+    assert report["skipped_rows"][-2:] == [f"{extra}:{len(rows) + 1}: no \\boxed{{}} answer in the solution",
+                                           f"{extra}:{len(rows) + 2}: no \\boxed{{}} answer in the solution"]
+    assert sum(len(p.solutions) for p in problems) == has_box  # no usable row lost
+    first = problems[0]
+    assert first.answer == extract_answer(rows[0]["solution"]) and first.meta["level"] == rows[0]["level"]
+
+
+def _omi2_rows():
+    sol = "We add.\n\\boxed{{{}}}"
+    return [
+        {"problem": "A has 2 and gets 3.", "generated_solution": sol.format(5), "expected_answer": "5",
+         "problem_source": "augmented_gsm8k"},
+        {"problem": "A has 2 and gets 3.", "generated_solution": "2 + 3 = 5, so \\boxed{5}", "expected_answer": "5",
+         "problem_source": "augmented_gsm8k"},
+        {"problem": "A has 2 and gets 3.", "generated_solution": sol.format(5), "expected_answer": "5",
+         "problem_source": "augmented_gsm8k"},  # a duplicate solution: kept once
+        {"problem": "Solve x^2 = 4.", "generated_solution": sol.format(2), "expected_answer": "2",
+         "problem_source": "augmented_math"},  # outside the GSM8K-inspired subset
+        {"problem": "B has 7 and loses 1.", "generated_solution": sol.format(6), "expected_answer": "6",
+         "problem_source": "gsm8k"},
+    ]
+
+
+def test_openmath2_groups_solutions_and_counts_what_it_drops(tmp_path):
+    path = tmp_path / "omi2.jsonl"
+    lines = [json.dumps(r) for r in _omi2_rows()]
+    path.write_text("\n".join(lines[:2] + ["{not json"] + lines[2:] + ['{"problem": "C"}']) + "\n")
+    problems, report = load_problems(f"openmath2:{path}", "gsm", "train", subset=("gsm8k", "augmented_gsm8k"))
+    # 7 rows: 1 not JSON, 1 without a solution, 1 outside the subset, 4 used -> 2 problems with 2 and 1 solutions
+    assert (report["rows"], report["skipped"], report["outside_subset"]) == (7, 2, 1)
+    assert [(p.question, p.answer, len(p.solutions)) for p in problems] == [
+        ("A has 2 and gets 3.", "5", 2), ("B has 7 and loses 1.", "6", 1)]
+    assert report["skipped_rows"] == [f"{path}:3: not valid JSON (Expecting property name enclosed in double quotes)",
+                                      f"{path}:7: field 'expected_answer' is missing or empty"]
+
+
+def test_wrong_adapter_or_source_is_one_clear_error(tmp_path):
+    path = tmp_path / "gsm.jsonl"
+    path.write_text(json.dumps({"question": "Q", "answer": "1\n#### 1"}) + "\n")
+    with pytest.raises(UserError, match="1 of 1 rows do not fit the 'math' adapter.*right adapter"):
+        load_problems(f"math:{path}", "hard", "test")
+    with pytest.raises(UserError, match="unknown adapter 'gsm9k'; choose from gsm8k, math, openmath2"):
+        load_problems(f"gsm9k:{path}", "gsm", "test")
+    with pytest.raises(UserError, match="does not exist"):
+        load_problems(f"gsm8k:{tmp_path / 'missing.jsonl'}", "gsm", "test")
+    with pytest.raises(UserError, match="is a directory"):
+        load_problems(f"gsm8k:{tmp_path}", "gsm", "test")
+    with pytest.raises(UserError, match="write ADAPTER:FILE"):
+        load_problems(str(path), "gsm", "test")
+
+
+def test_import_family_holds_out_val_and_drops_test_overlap(tmp_path):
+    rows = [{"question": f"Q{i}", "answer": f"{i} + 0 = {i}\n#### {i}"} for i in range(30)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
+    world = tmp_path / "world"
+    report = import_family(world, "gsm", f"gsm8k:{tmp_path / 'train.jsonl'}", f"gsm8k:{tmp_path / 'test.jsonl'}",
+                           val_size=3)
+    assert report["train"]["overlap_with_test"] == 5
+    # 25 left after the overlap; at most a tenth of them is held out: min(3, 25 // 10) = 2
+    assert (report["train"]["problems"], report["val"]["problems"]) == (23, 2)
+    splits = {s: [json.loads(x)["question"] for x in (world / "gsm" / f"{s}.jsonl").open()] for s in
+              ("train", "val", "test")}
+    assert not set(splits["train"]) & set(splits["test"]) and not set(splits["train"]) & set(splits["val"])
+    assert json.loads((world / "gsm" / "import.json").read_text())["train"]["rows"] == 30
+
+
+def test_revisions_parse_and_sort():
+    names = ["main", "stage1-step1000-tokens3B", "stage1-step20000-tokens42B", "stage1-step9000-tokens19B",
+             "stage2-ingredient1-step1000-tokens5B"]
+    assert match_revisions(names, r"stage1-step\d+-tokens\d+B") == [
+        ("stage1-step1000-tokens3B", 3 * 10**9), ("stage1-step9000-tokens19B", 19 * 10**9),
+        ("stage1-step20000-tokens42B", 42 * 10**9)]
+    assert revision_tokens("allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B") == 21 * 10**9
+    with pytest.raises(UserError, match="not a valid regular expression"):
+        match_revisions(names, "stage1-(")
+
+
+def test_checkpoint_errors_before_any_work(tmp_path):
+    with pytest.raises(UserError, match="no such directory"):
+        check_checkpoint(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match=r"not an HF model directory \(no config.json\)"):
+        check_checkpoint(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A tiny randomly initialised OLMo-2 with a BPE trained on GSM8K-like text, saved as a plain HF directory;
+    its tokenizer has no pad token (as many real ones)."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    from excursions.tokenizer import train_tokenizer
+
+    texts = [f"Question: Ann has {i} apples and buys {i + 3}. How many?\nAnswer: {i} + {i + 3} = {2 * i + 3}\n"
+             f"#### {2 * i + 3}" for i in range(300)]
+    tok = train_tokenizer(texts, vocab_size=300)
+    tok.pad_token = None
+    out = tmp_path_factory.mktemp("hf") / "tiny-olmo2"
+    cfg = Olmo2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, pad_token_id=None)
+    Olmo2ForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_world(tmp_path_factory):
+    if not DATA.exists():
+        pytest.skip("needs ../shared/data")
+    world = tmp_path_factory.mktemp("real") / "world"
+    import_family(world, "gsm", f"gsm8k:{DATA / 'gsm8k' / 'train.jsonl'}", f"gsm8k:{DATA / 'gsm8k' / 'test.jsonl'}")
+    return world
+
+
+def _cli(args, **kw):
+    return subprocess.run([sys.executable, "-m", "excursions.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_eval_8shot_gsm8k_and_general_benchmarks_on_an_hf_directory(hf_dir, real_world, tmp_path):
+    proc = _cli(["eval", str(hf_dir), "--task", "gsm", "--world", str(real_world), "--shots", "8", "--n", "2",
+                 "--k", "1,2", "--limit", "3", "--out", str(tmp_path), "--quiet", "eval.max_new_tokens=8"])
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((tmp_path / "gsm-8shot.json").read_text())
+    assert r["shots"] == 8 and r["problems"] == 3 and set(r["metrics"]) == {"pass@1", "pass@2"}
+    proc = _cli(["eval", str(hf_dir), "--task", "arc_easy,boolq", "--data-dir", str(DATA / "general"), "--limit", "5",
+                 "--out", str(tmp_path), "--quiet"])
+    assert proc.returncode == 0, proc.stderr
+    for task in ("arc_easy", "boolq"):
+        assert json.loads((tmp_path / f"{task}.json").read_text())["n"] == 5
+
+
+def test_hub_id_at_revision_through_an_offline_cache(hf_dir, real_world, tmp_path):
+    """The same files laid out as the hub cache does (refs/<branch> -> snapshots/<commit>/), loaded by
+    `org/name@revision` with the hub offline: the path a real OLMo-2 revision takes once downloaded."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--testorg--tiny-olmo2"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(hf_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "stage1-step10-tokens1B").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    spec = "testorg/tiny-olmo2@stage1-step10-tokens1B"
+    proc = _cli(["eval", spec, "--task", "gsm", "--world", str(real_world), "--shots", "1", "--n", "2", "--k", "1",
+                 "--limit", "2", "--out", str(tmp_path / "ev"), "--quiet", "eval.max_new_tokens=4"], env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "ev" / "gsm-1shot.json").read_text())["checkpoint"] == spec
+    code = ("from excursions.model import check_checkpoint\n"
+            f"check_checkpoint({spec!r})\n"
+            "check_checkpoint('testorg/tiny-olmo2@stage1-step99-tokens9B')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "stage1-step99-tokens9B" in proc.stderr and "cannot be loaded" in proc.stderr
+    bad = _cli(["eval", "testorg/tiny-olmo2@stage1-step99-tokens9B", "--task", "gsm", "--world", str(real_world)],
+               env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "cannot load" in bad.stderr
+
+
+def test_data_cli_writes_a_world_and_reports(tmp_path):
+    rows = [{"question": f"Q{i}", "answer": f"#### {i}"} for i in range(20)] + [{"question": "Q", "answer": "x"}]
+    src, test = tmp_path / "g.jsonl", tmp_path / "t.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test.write_text(json.dumps({"question": "T", "answer": "#### 3"}) + "\n")
+    proc = _cli(["data", str(tmp_path / "w"), "--family", "gsm", "--train", f"gsm8k:{src}", "--test", f"gsm8k:{test}"])
+    assert proc.returncode == 0, proc.stderr
+    assert "1 skipped" in proc.stdout and f"skipped {src}:21: no '#### N' answer line" in proc.stdout
+    bad = _cli(["data", str(tmp_path / "w2"), "--family", "gsm", "--train", f"gsm9k:{src}", "--test", f"gsm8k:{src}"])
+    assert bad.returncode == 2 and "unknown adapter" in bad.stderr and not (tmp_path / "w2").exists()
+
+
+def test_revisions_without_network_is_one_clear_error():
+    proc = _cli(["revisions", "allenai/OLMo-2-0425-1B"], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "cannot list the revisions of 'allenai/OLMo-2-0425-1B'" in proc.stderr
+    assert "Traceback" not in proc.stderr
