@@ -10,6 +10,7 @@ from transformers import Olmo2Config, Olmo2ForCausalLM
 
 from excursions.config import RLConfig
 from excursions.objectives import ADVANTAGES
+from excursions.train.sft import sft_gradients
 from excursions.train import dist
 from excursions.train.rl import Rollouts, _logprobs, grpo_update
 
@@ -40,11 +41,16 @@ local = Rollouts(ids[rows], att[rows], mask[rows], W, rewards[rows], ADVANTAGES[
                  old[rows], ref[rows], {})
 module = dist.wrap(model, d)
 # plain SGD: the update is the gradient itself, so a wrong loss scale shows (Adam would normalise it away)
-opt = torch.optim.SGD(module.parameters(), lr=0.5)
+opt = torch.optim.SGD(module.parameters(), lr=0.1)
 if not d.active:
     save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, out + ".init")
 for _ in range(2):
     grpo_update(module, opt, local, cfg, d, flops_model=model)
+# an SFT batch of 5 rows: 3 on rank 0, 2 on rank 1, different token counts
+sft_ids = torch.randint(2, 64, (5, 7), generator=g)
+sft_mask = (torch.arange(7) < torch.tensor([7, 3, 5, 2, 6])[:, None]).float()
+sft_gradients(module, (sft_ids, sft_mask.long(), torch.randint(2, 64, (5, 7), generator=g), sft_mask), d=d)
+opt.step()
 state = dist.full_state(module, d)
 if d.main:
     save_file({k: v.contiguous() for k, v in state.items()}, out)

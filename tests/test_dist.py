@@ -39,8 +39,9 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_grpo_update_on_two_ranks_equals_one_process(strategy, tmp_path):
-    """Two mini-batch updates (clipped ratio, KL, token-mean over micro-batches of uneven length) from a fixed
-    rollout batch: each rank holds half of every mini-batch, the engine reduces the gradients."""
+    """Two GRPO updates with two mini-batches each (clipped ratio, KL, token-mean over micro-batches of uneven
+    length) from a fixed rollout batch, each rank holding half of every mini-batch; then an SFT step whose rows
+    split 3 / 2 over the ranks. The engine reduces the gradients; the weights must be one process's."""
     one = subprocess.run([sys.executable, str(WORKER), "none", str(tmp_path / "one.safetensors")],
                          capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -52,6 +53,25 @@ def test_grpo_update_on_two_ranks_equals_one_process(strategy, tmp_path):
     moved = max((a[k] - init[k]).abs().max().item() for k in a)
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert moved > 1e-3 and diff < 1e-6, (moved, diff)
+
+
+def test_weight_decay_groups_see_through_the_ddp_wrapper(tmp_path):
+    """No decay on embeddings: the wrapper hides `get_input_embeddings`, the groups must not change."""
+    import torch.distributed as td
+    from torch.nn.parallel import DistributedDataParallel
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    from excursions.optim import param_groups
+
+    td.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        model = Olmo2ForCausalLM(Olmo2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=2))
+        ids = lambda groups: [[id(p) for p in g["params"]] for g in groups]
+        assert ids(param_groups(DistributedDataParallel(model), 0.1)) == ids(param_groups(model, 0.1))
+        assert id(model.get_input_embeddings().weight) in ids(param_groups(model, 0.1))[1]
+    finally:
+        td.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

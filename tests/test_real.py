@@ -226,3 +226,12 @@ def test_revisions_without_network_is_one_clear_error():
     proc = _cli(["revisions", "allenai/OLMo-2-0425-1B"], env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and "cannot list the revisions of 'allenai/OLMo-2-0425-1B'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_problem_files_keep_unicode_line_separators(tmp_path):
+    """Two GSM8K train rows hold U+2028, which str.splitlines treats as a line break."""
+    from excursions.data.problems import Problem, read_jsonl, write_jsonl
+
+    p = Problem("gsm-train-0", "gsm", "Ann has 2.\u2028How many?", "2", ("#### 2",))
+    write_jsonl(tmp_path / "t.jsonl", [p, p])
+    assert read_jsonl(tmp_path / "t.jsonl") == [p, p]

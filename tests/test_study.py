@@ -21,7 +21,8 @@ from test_posttrain import POST
 
 STUDY = ["study.checkpoints=[1, 2]", "study.recipes=['rl', 'sft', 'sft_gold', 'sft_rl', 'parallel']",
          "study.extra_seeds=[1]", "study.seed_checkpoint=2", "eval.problems=8", "eval.n=4", "eval.ks=[1, 2, 4]",
-         "eval.bootstrap=20", "eval.shots=1", "world.general.mc_test=20", "study.nshot=[0, 1, 2]"]
+         "eval.bootstrap=20", "eval.shots=1", "world.general.mc_test=20", "study.nshot=[0, 1, 2]",
+         "study.sft_epochs=2"]
 
 
 def micro_study(micro_overrides, *extra):
@@ -34,8 +35,10 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
     ids = [u.id for u in units]
     assert ids[0] == "pretrain"
     assert sum(u.kind == "base_eval" for u in units) == 2
-    # 2 checkpoints x 5 recipes x 1 seed + 1 extra RL seed, each trained then evaluated
-    assert sum(u.kind == "posttrain" for u in units) == 11 and sum(u.kind == "eval" for u in units) == 11
+    # 2 checkpoints x 5 recipes x 1 seed + 1 extra RL seed, each trained then evaluated; one SFT epochs run
+    assert sum(u.kind == "posttrain" for u in units) == 12 and sum(u.kind == "eval" for u in units) == 11
+    epochs = next(u for u in units if u.id.startswith("sft_epochs/"))
+    assert epochs.recipe == "sft" and epochs.overrides == (("sft", "epochs", 2), ("sft", "track_every", 3))  # 20 problems / 8
     for i, u in enumerate(units):
         if u.kind == "eval":
             assert ids.index(u.id.removeprefix("eval/")) < i  # evaluated after it is trained
@@ -45,7 +48,8 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
     other = {u.id: u.path for u in plan(micro_study(micro_overrides, "rl.lr=2e-3"), tmp_path)}
     moved = {u.id.split("/")[0] for u in units if other[u.id] != u.path}
     assert moved == {"rl", "sft_rl", "parallel", "eval"}
-    assert all(other[u.id] == u.path for u in units if u.id.startswith(("pretrain", "base/", "sft/", "sft_gold/")))
+    assert all(other[u.id] == u.path for u in units
+               if u.id.startswith(("pretrain", "base/", "sft/", "sft_gold/", "sft_epochs/")))
 
 
 def test_bad_study_settings_fail_before_anything_is_written(micro_overrides, tmp_path):
@@ -91,7 +95,7 @@ def test_study_writes_report_and_database(micro_study_dir):
     out = micro_study_dir
     db = sqlite3.connect(out / DB)
     assert {r[0] for r in db.execute("SELECT status FROM units")} == {"done"}
-    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22
+    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22 + 1
     assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 3
     # every recipe at both checkpoints, every base checkpoint few-shot and 0-shot, on gsm and general
     for recipe in ("base", "rl", "sft", "sft_gold", "sft_rl", "parallel"):
@@ -108,14 +112,18 @@ def test_study_writes_report_and_database(micro_study_dir):
     assert steps[0] == 3
     stages = {r[0] for r in db.execute("SELECT DISTINCT stage FROM training WHERE unit LIKE 'sft_rl/%'")}
     assert stages == {"sft", "rl"}
+    # the SFT epochs run: test pass@1 tracked at the end of each of its 2 epochs
+    tracked = db.execute("SELECT t.step, e.value FROM training t JOIN training e ON e.unit = t.unit AND e.step = t.step "
+                         "AND e.key = 'epoch' WHERE t.unit LIKE 'sft_epochs/%' AND t.key = 'eval/gsm/pass@1'").fetchall()
+    assert [round(epoch, 6) for _, epoch in tracked] == [1.0, 2.0]
 
     # the report exists, embeds every figure, and states the numbers the database holds
     md = (out / "report" / "report.md").read_text()
     html = (out / "report" / "report.html").read_text()
-    for fig in ("recipes", "base-vs-rl", "sharpening", "general", "parallel", "seeds", "nshot"):
+    for fig in ("recipes", "base-vs-rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs"):
         assert (out / "report" / "figures" / f"{fig}.png").stat().st_size > 1000
         assert f"figures/{fig}.png" in md
-    assert html.count("data:image/png;base64,") == 7
+    assert html.count("data:image/png;base64,") == 8
     mean, lo, hi = db.execute(
         "SELECT m.mean, m.lo, m.hi FROM metrics m JOIN evaluations e ON e.id = m.evaluation WHERE e.recipe = 'rl' "
         "AND e.seed = 0 AND e.task = 'gsm' AND e.checkpoint = ? AND m.metric = 'pass@1'", (last,)).fetchone()
@@ -125,13 +133,13 @@ def test_study_writes_report_and_database(micro_study_dir):
     db.close()
 
     table = status_table(out)
-    assert "done: 26" in table and f"rl/{last}/s1" in table
+    assert "done: 27" in table and f"rl/{last}/s1" in table
 
     from excursions.study import export
 
     files = export(out)
     units_csv = next(f for f in files if f.name == "units.csv").read_text().splitlines()
-    assert len(units_csv) == 1 + 26
+    assert len(units_csv) == 1 + 27
 
 
 def test_rerun_is_a_no_op_and_a_changed_setting_reruns_only_its_units(micro_study_dir, micro_overrides):

@@ -346,7 +346,7 @@ class DistributedConfig:
     strategy: Literal["ddp", "fsdp"] = "ddp"  # DistributedDataParallel, or FSDP2's fully_shard per layer
 
 
-EXPERIMENTS = ("recipes", "base_vs_rl", "sharpening", "general", "parallel", "seeds", "nshot")
+EXPERIMENTS = ("recipes", "base_vs_rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs")
 
 
 @dataclass(frozen=True)
@@ -365,6 +365,7 @@ class StudyConfig:
     extra_seeds: tuple[int, ...] = ()  # more direct-RL seeds at `seed_checkpoint` (Fig. 13-14)
     seed_checkpoint: int = -1
     nshot: tuple[int, ...] = (0, 1, 2, 4, 8)  # exemplar counts swept on the last base checkpoint (Fig. 16)
+    sft_epochs: int = 0  # > 0: one more sft run at seed_checkpoint for this many epochs, tracked each epoch (Fig. 15)
     tasks: tuple[str, ...] = ("gsm", "general")  # evaluated on every base checkpoint and every result
     experiments: tuple[str, ...] = EXPERIMENTS
 
@@ -382,6 +383,7 @@ class StudyConfig:
         check(any(t != "general" for t in self.tasks), "tasks", "needs a math task (gsm or hard): every experiment reads one")
         check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
         check(all(k >= 0 for k in self.nshot), "nshot", "exemplar counts must be >= 0")
+        check(self.sft_epochs >= 0, "sft_epochs", "must be >= 0 (0 = no SFT epochs sweep)")
         check(len(set(self.seeds + self.extra_seeds)) == len(self.seeds) + len(self.extra_seeds), "extra_seeds",
               "must not repeat a seed of `seeds`")
         check(not self.external or bool(self.world), "world",

@@ -65,7 +65,30 @@ def base_curve_figure(curve: Sequence[dict], path: Path, baselines: dict | None 
             ax.plot(x, [100 * c["results"][task]["acc_norm"] for c in curve], marker="s", label="acc_norm")
             ax.set_title(f"{task} multiple choice")
             ax.set_ylabel("accuracy (%)")
-        ax.set_xscale("log")
-        ax.set_xlabel("pretraining tokens")
+        tokens_axis(ax, x)
         ax.legend()
     save_figure(fig, path)
+
+
+def token_label(t: float) -> str:
+    """A short token count for tick labels.
+
+    >>> [token_label(t) for t in (5e5, 6.5e6, 1e7, 3e8, 2.1e10)]
+    ['500K', '6.5M', '10M', '300M', '21B']
+    """
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if t >= scale:
+            v = t / scale
+            return f"{v:.1f}{unit}" if v < 10 and v != int(v) else f"{v:.0f}{unit}"
+    return f"{t:.0f}"
+
+
+def tokens_axis(ax, tokens) -> None:
+    """A log x axis of pretraining tokens ticked at the checkpoints themselves (0.5M, 6.5M, 10M)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ticks = sorted(set(tokens))
+    ax.set_xticks(ticks, [token_label(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("pretraining tokens")

@@ -21,6 +21,7 @@ def cosine_lr(tokens: float, peak: float, warmup: float, total: float, min_ratio
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only; none on embeddings or norm gains (OLMo-2 practice)."""
+    model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     get = getattr(model, "get_input_embeddings", None)
     embeddings = {id(get().weight)} if get is not None and get() is not None else set()
     decay, no_decay = [], []

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from excursions.config import Config
-from excursions.figures import plt, save_figure
+from excursions.figures import plt, save_figure, tokens_axis
 from excursions.train.checkpoint import atomic_write_text
 
 ORDER = ("base", "rl", "sft", "sft_rl", "sft_gold", "sft_gold_rl", "parallel")
@@ -168,8 +168,7 @@ def recipes_experiment(res: Results, figdir: Path) -> Section:
             _line(ax, x, [res.get(task, "base", c, k, shots=0) for c in res.checkpoints], "base 0-shot",
                   linestyle=":")
             ax.set_title(f"{task} {k}")
-            ax.set_xscale("log")
-            ax.set_xlabel("pretraining tokens")
+            tokens_axis(ax, x)
             ax.set_ylabel(f"{k} (%)")
     axes[0][-1].legend(fontsize=7)
     _save(fig, figdir / "recipes.png")
@@ -299,8 +298,7 @@ def general_experiment(res: Results, figdir: Path) -> Section:
     x = [res.tokens[c] for c in res.checkpoints]
     for recipe in res.recipes:
         _line(ax, x, [res.get("general", recipe, c, "acc") for c in res.checkpoints], recipe)
-    ax.set_xscale("log")
-    ax.set_xlabel("pretraining tokens")
+    tokens_axis(ax, x)
     ax.set_ylabel("general MC accuracy (%)")
     ax.legend(fontsize=7)
     _save(fig, figdir / "general.png")
@@ -425,6 +423,40 @@ def nshot_experiment(res: Results, figdir: Path) -> Section:
     reading = (f"pass@k of the {res.tokens[ckpt] / 1e6:.1f}M-token base checkpoint with 0 to {shots[-1]} worked "
                f"exemplars in the prompt (the study evaluates base checkpoints {res.base_shots}-shot).")
     return Section("Base checkpoint vs n-shot (paper Fig. 16)", "nshot.png", reading, table)
+
+
+@experiment("sft_epochs")
+def sft_epochs_experiment(res: Results, figdir: Path) -> Section:
+    """Fig. 15: SFT's test pass@k after each epoch of one longer run; has it converged by the study's epochs?"""
+    title = "SFT epochs (paper Fig. 15)"
+    units = [r[0] for r in res.db.execute("SELECT id FROM units WHERE id LIKE 'sft_epochs/%' AND status = 'done'")]
+    if not units:
+        return Section(title, reading="No SFT epochs run in this study (study.sft_epochs = 0).")
+    unit, task = units[0], res.math_tasks[0]
+    keys = sorted((r[0] for r in res.db.execute("SELECT DISTINCT key FROM training WHERE unit = ? AND key LIKE ?",
+                                                  (unit, f"eval/{task}/pass@%"))), key=lambda k: int(k.split("@")[1]))
+    _, epochs = res.training(unit, "sft", "epoch")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    table = [["epoch"] + [k.split("/")[-1] for k in keys]]
+    curves = {}
+    for key in keys:
+        steps, vals = res.training(unit, "sft", key)
+        at = dict(zip(*res.training(unit, "sft", "epoch")))
+        xs = [round(at.get(st, 0)) for st in steps]
+        curves[key] = dict(zip(xs, vals))
+        ax.plot(xs, [100 * v for v in vals], marker="o", label=key.split("/")[-1])
+    for e in sorted({e for c in curves.values() for e in c}):
+        table.append([str(e)] + [f"{100 * curves[k][e]:.1f}" if e in curves[k] else "-" for k in keys])
+    ax.set_xlabel("SFT epoch")
+    ax.set_ylabel("test pass@k (%)")
+    ckpt = unit.split("/")[1]
+    ax.set_title(f"sft from the {res.tokens.get(ckpt, 0) / 1e6:.1f}M-token checkpoint", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, figdir / "sft_epochs.png")
+    reading = (f"Test {', '.join(k.split('/')[-1] for k in keys)} (0-shot, tracked on a subset of the {task} test "
+               f"problems) after each epoch of one SFT run on one demonstration per problem, {max(epochs, default=0):.0f} "
+               "epochs. Where the curve has flattened by the study's SFT epochs, its sft results are converged.")
+    return Section(title, "sft_epochs.png", reading, table)
 
 
 # ----------------------------------------------------------------------------------------- writing

@@ -50,6 +50,15 @@ class Unit:
     recipe: str = "base"
     seed: int = 0
     source: str = ""  # what the unit reads: a checkpoint directory or hub id
+    overrides: tuple[tuple[str, str, int], ...] = ()  # (section, key, value) laid over the study's config
+
+
+def configured(cfg: Config, unit: Unit) -> Config:
+    """The config a unit runs with: the study's, seeded, with the unit's overrides."""
+    cfg = seeded(cfg, unit.seed)
+    for section, key, value in unit.overrides:
+        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{key: value})})
+    return cfg
 
 
 def seeded(cfg: Config, seed: int) -> Config:
@@ -108,6 +117,16 @@ def plan(cfg: Config, out: Path) -> list[Unit]:
         shots = digest({"eval": to_dict(cfg.eval), "shots": sorted(s.nshot)})
         units.append(Unit(f"nshot/{name}", "nshot", out / "evals" / "nshot" / f"{name}-{shots}.json", name, tokens,
                           source=source))
+    if "sft_epochs" in s.experiments and s.sft_epochs:
+        # Fig. 15: does SFT converge in the study's epochs? One longer run, test pass@k tracked after every epoch.
+        name, tokens, source = seed_ckpt or chosen[0]
+        per_epoch = -(-train_size(cfg, out) // cfg.sft.batch_size)
+        unit = Unit(f"sft_epochs/{name}/s{s.seeds[0]}", "posttrain", Path(), name, tokens, "sft", s.seeds[0], source,
+                    (("sft", "epochs", s.sft_epochs), ("sft", "track_every", per_epoch)))
+        run = out / "posttrain" / name / f"sft-epochs-s{unit.seed}-{digest({**recipe_settings(configured(cfg, unit), 'sft'), 'source': source})}"
+        epochs_unit = replace(unit, path=run)
+    else:
+        epochs_unit = None
     for ckpt in chosen:
         name, tokens, source = ckpt
         for recipe in s.recipes:
@@ -118,7 +137,15 @@ def plan(cfg: Config, out: Path) -> list[Unit]:
                 record = out / "evals" / recipe / name / f"s{seed}-{run.name.rsplit('-', 1)[1]}-{ev}.json"
                 units.append(Unit(f"eval/{recipe}/{name}/s{seed}", "eval", record, name, tokens, recipe, seed,
                                   str(run)))
-    return units
+    return units + ([epochs_unit] if epochs_unit else [])
+
+
+def train_size(cfg: Config, out: Path) -> int:
+    """Training problems of the post-training family (known from the config for a tiny world)."""
+    if not cfg.study.external:
+        return getattr(cfg.world, cfg.sft.family).train
+    path = Path(cfg.study.world) / cfg.sft.family / "train.jsonl"
+    return sum(1 for line in path.open() if line.strip()) if path.is_file() else 1
 
 
 def world_dir(cfg: Config, out: Path) -> Path:
@@ -140,7 +167,7 @@ def execute(unit: Unit, cfg: Config, out: Path, progress: bool) -> None:
     if unit.kind == "pretrain":
         pretrain(cfg, unit.path, progress)
     elif unit.kind == "posttrain":
-        posttrain(unit.source, unit.recipe, seeded(cfg, unit.seed), unit.path, world, progress)
+        posttrain(unit.source, unit.recipe, configured(cfg, unit), unit.path, world, progress)
     else:
         # Results land next to the model (as `excursions eval` writes them, so either reuses the other's);
         # the unit's record lists them. Base checkpoints are evaluated few-shot (the exemplars carry the

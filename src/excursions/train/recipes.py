@@ -232,8 +232,8 @@ def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name
 
 def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, demos: str, name: str) -> Path:
     c = cfg.sft
-    d = _single_process_only(name, cfg)
-    run = RunDir(out, {"stage": "sft", "demos": demos, "source": src, "sft": to_dict(c), "eval": to_dict(cfg.eval)})
+    d = dist.setup(cfg.distributed.strategy)
+    run = _claim(out, {"stage": "sft", "demos": demos, "source": src, "sft": to_dict(c), "eval": to_dict(cfg.eval)}, d)
     if run.done:
         return run.final
     t0 = time.perf_counter()
@@ -241,18 +241,18 @@ def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, demos
     trainee = Trainee(run, setup, d)
     batches = SFTBatches(setup.tok, demonstrations(setup.train, demos, c.seed), c.batch_size, c.seed)
     steps = c.epochs * batches.steps_per_epoch
-    opt = adamw(setup.policy, c.lr, c.betas, c.weight_decay)
+    opt = adamw(trainee.module, c.lr, c.betas, c.weight_decay)
     trainee.attach({"opt": opt})
 
     def step_fn(step: int) -> dict:
         set_lr(opt, constant_with_warmup(step, c.lr, c.warmup_steps))
         batch = batches.batch(step)
-        loss = sft_gradients(setup.policy, batch)
-        torch.nn.utils.clip_grad_norm_(setup.policy.parameters(), c.grad_clip)
+        loss = sft_gradients(trainee.module, batch, d=d)  # under torchrun: this rank's rows of the batch
+        torch.nn.utils.clip_grad_norm_(trainee.module.parameters(), c.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return {"train/loss": loss, "epoch": (step + 1) / batches.steps_per_epoch,
-                "train_flops": training_flops(setup.policy, batch[1])}
+                "train_flops": training_flops(trainee.replica, batch[1])}
 
     _loop(run, trainee, cfg, steps, step_fn, c.save_every, c.track_every, cfg.rl.track_n, name, progress)
     return _finish(run, trainee, src, name, world, steps, t0)

@@ -16,6 +16,7 @@ import torch
 
 from excursions.data.problems import Problem, format_prompt
 from excursions.objectives import sft_loss
+from excursions.train.dist import SINGLE, Dist, global_sum
 
 
 def demonstrations(problems: Sequence[Problem], mode: Literal["one", "all"], seed: int) -> list[tuple[str, str]]:
@@ -61,7 +62,23 @@ class SFTBatches:
         return ids, attention, labels, mask
 
 
-def sft_gradients(model, batch, scale: float = 1.0) -> float:
+def sft_gradients(model, batch, scale: float = 1.0, d: Dist = SINGLE) -> float:
+    """Backpropagate the token-mean SFT loss of `batch` (times `scale`); returns the loss.
+
+    Under torchrun each rank takes every `d.world`-th row and weighs its loss by its share of the global token
+    count (times the world size, which the engine's gradient averaging divides out): the gradient is the
+    whole batch's. A rank left without rows still runs one (weighted 0), as every rank must join the reduction.
+    """
+    if d.active:
+        ids, attention, labels, mask = batch
+        total = float(mask.sum())  # every rank holds the whole batch
+        rows = torch.arange(d.rank, len(ids), d.world)
+        empty = len(rows) == 0
+        rows = rows if not empty else torch.tensor([0])
+        share = 0.0 if empty else float(mask[rows].sum()) / max(1.0, total) * d.world
+        batch = (ids[rows], attention[rows], labels[rows], mask[rows])
+        loss = sft_gradients(model, batch, scale * share)
+        return global_sum(0.0 if empty else loss * float(mask[rows].sum()), d) / max(1.0, total)
     ids, attention, labels, mask = batch
     loss = sft_loss(model(input_ids=ids, attention_mask=attention).logits, labels, mask)
     (loss * scale).backward()
