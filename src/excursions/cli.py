@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -229,7 +230,8 @@ def cmd_posttrain(args) -> None:
         raise UserError(f"no world/ directory found for {args.checkpoint}; pass --world DIR")
     out = args.out or Path(path).parent.parent / "posttrain" / Path(path).name / args.recipe
     final = posttrain(args.checkpoint, args.recipe, cfg, out, world, progress=not args.quiet)
-    print(f"{args.recipe}: {final}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+        print(f"{args.recipe}: {final}")
 
 
 def cmd_calibrate(args) -> None:
