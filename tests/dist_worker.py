@@ -14,43 +14,48 @@ from excursions.train.sft import sft_gradients
 from excursions.train import dist
 from excursions.train.rl import Rollouts, _logprobs, grpo_update
 
-strategy, out = sys.argv[1], sys.argv[2]
-d = dist.setup(strategy) if strategy != "none" else dist.SINGLE
-cfg = RLConfig(prompts_per_step=8, group_size=4, minibatches=2, micro_batch=4, kl_coef=0.1, lr=1e-3)
-torch.manual_seed(0)
-model = Olmo2ForCausalLM(Olmo2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                                     pad_token_id=0, bos_token_id=1, eos_token_id=1))
-P, G, W, T = cfg.prompts_per_step, cfg.group_size, 5, 6
-g = torch.Generator().manual_seed(1)
-ids, att = torch.zeros(P * G, W + T, dtype=torch.long), torch.zeros(P * G, W + T, dtype=torch.long)
-mask = torch.zeros(P * G, T)
-for i in range(P):
-    plen = int(torch.randint(2, W + 1, (1,), generator=g))
-    prompt = torch.randint(2, 64, (plen,), generator=g)
-    for j in range(G):
-        r, n = i * G + j, int(torch.randint(1, T + 1, (1,), generator=g))
-        ids[r, W - plen : W], att[r, W - plen : W] = prompt, 1
-        ids[r, W : W + n], att[r, W : W + n], mask[r, :n] = torch.randint(2, 64, (n,), generator=g), 1, 1
-rewards = torch.randint(0, 2, (P * G,), generator=g).float()
-old = _logprobs(model, ids, att, ids[:, W:], mask, W, cfg)
-ref = old + 0.1 * torch.randn(old.shape, generator=g) * mask
 
-rows = torch.tensor([i * G + j for i in dist.shard(P, d, cfg.minibatches) for j in range(G)])
-local = Rollouts(ids[rows], att[rows], mask[rows], W, rewards[rows], ADVANTAGES["grpo"](rewards, G)[rows],
-                 old[rows], ref[rows], {})
-module = dist.wrap(model, d)
-# plain SGD: the update is the gradient itself, so a wrong loss scale shows (Adam would normalise it away)
-opt = torch.optim.SGD(module.parameters(), lr=0.1)
-if not d.active:
-    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, out + ".init")
-for _ in range(2):
-    grpo_update(module, opt, local, cfg, d, flops_model=model)
-# an SFT batch of 5 rows: 3 on rank 0, 2 on rank 1, different token counts
-sft_ids = torch.randint(2, 64, (5, 7), generator=g)
-sft_mask = (torch.arange(7) < torch.tensor([7, 3, 5, 2, 6])[:, None]).float()
-sft_gradients(module, (sft_ids, sft_mask.long(), torch.randint(2, 64, (5, 7), generator=g), sft_mask), d=d)
-opt.step()
-state = dist.full_state(module, d)
-if d.main:
-    save_file({k: v.contiguous() for k, v in state.items()}, out)
+def main(strategy: str, out: str) -> None:
+    d = dist.setup(strategy) if strategy != "none" else dist.SINGLE
+    cfg = RLConfig(prompts_per_step=8, group_size=4, minibatches=2, micro_batch=4, kl_coef=0.1, lr=1e-3)
+    torch.manual_seed(0)
+    model = Olmo2ForCausalLM(Olmo2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                         pad_token_id=0, bos_token_id=1, eos_token_id=1))
+    P, G, W, T = cfg.prompts_per_step, cfg.group_size, 5, 6
+    g = torch.Generator().manual_seed(1)
+    ids, att = torch.zeros(P * G, W + T, dtype=torch.long), torch.zeros(P * G, W + T, dtype=torch.long)
+    mask = torch.zeros(P * G, T)
+    for i in range(P):
+        plen = int(torch.randint(2, W + 1, (1,), generator=g))
+        prompt = torch.randint(2, 64, (plen,), generator=g)
+        for j in range(G):
+            r, n = i * G + j, int(torch.randint(1, T + 1, (1,), generator=g))
+            ids[r, W - plen : W], att[r, W - plen : W] = prompt, 1
+            ids[r, W : W + n], att[r, W : W + n], mask[r, :n] = torch.randint(2, 64, (n,), generator=g), 1, 1
+    rewards = torch.randint(0, 2, (P * G,), generator=g).float()
+    old = _logprobs(model, ids, att, ids[:, W:], mask, W, cfg)
+    ref = old + 0.1 * torch.randn(old.shape, generator=g) * mask
+
+    rows = torch.tensor([i * G + j for i in dist.shard(P, d, cfg.minibatches) for j in range(G)])
+    local = Rollouts(ids[rows], att[rows], mask[rows], W, rewards[rows], ADVANTAGES["grpo"](rewards, G)[rows],
+                     old[rows], ref[rows], {})
+    module = dist.wrap(model, d)
+    # plain SGD: the update is the gradient itself, so a wrong loss scale shows (Adam would normalise it away)
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    if not d.active:
+        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, out + ".init")
+    for _ in range(2):
+        grpo_update(module, opt, local, cfg, d, flops_model=model)
+    # an SFT batch of 5 rows: 3 on rank 0, 2 on rank 1, different token counts
+    sft_ids = torch.randint(2, 64, (5, 7), generator=g)
+    sft_mask = (torch.arange(7) < torch.tensor([7, 3, 5, 2, 6])[:, None]).float()
+    sft_gradients(module, (sft_ids, sft_mask.long(), torch.randint(2, 64, (5, 7), generator=g), sft_mask), d=d)
+    opt.step()
+    state = dist.full_state(module, d)
+    if d.main:
+        save_file({k: v.contiguous() for k, v in state.items()}, out)
+
+
+if __name__ == "__main__":  # pytest's doctest collection imports this file
+    main(sys.argv[1], sys.argv[2])
