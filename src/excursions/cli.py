@@ -293,7 +293,7 @@ def cmd_revisions(args) -> None:
     from excursions.model import list_revisions
 
     for name, tokens in list_revisions(args.repo, args.pattern):
-        print(f"{name}\t{tokens if tokens is not None else ''}")
+        print(f"{name}\t{tokens}")
 
 
 def cmd_config(args) -> None:
@@ -390,8 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("revisions", help="list a hub model's revisions (intermediate checkpoints) and their tokens",
                        formatter_class=fmt, description=REVISIONS_HELP)
     p.add_argument("repo", metavar="REPO", help="a hub model id, e.g. allenai/OLMo-2-0425-1B")
-    p.add_argument("--pattern", default=r"stage1-step(?P<step>\d+)-tokens(?P<tokens>\d+)B",
-                   help="regex the branch names must match; a 'tokens' group gives billions of tokens")
+    p.add_argument("--pattern", default=r"stage1-step\d+-tokens\d+B",
+                   help="regex the branch names must fully match; tokens are read from '-tokens{N}B' in the name")
     p.set_defaults(func=cmd_revisions)
 
     p = sub.add_parser("config", help="print a resolved, validated config", description=CONFIG_HELP, formatter_class=fmt)

@@ -10,6 +10,15 @@ class UserError(Exception):
     exit_code = 2
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of a library's error message (or its type's name): enough for one clear line.
+
+    >>> first_line(OSError("no such revision\\nsee the docs")), first_line(ValueError())
+    ('no such revision', 'ValueError')
+    """
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 class ConfigError(UserError):
     """A config value that is unknown, of the wrong type or impossible; `field` is its dotted path."""
 

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, Olmo2Config, Olmo2ForCausalLM, Pr
 
 from excursions import progress  # noqa: F401  (quiets transformers' own progress bars)
 from excursions.config import ModelConfig
-from excursions.errors import UserError
+from excursions.errors import UserError, first_line
 
 # Named sizes, OLMo-core style. The name is the approximate parameter count with a 2048-token vocab
 # (tied embeddings); d_ff is ~8/3 d_model rounded, as in SwiGLU models.
@@ -77,7 +77,7 @@ def load_model(path: str, revision: str | None = None, dtype: torch.dtype = torc
         # Remote code stays off: a checkpoint runs only classes transformers ships.
         return AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UserError(f"cannot load a model from {path!r}{'@' + revision if revision else ''}: {first}") from None
 
 
@@ -115,7 +115,7 @@ def check_checkpoint(spec: str) -> None:
     try:
         AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UserError(f"checkpoint {spec!r} cannot be loaded: {first}") from None
 
 
@@ -157,7 +157,7 @@ def list_revisions(repo: str, pattern: str) -> list[tuple[str, int]]:
     try:
         refs = list_repo_refs(repo)
     except Exception as err:  # offline, unknown repo, gated: one line instead of the client's traceback
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first_line(err)
         raise UserError(f"cannot list the revisions of {repo!r}: {first}") from None
     found = match_revisions([b.name for b in refs.branches], pattern)
     if not found:

@@ -53,10 +53,10 @@ class Unit:
     overrides: tuple[tuple[str, str, int], ...] = ()  # (section, key, value) laid over the study's config
 
 
-def configured(cfg: Config, unit: Unit) -> Config:
+def configured(cfg: Config, seed: int, overrides: tuple[tuple[str, str, int], ...] = ()) -> Config:
     """The config a unit runs with: the study's, seeded, with the unit's overrides."""
-    cfg = seeded(cfg, unit.seed)
-    for section, key, value in unit.overrides:
+    cfg = seeded(cfg, seed)
+    for section, key, value in overrides:
         cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{key: value})})
     return cfg
 
@@ -117,16 +117,6 @@ def plan(cfg: Config, out: Path) -> list[Unit]:
         shots = digest({"eval": to_dict(cfg.eval), "shots": sorted(s.nshot)})
         units.append(Unit(f"nshot/{name}", "nshot", out / "evals" / "nshot" / f"{name}-{shots}.json", name, tokens,
                           source=source))
-    if "sft_epochs" in s.experiments and s.sft_epochs:
-        # Fig. 15: does SFT converge in the study's epochs? One longer run, test pass@k tracked after every epoch.
-        name, tokens, source = seed_ckpt or chosen[0]
-        per_epoch = -(-train_size(cfg, out) // cfg.sft.batch_size)
-        unit = Unit(f"sft_epochs/{name}/s{s.seeds[0]}", "posttrain", Path(), name, tokens, "sft", s.seeds[0], source,
-                    (("sft", "epochs", s.sft_epochs), ("sft", "track_every", per_epoch)))
-        run = out / "posttrain" / name / f"sft-epochs-s{unit.seed}-{digest({**recipe_settings(configured(cfg, unit), 'sft'), 'source': source})}"
-        epochs_unit = replace(unit, path=run)
-    else:
-        epochs_unit = None
     for ckpt in chosen:
         name, tokens, source = ckpt
         for recipe in s.recipes:
@@ -137,7 +127,15 @@ def plan(cfg: Config, out: Path) -> list[Unit]:
                 record = out / "evals" / recipe / name / f"s{seed}-{run.name.rsplit('-', 1)[1]}-{ev}.json"
                 units.append(Unit(f"eval/{recipe}/{name}/s{seed}", "eval", record, name, tokens, recipe, seed,
                                   str(run)))
-    return units + ([epochs_unit] if epochs_unit else [])
+    if "sft_epochs" in s.experiments and s.sft_epochs:
+        # Fig. 15: does SFT converge in the study's epochs? One longer run, test pass@k tracked after every epoch.
+        name, tokens, source = seed_ckpt or chosen[0]
+        seed, per_epoch = s.seeds[0], -(-train_size(cfg, out) // cfg.sft.batch_size)
+        overrides = (("sft", "epochs", s.sft_epochs), ("sft", "track_every", per_epoch))
+        settings = recipe_settings(configured(cfg, seed, overrides), "sft")
+        run = out / "posttrain" / name / f"sft-epochs-s{seed}-{digest({**settings, 'source': source})}"
+        units.append(Unit(f"sft_epochs/{name}/s{seed}", "posttrain", run, name, tokens, "sft", seed, source, overrides))
+    return units
 
 
 def train_size(cfg: Config, out: Path) -> int:
@@ -167,7 +165,7 @@ def execute(unit: Unit, cfg: Config, out: Path, progress: bool) -> None:
     if unit.kind == "pretrain":
         pretrain(cfg, unit.path, progress)
     elif unit.kind == "posttrain":
-        posttrain(unit.source, unit.recipe, configured(cfg, unit), unit.path, world, progress)
+        posttrain(unit.source, unit.recipe, configured(cfg, unit.seed, unit.overrides), unit.path, world, progress)
     else:
         # Results land next to the model (as `excursions eval` writes them, so either reuses the other's);
         # the unit's record lists them. Base checkpoints are evaluated few-shot (the exemplars carry the

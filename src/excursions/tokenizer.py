@@ -14,7 +14,7 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from excursions.errors import UserError
+from excursions.errors import UserError, first_line
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -46,7 +46,7 @@ def load_tokenizer(path: str, revision: str | None = None) -> PreTrainedTokenize
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UserError(f"cannot load a tokenizer from {path!r}: {first}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

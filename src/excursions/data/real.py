@@ -26,12 +26,12 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from excursions.data.problems import Problem, write_jsonl
-from excursions.errors import UserError
+from excursions.errors import UserError, first_line
 from excursions.evals.math import last_boxed
 
 ADAPTERS: dict[str, Callable[[dict], "Adapted"]] = {}
@@ -174,7 +174,7 @@ def _hub_rows(where: str):
     try:
         rows = datasets.load_dataset(repo, config or None, split=split)
     except Exception as err:  # network, missing config or split: one line, not the library's traceback
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first_line(err)
         raise UserError(f"cannot load the hub dataset {where!r}: {first}") from None
     for i, row in enumerate(rows):
         yield f"{where}:row {i}", dict(row), ""
@@ -190,7 +190,8 @@ def load_problems(source: str | Sequence[str], family: str, split: str, subset: 
     skipped: list[str] = []
     rows = outside = conflicts = 0
     for src in sources:
-        rows, outside = _adapt_rows(src, grouped, skipped, subset, rows, outside)
+        n, out = _adapt_rows(src, grouped, skipped, subset)
+        rows, outside = rows + n, outside + out
     problems = []
     for i, (question, g) in enumerate(grouped.items()):
         answer = max(g["answers"], key=g["answers"].get)  # rows of one problem disagreeing: the majority
@@ -204,10 +205,13 @@ def load_problems(source: str | Sequence[str], family: str, split: str, subset: 
     return problems, report
 
 
-def _adapt_rows(source: str, grouped: dict, skipped: list, subset: Sequence[str], rows: int, outside: int):
+def _adapt_rows(source: str, grouped: dict, skipped: list, subset: Sequence[str]) -> tuple[int, int]:
+    """Adapt one source's rows into `grouped` (by question), listing unusable ones in `skipped`:
+    (rows read, rows outside the subset)."""
     name, where = _split_source(source)
     fn = ADAPTERS[name]
-    first_row, first_skip = rows, len(skipped)
+    rows = outside = 0
+    first_skip = len(skipped)
     for loc, row, problem in read_rows(where):
         rows += 1
         try:
@@ -224,9 +228,9 @@ def _adapt_rows(source: str, grouped: dict, skipped: list, subset: Sequence[str]
         g["answers"][a.answer] = g["answers"].get(a.answer, 0) + 1
         if a.solution not in g["solutions"]:
             g["solutions"].append(a.solution)
-    n, bad = rows - first_row, len(skipped) - first_skip
-    if n and bad > MAX_BAD_SHARE * n:
-        raise UserError(f"{where}: {bad} of {n} rows do not fit the {name!r} adapter (first: "
+    bad = len(skipped) - first_skip
+    if rows and bad > MAX_BAD_SHARE * rows:
+        raise UserError(f"{where}: {bad} of {rows} rows do not fit the {name!r} adapter (first: "
                         f"{skipped[first_skip]}); is it the right adapter for this file?")
     return rows, outside
 
@@ -260,9 +264,8 @@ def import_family(out: Path | str, family: str, train: str | Sequence[str], test
     for split, problems in splits.items():
         if not problems:
             raise UserError(f"{family}/{split}: no usable problems in {report[split]['source']}")
-        renamed = [Problem(f"{family}-{split}-{i}", p.family, p.question, p.answer, p.solutions, p.key, p.meta)
-                   for i, p in enumerate(problems)]
-        write_jsonl(out / family / f"{split}.jsonl", renamed)
+        write_jsonl(out / family / f"{split}.jsonl",
+                    [replace(p, id=f"{family}-{split}-{i}") for i, p in enumerate(problems)])
     report["train"]["problems"] = len(splits["train"])
     from excursions.train.checkpoint import write_json
 

@@ -112,15 +112,22 @@ def load_optimizer_state(model, opt, state: dict, d: Dist) -> None:
     set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
-def mean_stats(stats: dict, d: Dist) -> dict:
-    """Per-rank means of equally sized shards, averaged over the ranks (what one process would log)."""
+def sum_stats(stats: dict, d: Dist) -> dict:
+    """Numeric stats summed over the ranks, in one reduction."""
     if not d.active or not stats:
         return stats
     keys = sorted(k for k, v in stats.items() if isinstance(v, (int, float)))
     t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)
     dist.all_reduce(t)
-    sums = ("rollout_tokens", "rollout_flops", "train_flops")  # totals add up, rates average
-    return {**stats, **{k: (v if k in sums else v / d.world) for k, v in zip(keys, t.tolist())}}
+    return {**stats, **dict(zip(keys, t.tolist()))}
+
+
+def mean_stats(stats: dict, d: Dist) -> dict:
+    """Per-rank means of equally sized shards, averaged over the ranks (what one process would log);
+    totals (tokens, FLOPs) add up."""
+    totals = ("rollout_tokens", "rollout_flops", "train_flops")
+    summed = sum_stats(stats, d)
+    return {k: v / d.world if k not in totals and isinstance(v, float) else v for k, v in summed.items()}
 
 
 def global_sum(x: float, d: Dist) -> float:

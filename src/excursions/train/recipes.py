@@ -89,7 +89,6 @@ class _Setup:
 
     def __init__(self, src: str, cfg: Config, world: Path, family: str, reference: bool):
         path, revision = parse_checkpoint(src)
-        self.src = src
         self.policy = load_model(path, revision)
         self.ref = load_model(path, revision).eval().requires_grad_(False) if reference else None
         self.tok = load_tokenizer(path, revision)
@@ -119,13 +118,12 @@ class Trainee:
     def __init__(self, run: RunDir, setup: _Setup, d: dist.Dist):
         self.d, self.setup = d, setup
         self.start, self._states = run.resume(setup.policy)  # every rank loads the same weights, then shards
-        self.module = dist.wrap(setup.policy, d)
         self.replica = setup.policy
-        if d.strategy == "fsdp" and d.active:
+        if d.strategy == "fsdp" and d.active:  # sharding replaces the parameters: keep a plain copy first
             import copy
 
-            self.replica = copy.deepcopy(setup.ref) if setup.ref is not None else load_model(*parse_checkpoint(setup.src))
-            self.sync()
+            self.replica = copy.deepcopy(setup.policy).eval().requires_grad_(False)
+        self.module = dist.wrap(setup.policy, d)
         self.optimizers: dict = {}
 
     def attach(self, optimizers: dict) -> None:

@@ -19,9 +19,9 @@ from excursions.data.problems import STOP_STRINGS, Problem, format_prompt
 from excursions.flops import generate_flops_per_token, model_dims, train_flops_per_token
 from excursions.objectives import ADVANTAGES, chunk_share, entropy, grpo_loss, normaliser, token_logprobs, token_mean
 from excursions.rewards import math_rewards
-from excursions.train.dist import SINGLE, Dist, global_sum
 from excursions.sampling import (is_olmo2, olmo2_forward, olmo2_heads, olmo2_weights, position_ids, prompt_mask,
                                  sample)
+from excursions.train.dist import SINGLE, Dist, global_sum, sum_stats
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ def grpo_gradients(policy, batch: Rollouts, rows: torch.Tensor, cfg: RLConfig, d
             chunk_stats["entropy"] = token_mean(entropy(logp_all), mask[:, :w])
         for k, v in chunk_stats.items():
             stats[k] = stats.get(k, 0.0) + share * float(v)
-    return {k: global_sum(v, d) for k, v in sorted(stats.items())}  # shares of the global normaliser add up
+    return sum_stats(stats, d)  # shares of the global normaliser add up over the ranks
 
 
 def grpo_update(policy, opt, batch: Rollouts, cfg: RLConfig, d: Dist = SINGLE, flops_model=None) -> dict:
