@@ -220,6 +220,10 @@ def test_data_cli_writes_a_world_and_reports(tmp_path):
     assert "1 skipped" in proc.stdout and f"skipped {src}:21: no '#### N' answer line" in proc.stdout
     bad = _cli(["data", str(tmp_path / "w2"), "--family", "gsm", "--train", f"gsm9k:{src}", "--test", f"gsm8k:{src}"])
     assert bad.returncode == 2 and "unknown adapter" in bad.stderr and not (tmp_path / "w2").exists()
+    # every train problem is also a test problem: train ends empty, and no split is written
+    empty = _cli(["data", str(tmp_path / "w3"), "--family", "gsm", "--train", f"gsm8k:{test}", "--test", f"gsm8k:{test}"])
+    assert empty.returncode == 2 and "gsm/train: no usable problems" in empty.stderr
+    assert not (tmp_path / "w3").exists()
 
 
 def test_revisions_without_network_is_one_clear_error():

@@ -261,9 +261,10 @@ def import_family(out: Path | str, family: str, train: str | Sequence[str], test
         kept = [p for i, p in enumerate(kept) if i not in held]
         report["val"] = {"source": f"{len(splits['val'])} problems held out of train", "problems": len(splits["val"])}
     splits["train"] = kept
-    for split, problems in splits.items():
+    for split, problems in splits.items():  # all checked before any is written: nothing half-written
         if not problems:
             raise UserError(f"{family}/{split}: no usable problems in {report[split]['source']}")
+    for split, problems in splits.items():
         write_jsonl(out / family / f"{split}.jsonl",
                     [replace(p, id=f"{family}-{split}-{i}") for i, p in enumerate(problems)])
     report["train"]["problems"] = len(splits["train"])
