@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from excursions.cli import reuse_freed_memory
 from excursions.config import ModelConfig
 from excursions.flops import model_dims, train_flops_per_token
 from excursions.model import build_model
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
+    reuse_freed_memory()  # as the CLI does; process-wide, so both sides of the comparison get it
     peak = matmul_peak()
     print(f"fp32 matmul peak: {peak / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads)\n")
     print(f"| model | mode | tokens/s | GFLOP/s | MFU |\n|---|---|---:|---:|---:|")
