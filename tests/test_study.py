@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -22,7 +23,8 @@ from test_posttrain import POST
 STUDY = ["study.checkpoints=[1, 2]", "study.recipes=['rl', 'sft', 'sft_gold', 'sft_rl', 'parallel']",
          "study.extra_seeds=[1]", "study.seed_checkpoint=2", "eval.problems=8", "eval.n=4", "eval.ks=[1, 2, 4]",
          "eval.bootstrap=20", "eval.shots=1", "world.general.mc_test=20", "study.nshot=[0, 1, 2]",
-         "study.sft_epochs=2"]
+         "study.sft_epochs=2", "study.rollouts=[2, 4]", "study.split_problems=20", "study.split_n=8",
+         "study.rollout_steps=2", "study.scale_model=olmo2_3M", "study.scale_targeted=0.5"]
 
 
 def micro_study(micro_overrides, *extra):
@@ -34,20 +36,41 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
     units = plan(cfg, tmp_path)
     ids = [u.id for u in units]
     assert ids[0] == "pretrain"
-    assert sum(u.kind == "base_eval" for u in units) == 2
+    assert sum(u.kind == "base_eval" for u in units) == 2 + 3  # + each scaling variant's final checkpoint on hard
     # 2 checkpoints x 5 recipes x 1 seed + 1 extra RL seed, each trained then evaluated; one SFT epochs run
-    assert sum(u.kind == "posttrain" for u in units) == 12 and sum(u.kind == "eval" for u in units) == 11
+    # + the rollouts experiment: one difficulty-split unit, then RL on each split (easy, hard) with 2 and 4 rollouts
+    # + the scaling experiment: two more pretraining runs, and RL on hard from each of three final checkpoints
+    assert sum(u.kind == "posttrain" for u in units) == 16 + 3 and sum(u.kind == "eval" for u in units) == 11 + 3
+    assert [u.id for u in units if u.kind == "pretrain"] == ["pretrain", "scaling/N/pretrain", "scaling/D/pretrain"]
+    from excursions.study import configured
+
+    variant = {u.id.split("/")[1]: configured(cfg, 0, u.overrides) for u in units if u.id.endswith("/pretrain")}
+    assert variant["N"].model.size == "olmo2_3M" and variant["N"].data == cfg.data
+    d = variant["D"]
+    assert d.pretrain.tokens == 60000 and d.model == cfg.model
+    assert d.data.targeted * d.pretrain.tokens == pytest.approx(20000)  # the extra half, all of it targeted math
+    assert d.data.math * d.pretrain.tokens == pytest.approx(cfg.data.math * 40000)  # the rest as before
+    assert all(dict((k, v) for _, k, v in u.overrides).get("family") == "hard"
+               for u in units if u.id.startswith("scaling/") and u.kind == "posttrain")
+    splits = next(u for u in units if u.kind == "splits")
+    rollouts = [u for u in units if u.id.startswith("rollouts/")]
+    assert [u.id.split("/")[1:3] for u in rollouts] == [["easy", "n2"], ["easy", "n4"], ["hard", "n2"], ["hard", "n4"]]
+    assert all(Path(u.world).parent == splits.path.parent and ids.index(splits.id) < ids.index(u.id) for u in rollouts)
+    assert rollouts[1].overrides == (("rl", "group_size", 4), ("rl", "steps", 2), ("rl", "prompts_per_step", 4),
+                                     ("rl", "track_every", 1))
+    assert splits.checkpoint == units[2].checkpoint  # the last chosen checkpoint (units: pretrain, base x 2, ...)
     epochs = next(u for u in units if u.id.startswith("sft_epochs/"))
     assert epochs.recipe == "sft" and epochs.overrides == (("sft", "epochs", 2), ("sft", "track_every", 3))  # 20 problems / 8
     for i, u in enumerate(units):
         if u.kind == "eval":
-            assert ids.index(u.id.removeprefix("eval/")) < i  # evaluated after it is trained
+            trained = next(j for j, t in enumerate(units) if t.kind == "posttrain" and str(t.path) == u.source)
+            assert trained < i  # evaluated after it is trained
     assert any(u.id.startswith("rl/") and u.id.endswith("/s1") for u in units)
 
     # a changed RL setting moves exactly the units that depend on it
     other = {u.id: u.path for u in plan(micro_study(micro_overrides, "rl.lr=2e-3"), tmp_path)}
     moved = {u.id.split("/")[0] for u in units if other[u.id] != u.path}
-    assert moved == {"rl", "sft_rl", "parallel", "eval"}
+    assert moved == {"rl", "sft_rl", "parallel", "eval", "rollouts", "scaling"}
     assert all(other[u.id] == u.path for u in units
                if u.id.startswith(("pretrain", "base/", "sft/", "sft_gold/", "sft_epochs/")))
 
@@ -95,7 +118,7 @@ def test_study_writes_report_and_database(micro_study_dir):
     out = micro_study_dir
     db = sqlite3.connect(out / DB)
     assert {r[0] for r in db.execute("SELECT status FROM units")} == {"done"}
-    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22 + 1
+    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22 + 1 + 5 + 11
     assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 3
     # every recipe at both checkpoints, every base checkpoint few-shot and 0-shot, on gsm and general
     for recipe in ("base", "rl", "sft", "sft_gold", "sft_rl", "parallel"):
@@ -104,7 +127,8 @@ def test_study_writes_report_and_database(micro_study_dir):
         assert len(ck) == 2, recipe
     assert {r[0] for r in db.execute("SELECT shots FROM evaluations WHERE unit LIKE 'base/%' AND task = 'gsm'")} == {0, 1}
     assert {r[0] for r in db.execute("SELECT shots FROM evaluations WHERE unit LIKE 'nshot/%'")} == {0, 1, 2}
-    first, last = [r[0] for r in db.execute("SELECT DISTINCT checkpoint FROM evaluations ORDER BY tokens")]
+    first, last = [r[0] for r in db.execute("SELECT DISTINCT checkpoint FROM evaluations "
+                                            "WHERE unit NOT LIKE 'scaling/%' ORDER BY tokens")]
     n_problems = db.execute("SELECT COUNT(*) FROM problems p JOIN evaluations e ON e.id = p.evaluation "
                             "WHERE e.unit = ? AND e.task = 'gsm'", (f"eval/rl/{first}/s0",)).fetchone()[0]
     assert n_problems == 8
@@ -117,13 +141,42 @@ def test_study_writes_report_and_database(micro_study_dir):
                          "AND e.key = 'epoch' WHERE t.unit LIKE 'sft_epochs/%' AND t.key = 'eval/gsm/pass@1'").fetchall()
     assert [round(epoch, 6) for _, epoch in tracked] == [1.0, 2.0]
 
+    # difficulty splits: the last checkpoint's (n, c) on the sampled training problems; a split holds only
+    # problems of its kind, and a split smaller than one RL step's prompts is skipped, not trained on
+    from excursions.study import difficulty
+
+    counts = db.execute("SELECT p.problem, p.n, p.c FROM problems p JOIN evaluations e ON e.id = p.evaluation "
+                        "WHERE e.unit LIKE 'splits/%'").fetchall()
+    assert len(counts) == 20 and {n for _, n, _ in counts} == {8}
+    kind = {pid: difficulty(c, n) for pid, n, c in counts}
+    (split_dir,) = (out / "splits").glob("*/")
+    for split in ("easy", "hard"):
+        trained = db.execute("SELECT COUNT(DISTINCT step) FROM training WHERE unit LIKE ?",
+                             (f"rollouts/{split}/n4/%",)).fetchone()[0]
+        world = split_dir / split / "gsm" / "train.jsonl"
+        if list(kind.values()).count(split) >= 4:  # rl.prompts_per_step
+            assert trained == 2
+            assert {json.loads(line)["id"] for line in world.read_text().splitlines()} <= \
+                   {pid for pid, k in kind.items() if k == split}
+        else:
+            assert trained == 0 and not world.exists()
+            assert len(list((out / "posttrain").glob(f"*/rollouts-{split}-*/skipped.json"))) == 2
+    assert list(kind.values()).count("hard") >= 4  # a micro model solves almost nothing: the hard split trains
+
     # the report exists, embeds every figure, and states the numbers the database holds
     md = (out / "report" / "report.md").read_text()
     html = (out / "report" / "report.html").read_text()
-    for fig in ("recipes", "base-vs-rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs"):
+    for fig in ("recipes", "base-vs-rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs",
+                "rollouts", "scaling"):
         assert (out / "report" / "figures" / f"{fig}.png").stat().st_size > 1000
         assert f"figures/{fig}.png" in md
-    assert html.count("data:image/png;base64,") == 8
+    assert html.count("data:image/png;base64,") == 10
+    assert "| not run |" not in md  # every claim of the paper has an experiment behind it
+    # scaling: each variant's final checkpoint and its RL result evaluated on hard; the variants' checkpoints
+    # stay out of the study's own curves
+    hard = db.execute("SELECT u.id FROM evaluations e JOIN units u ON u.id = e.unit WHERE e.task = 'hard'").fetchall()
+    assert {r[0] for r in hard} == {f"scaling/{v}/{k}" for v in ("base", "N", "D") for k in ("base", "eval")}
+    assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 3
     mean, lo, hi = db.execute(
         "SELECT m.mean, m.lo, m.hi FROM metrics m JOIN evaluations e ON e.id = m.evaluation WHERE e.recipe = 'rl' "
         "AND e.seed = 0 AND e.task = 'gsm' AND e.checkpoint = ? AND m.metric = 'pass@1'", (last,)).fetchone()
@@ -133,13 +186,13 @@ def test_study_writes_report_and_database(micro_study_dir):
     db.close()
 
     table = status_table(out)
-    assert "done: 27" in table and f"rl/{last}/s1" in table
+    assert "done: 43" in table and f"rl/{last}/s1" in table
 
     from excursions.study import export
 
     files = export(out)
     units_csv = next(f for f in files if f.name == "units.csv").read_text().splitlines()
-    assert len(units_csv) == 1 + 27
+    assert len(units_csv) == 1 + 43
 
 
 def test_rerun_is_a_no_op_and_a_changed_setting_reruns_only_its_units(micro_study_dir, micro_overrides):

@@ -346,7 +346,8 @@ class DistributedConfig:
     strategy: Literal["ddp", "fsdp"] = "ddp"  # DistributedDataParallel, or FSDP2's fully_shard per layer
 
 
-EXPERIMENTS = ("recipes", "base_vs_rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs")
+EXPERIMENTS = ("recipes", "base_vs_rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs", "rollouts",
+               "scaling")
 
 
 @dataclass(frozen=True)
@@ -367,6 +368,16 @@ class StudyConfig:
     nshot: tuple[int, ...] = (0, 1, 2, 4, 8)  # exemplar counts swept on the last base checkpoint (Fig. 16)
     sft_epochs: int = 0  # > 0: one more sft run at seed_checkpoint for this many epochs, tracked each epoch (Fig. 15)
     tasks: tuple[str, ...] = ("gsm", "general")  # evaluated on every base checkpoint and every result
+    # Fig. 18: direct RL on easy / hard splits of the last checkpoint's training problems with each rollout count
+    rollouts: tuple[int, ...] = (4, 16)  # rollouts per prompt compared (paper: 5 and 64); () = off
+    split_problems: int = 400  # training problems sampled to make the splits (paper: all 80K)
+    split_n: int = 32  # samples per problem for the splits (paper: 64 at T = 1; here at rl.temperature)
+    rollout_steps: int = 0  # RL steps of these runs (0 = rl.steps)
+    rollout_prompts: int = 0  # prompts per RL step of these runs (0 = rl.prompts_per_step)
+    # Fig. 4, 10-12: RL on `hard` from the final checkpoint of the study's run, of a bigger model on the same data
+    # (scaling N), and of the same model with extra targeted `hard` math (scaling D). Each is a pretraining run.
+    scale_model: str = ""  # scaling N: this model size (e.g. olmo2_3M); "" = no N variant
+    scale_targeted: float = 0.0  # scaling D: extra targeted math tokens, as a share of pretrain.tokens; 0 = no D variant
     experiments: tuple[str, ...] = EXPERIMENTS
 
     def __post_init__(self):
@@ -384,6 +395,14 @@ class StudyConfig:
         check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
         check(all(k >= 0 for k in self.nshot), "nshot", "exemplar counts must be >= 0")
         check(self.sft_epochs >= 0, "sft_epochs", "must be >= 0 (0 = no SFT epochs sweep)")
+        check(all(g >= 2 for g in self.rollouts), "rollouts", "rollout counts must be >= 2 (GRPO compares a group)")
+        check(self.split_problems >= 1, "split_problems", "must be >= 1")
+        check(self.split_n >= 8, "split_n", "must be >= 8 (hard means at most n / 8 correct)")
+        check(self.rollout_steps >= 0, "rollout_steps", "must be >= 0 (0 = rl.steps)")
+        check(self.rollout_prompts >= 0, "rollout_prompts", "must be >= 0 (0 = rl.prompts_per_step)")
+        check(self.scale_targeted >= 0, "scale_targeted", "must be >= 0 (0 = no scaling-D variant)")
+        check(not (self.external and (self.scale_model or self.scale_targeted)), "scale_model",
+              "the scaling variants pretrain from scratch; they need the study's own pretraining (no study.external)")
         check(len(set(self.seeds + self.extra_seeds)) == len(self.seeds) + len(self.extra_seeds), "extra_seeds",
               "must not repeat a seed of `seeds`")
         check(not self.external or bool(self.world), "world",

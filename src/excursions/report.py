@@ -17,6 +17,7 @@ from typing import Callable
 
 from excursions.config import Config
 from excursions.figures import plt, save_figure, tokens_axis
+from excursions.study import difficulty
 from excursions.train.checkpoint import atomic_write_text
 
 ORDER = ("base", "rl", "sft", "sft_rl", "sft_gold", "sft_gold_rl", "parallel")
@@ -66,7 +67,8 @@ class Results:
         self.db = db
         self.base_shots = base_shots  # base checkpoints are compared at this exemplar count
         rows = db.execute("SELECT e.*, m.metric, m.mean, m.lo, m.hi FROM evaluations e JOIN units u ON u.id = e.unit "
-                          "LEFT JOIN metrics m ON m.evaluation = e.id WHERE u.status = 'done'").fetchall()
+                          "LEFT JOIN metrics m ON m.evaluation = e.id WHERE u.status = 'done' AND u.id NOT LIKE 'scaling/%'"
+                          ).fetchall()  # the scaling variants' checkpoints are not the study's (see scaling_experiment)
         self.stats: dict[tuple, list[Stat]] = {}  # (task, recipe, shots, checkpoint, metric) -> one per seed
         self.seed_stats: dict[tuple, Stat] = {}  # (task, recipe, shots, checkpoint, metric, seed) -> stat
         self.tokens: dict[str, int] = {}
@@ -459,13 +461,179 @@ def sft_epochs_experiment(res: Results, figdir: Path) -> Section:
     return Section(title, "sft_epochs.png", reading, table)
 
 
+def value_at(xs: list[float], ys: list[float], x: float) -> float:
+    """A tracked curve's value at `x`, linearly between its points; before its first point, the first value
+    (which had more compute than `x`: a comparison at `x` then favours this curve).
+
+    >>> value_at([10, 20], [0.2, 0.4], 15), value_at([10, 20], [0.2, 0.4], 5), value_at([10, 20], [0.2, 0.4], 30)
+    (0.30000000000000004, 0.2, 0.4)
+    """
+    if x <= xs[0]:
+        return ys[0]
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[-1]
+
+
+@experiment("rollouts")
+def rollouts_experiment(res: Results, figdir: Path) -> Section:
+    """Fig. 18: direct RL on easy / hard training splits with few and many rollouts, per FLOP and per step."""
+    title = "Rollouts per prompt, per FLOP, on difficulty splits (paper Fig. 18)"
+    units = [r[0] for r in res.db.execute("SELECT id FROM units WHERE id LIKE 'rollouts/%' AND status = 'done' "
+                                          "ORDER BY id")]
+    units = [u for u in units if res.training(u, "rl", "total_rollout_flops")[0]]  # skipped runs have none
+    runs = {}  # (split, G) -> unit
+    for u in units:
+        _, split, g, ckpt = u.split("/")
+        runs[split, int(g[1:])] = u
+    gs = sorted({g for _, g in runs})
+    splits = [s for s in ("easy", "hard") if any((s, g) in runs for g in gs)]
+    if len(gs) < 2 or not splits:
+        return Section(title, reading="No rollouts experiment in this study (add 'rollouts' to study.experiments).")
+    task = res.math_tasks[0]
+    metrics = [k for k in ("pass@1", "pass@8") if res.training(next(iter(runs.values())), "rl", f"eval/{task}/{k}")[0]]
+    curves = {}  # (split, G, metric) -> (steps, flops, values)
+    for (split, g), u in runs.items():
+        flops = dict(zip(*res.training(u, "rl", "total_train_flops")))
+        rflops = dict(zip(*res.training(u, "rl", "total_rollout_flops")))
+        for m in metrics:
+            steps, vals = res.training(u, "rl", f"eval/{task}/{m}")
+            curves[split, g, m] = (steps, [flops.get(st, 0) + rflops.get(st, 0) for st in steps], vals)
+    colors = dict(zip(gs, ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e")))
+    fig, axes = plt.subplots(len(splits), len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3.2 * len(splits)),
+                             squeeze=False)
+    for row, split in zip(axes, splits):
+        for ax, m in zip(row, metrics):
+            for g in gs:
+                if (split, g, m) in curves:
+                    _, fl, vals = curves[split, g, m]
+                    ax.plot(fl, [100 * v for v in vals], marker="o", color=colors[g], label=f"n = {g}")
+            ax.set_xscale("log")
+            ax.set_xlabel("RL FLOPs (training + rollouts)")
+            ax.set_ylabel(f"test {m} (%)")
+            ax.set_title(f"{split} split: {m} per FLOP", fontsize=9)
+            ax.legend(fontsize=7)
+        ax = row[-1]
+        for g in gs:
+            if (split, g, metrics[0]) in curves:
+                steps, _, vals = curves[split, g, metrics[0]]
+                ax.plot(steps, [100 * v for v in vals], marker="o", color=colors[g], label=f"n = {g}")
+        ax.set_xlabel("RL step (same prompts per step)")
+        ax.set_ylabel(f"test {metrics[0]} (%)")
+        ax.set_title(f"{split} split: {metrics[0]} per step", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, figdir / "rollouts.png")
+    tracked = _tracked_problems(res, units, task)
+    # equal FLOPs: the fewest rollouts' final value against the most rollouts' curve at that budget
+    few, many = gs[0], gs[-1]
+    table, wins, losses, total = [["split", "metric", f"n = {few} at its end", f"n = {many} at the same FLOPs",
+                                   "FLOPs"]], 0, 0, 0
+    for split in splits:
+        for m in metrics:
+            if (split, few, m) not in curves or (split, many, m) not in curves:
+                continue
+            _, fl_few, v_few = curves[split, few, m]
+            _, fl_many, v_many = curves[split, many, m]
+            a, b = v_few[-1], value_at(fl_many, v_many, fl_few[-1])
+            sign = _separate(a, b, tracked)
+            wins, losses, total = wins + (sign > 0), losses + (sign < 0), total + 1
+            table.append([split, m, f"{100 * a:.1f}", f"{100 * b:.1f}", f"{fl_few[-1]:.2e}"])
+    claims = [("Fewer rollouts per problem are more FLOP-efficient (Fig. 18)", _verdict(wins, losses, total),
+               f"n = {few} vs n = {many} at n = {few}'s final FLOPs, {tracked} tracked test problems: "
+               + "; ".join(f"{r[0]} {r[1]} {r[2]} vs {r[3]}" for r in table[1:]))]
+    counts = res.db.execute("SELECT p.n, p.c FROM problems p JOIN evaluations e ON e.id = p.evaluation "
+                            "WHERE e.unit LIKE 'splits/%'").fetchall()
+    kinds = [difficulty(c, n) for n, c in counts]
+    reading = (f"The last checkpoint's training problems split by its own 0-shot success rate in {counts[0][0] if counts else '?'} "
+               f"samples each (easy: at least a quarter correct, {kinds.count('easy')} of {len(kinds)} sampled; hard: "
+               f"at most an eighth, {kinds.count('hard')}; both splits cut to the smaller's size), then direct RL on each split with "
+               f"n = {', '.join(map(str, gs))} rollouts per prompt and otherwise equal settings. Test pass@k (0-shot, "
+               f"{tracked} test problems) is tracked along training against the FLOPs spent (6N per trained token, "
+               f"2N per generated one) and against RL steps. The claim compares n = {few} at the end of its run with "
+               f"n = {many} at the same FLOPs (interpolated; where n = {many}'s first point already cost more, that "
+               "point: the comparison then favours n = " f"{many}); a difference counts where it exceeds 1.96 "
+               "binomial standard errors over the tracked problems.")
+    return Section(title, "rollouts.png", reading, table, claims)
+
+
+def _tracked_problems(res: Results, units: list[str], task: str) -> int:
+    """How many test problems the tracked pass@k of these runs used (their rl.track_problems, or fewer)."""
+    row = res.db.execute("SELECT value FROM training WHERE unit = ? AND key = ? LIMIT 1",
+                         (units[0], f"eval/{task}/problems")).fetchone()
+    return int(row[0]) if row else 100
+
+
+def _separate(a: float, b: float, problems: int) -> int:
+    """+1 / -1 where two rates on `problems` problems differ by more than 1.96 standard errors, else 0.
+
+    >>> _separate(0.5, 0.3, 100), _separate(0.32, 0.3, 100), _separate(0.1, 0.3, 100)
+    (1, 0, -1)
+    """
+    se = math.sqrt((a * (1 - a) + b * (1 - b)) / max(problems, 1))
+    return 0 if abs(a - b) <= 1.96 * se else 1 if a > b else -1
+
+
+@experiment("scaling")
+def scaling_experiment(res: Results, figdir: Path) -> Section:
+    """Fig. 4, 10-12: RL on `hard` from the final checkpoints of the study's run, a bigger model (N) and the same
+    model with extra targeted math (D)."""
+    title, claim = "Scaling N vs D for RL on hard problems (paper Fig. 4, 10-12)", \
+        "Targeted data beats model scale for RL gains on hard problems (Fig. 4, 10-12)"
+    rows = res.db.execute(
+        "SELECT u.id, e.shots, e.checkpoint, e.tokens, m.metric, m.mean, m.lo, m.hi FROM evaluations e "
+        "JOIN units u ON u.id = e.unit JOIN metrics m ON m.evaluation = e.id "
+        "WHERE u.id LIKE 'scaling/%' AND u.status = 'done' AND e.task = 'hard'").fetchall()
+    stats: dict[tuple, Stat] = {}  # (variant, what, metric): what = base (few-shot) | base 0-shot | rl
+    tokens: dict[str, int] = {}
+    for uid, shots, _, tok, metric, mean, lo, hi in rows:
+        _, v, kind = uid.split("/")
+        what = "rl" if kind == "eval" else "base" if shots == res.base_shots else "base 0-shot"
+        stats[v, what, metric] = Stat(mean, lo, hi)
+        tokens[v] = tok
+    variants = [v for v in ("base", "N", "D") if any(k[0] == v for k in stats)]
+    if len(variants) < 2:
+        why = ("opt-in (a bigger model's and a targeted-data pretraining run): set study.scale_model and "
+               "study.scale_targeted")
+        return Section(title, reading=f"Not run in this study: {why}.", claims=[(claim, "not run", why)])
+    ks = sorted({k[2] for k in stats}, key=lambda m: int(m.split("@")[1]))
+    label = {"base": "study's run", "N": "bigger\nmodel (N)", "D": "+ targeted\nmath (D)"}
+    fig, axes = plt.subplots(1, len(ks), figsize=(4 * len(ks), 3.4), squeeze=False)
+    whats = ("base", "base 0-shot", "rl")
+    for ax, k in zip(axes[0], ks):
+        for j, what in enumerate(whats):
+            xs = [i + (j - 1) * 0.27 for i in range(len(variants))]
+            got = [stats.get((v, what, k)) for v in variants]
+            ax.bar(xs, [100 * g.mean if g else 0 for g in got], width=0.27, label=what, color=COLORS.get(what),
+                   yerr=[[100 * (g.mean - g.lo) if g else 0 for g in got], [100 * (g.hi - g.mean) if g else 0 for g in got]],
+                   capsize=2)
+        ax.set_xticks(range(len(variants)), [label[v] for v in variants], fontsize=8)
+        ax.set_ylabel(f"hard {k} (%)")
+        ax.set_title(f"hard {k}", fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, figdir / "scaling.png")
+    table = [["variant", "tokens"] + [f"{w} {k}" for k in ks for w in whats]]
+    for v in variants:
+        table.append([label[v].replace("\n", " "), f"{tokens.get(v, 0) / 1e6:.1f}M"]
+                     + [str(stats.get((v, w, k), "-")) for k in ks for w in whats])
+    if "N" in variants and "D" in variants:
+        signs = [compare(stats[("D", "rl", k)], stats[("N", "rl", k)]) for k in ks
+                 if ("D", "rl", k) in stats and ("N", "rl", k) in stats]
+        verdict = _verdict(signs.count(1), signs.count(-1), len(signs))
+        evidence = "; ".join(f"after RL, {k}: D {stats[('D', 'rl', k)]} vs N {stats[('N', 'rl', k)]}" for k in ks
+                             if ("D", "rl", k) in stats and ("N", "rl", k) in stats)
+    else:
+        verdict, evidence = "not run", "needs both variants: study.scale_model and study.scale_targeted"
+    reading = ("Direct RL on the hard family from the final checkpoint of each pretraining run: the study's own, a "
+               "bigger model on the same data (scaling N) and the same model with extra targeted hard-family math "
+               "(scaling D). Bars: the base few-shot and 0-shot, and after RL (0-shot), with 95% intervals. The "
+               "paper finds that targeted data helps RL on hard problems more than a bigger model does.")
+    return Section(title, "scaling.png", reading, table, [(claim, verdict, evidence)])
+
+
 # ----------------------------------------------------------------------------------------- writing
-
-
-NOT_RUN = [("Targeted data beats model scale for RL gains on hard problems (Fig. 4, 10-12)",
-            "scaling N and D variants are not part of the study runner yet"),
-           ("Fewer rollouts per problem are more FLOP-efficient (Fig. 18)",
-            "the rollouts-per-FLOP and difficulty-split experiments are not part of the study runner yet")]
 
 
 def setup_section(cfg: Config, store, res: Results) -> Section:
@@ -505,7 +673,6 @@ def write_report(cfg: Config, out: Path, store) -> Path:
     if res.math_tasks:
         sections += [EXPERIMENTS[name](res, figdir) for name in cfg.study.experiments]
     claims = [c for s in sections for c in s.claims]
-    claims += [(claim, "not run", why) for claim, why in NOT_RUN]
     atomic_write_text(rdir / "report.md", to_markdown(cfg, sections, claims))
     atomic_write_text(rdir / "report.html", to_html(cfg, sections, claims, figdir))
     return rdir / "report.html"

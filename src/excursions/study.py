@@ -33,6 +33,7 @@ from excursions.train.checkpoint import META, atomic_write_text, read_json, writ
 
 DB = "study.db"
 LOCK = "study.lock"
+SKIPPED = "skipped.json"  # a unit with nothing to do (a difficulty split too small to train on), and why
 
 
 # ----------------------------------------------------------------------------------------- units
@@ -51,14 +52,17 @@ class Unit:
     seed: int = 0
     source: str = ""  # what the unit reads: a checkpoint directory or hub id
     overrides: tuple[tuple[str, str, int], ...] = ()  # (section, key, value) laid over the study's config
+    world: str = ""  # the unit's own world/ directory (a difficulty split, a scaling variant), not the study's
+    tasks: tuple[str, ...] = ()  # an evaluation's tasks, when not the study's
 
 
 def configured(cfg: Config, seed: int, overrides: tuple[tuple[str, str, int], ...] = ()) -> Config:
     """The config a unit runs with: the study's, seeded, with the unit's overrides."""
     cfg = seeded(cfg, seed)
-    for section, key, value in overrides:
-        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{key: value})})
-    return cfg
+    by_section: dict[str, dict] = {}
+    for section, key, value in overrides:  # a section's keys at once: its checks may relate them (data shares)
+        by_section.setdefault(section, {})[key] = value
+    return replace(cfg, **{sec: replace(getattr(cfg, sec), **kv) for sec, kv in by_section.items()})
 
 
 def seeded(cfg: Config, seed: int) -> Config:
@@ -135,7 +139,120 @@ def plan(cfg: Config, out: Path) -> list[Unit]:
         settings = recipe_settings(configured(cfg, seed, overrides), "sft")
         run = out / "posttrain" / name / f"sft-epochs-s{seed}-{digest({**settings, 'source': source})}"
         units.append(Unit(f"sft_epochs/{name}/s{seed}", "posttrain", run, name, tokens, "sft", seed, source, overrides))
+    if "rollouts" in s.experiments and s.rollouts:
+        units += rollout_units(cfg, out, chosen[-1])
+    if "scaling" in s.experiments and (s.scale_model or s.scale_targeted):
+        units += scaling_units(cfg, out, ev)
     return units
+
+
+def scaling_variants(cfg: Config) -> dict[str, tuple]:
+    """The pretraining runs compared by the scaling experiment, as overrides of the study's config: the study's
+    own, a bigger model (N), and the same model with `scale_targeted` x tokens more, all of it targeted math (D)."""
+    s, d, t = cfg.study, cfg.data, cfg.study.scale_targeted
+    variants: dict[str, tuple] = {"base": ()}
+    if s.scale_model:
+        variants["N"] = (("model", "size", s.scale_model),)
+    if t:
+        variants["D"] = (("pretrain", "tokens", round(cfg.pretrain.tokens * (1 + t))),
+                         ("data", "general", d.general / (1 + t)), ("data", "math", d.math / (1 + t)),
+                         ("data", "targeted", (d.targeted + t) / (1 + t)))
+    return variants
+
+
+def scaling_units(cfg: Config, out: Path, ev: str) -> list[Unit]:
+    """Per variant: its pretraining (the study's own for `base`), then its final checkpoint evaluated on `hard`,
+    direct RL on `hard` problems, and that result evaluated."""
+    from excursions.train.pretrain import checkpoint_name
+
+    units = []
+    for v, overrides in scaling_variants(cfg).items():
+        vcfg = configured(cfg, 0, overrides)
+        run = pretrain_dir(vcfg, out)
+        if v != "base":
+            units.append(Unit(f"scaling/{v}/pretrain", "pretrain", run, overrides=overrides))
+        p = vcfg.pretrain
+        name, tokens = checkpoint_name(p.total_steps, p.total_steps * p.tokens_per_step), p.total_steps * p.tokens_per_step
+        source, world, seed = str(run / "checkpoints" / name), str(run / "world"), cfg.study.seeds[0]
+        units.append(Unit(f"scaling/{v}/base", "base_eval", out / "evals" / "scaling" / f"{v}-{name}-{ev}.json", name,
+                          tokens, source=source, world=world, tasks=("hard",)))
+        rl_overrides = overrides + (("rl", "family", "hard"),)
+        settings = recipe_settings(configured(cfg, seed, rl_overrides), "rl")
+        post = out / "posttrain" / f"scaling-{v}" / f"rl-hard-s{seed}-{digest({**settings, 'source': source})}"
+        units.append(Unit(f"scaling/{v}/rl", "posttrain", post, name, tokens, "rl", seed, source, rl_overrides, world))
+        units.append(Unit(f"scaling/{v}/eval", "eval", out / "evals" / "scaling" / f"{v}-rl-{post.name}-{ev}.json",
+                          name, tokens, "rl", seed, str(post), world=world, tasks=("hard",)))
+    return units
+
+
+SPLITS = ("easy", "hard")
+
+
+def rollout_units(cfg: Config, out: Path, ckpt: tuple[str, int, str]) -> list[Unit]:
+    """Fig. 18: the last chosen checkpoint's training problems split by its own success rate, then direct RL on
+    each split with each rollout count of `study.rollouts`, test pass@k tracked along training."""
+    s, (name, tokens, source) = cfg.study, ckpt
+    seed, steps, prompts = s.seeds[0], s.rollout_steps or cfg.rl.steps, s.rollout_prompts or cfg.rl.prompts_per_step
+    split_settings = {"source": source, "world": str(world_dir(cfg, out)), "family": cfg.rl.family,
+                      "problems": s.split_problems, "n": s.split_n, "temperature": cfg.rl.temperature,
+                      "max_new_tokens": cfg.rl.max_new_tokens, "min_size": prompts}
+    split_dir = out / "splits" / f"{name}-{digest(split_settings)}"
+    units = [Unit(f"splits/{name}", "splits", split_dir / "record.json", name, tokens, source=source)]
+    for split in SPLITS:
+        for g in s.rollouts:
+            overrides = (("rl", "group_size", g), ("rl", "steps", steps), ("rl", "prompts_per_step", prompts),
+                         ("rl", "track_every", max(1, steps // 4)))
+            settings = recipe_settings(configured(cfg, seed, overrides), "rl")
+            world = split_dir / split
+            run = out / "posttrain" / name / f"rollouts-{split}-n{g}-{digest({**settings, 'source': source, 'world': str(world)})}"
+            units.append(Unit(f"rollouts/{split}/n{g}/{name}", "posttrain", run, name, tokens, "rl", seed, source,
+                              overrides, str(world)))
+    return units
+
+
+def difficulty(c: int, n: int) -> str | None:
+    """The paper's split of a problem by its base model's successes in n samples (App. D, n = 64): easy with
+    16..64 correct, hard with at most 8, neither in between; the same fractions at other n.
+
+    >>> [difficulty(c, 64) for c in (0, 8, 9, 15, 16, 64)]
+    ['hard', 'hard', None, None, 'easy', 'easy']
+    """
+    return "easy" if 4 * c >= n else "hard" if 8 * c <= n else None
+
+
+def make_splits(unit: Unit, cfg: Config, world: Path, progress: bool) -> None:
+    """Sample the checkpoint `study.split_n` times on `study.split_problems` training problems (0-shot, at the RL
+    temperature: how RL will meet them) and write an easy and a hard world of equal size, each with the
+    study's val and test problems. The base's per-problem counts are the unit's evaluation record."""
+    import random
+
+    from excursions.data.problems import read_jsonl, write_jsonl
+    from excursions.evals.harness import evaluate_math
+    from excursions.model import load_model, parse_checkpoint
+    from excursions.tokenizer import load_tokenizer
+
+    s, family, split_dir = cfg.study, cfg.rl.family, unit.path.parent
+    train = read_jsonl(world / family / "train.jsonl")
+    rng = random.Random(cfg.rl.seed)
+    chosen = rng.sample(train, min(s.split_problems, len(train)))
+    path, revision = parse_checkpoint(unit.source)
+    ecfg = replace(cfg.eval, n=s.split_n, ks=(1,), temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens)
+    result = evaluate_math(load_model(path, revision), load_tokenizer(path, revision), chosen, [], ecfg, shots=0,
+                           progress=progress, desc="difficulty splits")
+    by_id = {p.id: p for p in chosen}
+    groups = {k: [by_id[r["id"]] for r in result["per_problem"] if difficulty(r["c"], r["n"]) == k] for k in SPLITS}
+    # Equal sizes, as the paper's 10K each: the splits differ in difficulty, not in amount. A split smaller than
+    # one RL step's prompts (an early checkpoint solves almost nothing: no easy split) gets no world; its runs
+    # are skipped and the report says so.
+    usable = [k for k in SPLITS if len(groups[k]) >= (s.rollout_prompts or cfg.rl.prompts_per_step)]
+    size = min((len(groups[k]) for k in usable), default=0)
+    for k in usable:
+        write_jsonl(split_dir / k / family / "train.jsonl", rng.sample(groups[k], size))
+        for part in ("val", "test"):
+            write_jsonl(split_dir / k / family / f"{part}.jsonl", read_jsonl(world / family / f"{part}.jsonl"))
+    result.update(task=f"{family}_train", sizes={k: len(g) for k, g in groups.items()}, used=size, metrics={})
+    write_json(split_dir / "base.json", result)
+    write_json(unit.path, [str(split_dir / "base.json")])  # last: the unit is done when its record exists
 
 
 def train_size(cfg: Config, out: Path) -> int:
@@ -161,18 +278,24 @@ def execute(unit: Unit, cfg: Config, out: Path, progress: bool) -> None:
     from excursions.train.pretrain import pretrain
     from excursions.train.recipes import posttrain
 
-    world = world_dir(cfg, out)
+    world = Path(unit.world) if unit.world else world_dir(cfg, out)
     if unit.kind == "pretrain":
-        pretrain(cfg, unit.path, progress)
+        pretrain(configured(cfg, cfg.seed, unit.overrides) if unit.overrides else cfg, unit.path, progress)
+    elif unit.kind == "posttrain" and unit.world and not (Path(unit.world) / cfg.rl.family / "train.jsonl").exists():
+        write_json(unit.path / SKIPPED, {"reason": f"the {Path(unit.world).name} split has fewer problems than one "
+                                                  "RL step's prompts"})
     elif unit.kind == "posttrain":
         posttrain(unit.source, unit.recipe, configured(cfg, unit.seed, unit.overrides), unit.path, world, progress)
+    elif unit.kind == "splits":
+        make_splits(unit, cfg, world, progress)
     else:
         # Results land next to the model (as `excursions eval` writes them, so either reuses the other's);
         # the unit's record lists them. Base checkpoints are evaluated few-shot (the exemplars carry the
         # answer format) and 0-shot (where RL starts); post-trained models 0-shot.
         spec = str(final_dir(Path(unit.source))) if unit.kind == "eval" else unit.source
         local = Path(spec).exists()
-        tasks, shots = list(cfg.study.tasks), {"base_eval": sorted({cfg.eval.shots, 0}), "eval": [0]}.get(unit.kind)
+        tasks = list(unit.tasks or cfg.study.tasks)
+        shots = {"base_eval": sorted({cfg.eval.shots, 0}), "eval": [0]}.get(unit.kind)
         if unit.kind == "nshot":  # the n-shot sweep of a base checkpoint, on the first math task
             tasks, shots = [next(t for t in cfg.study.tasks if t != "general")], sorted(cfg.study.nshot)
         rows = evaluate_checkpoint(spec, tasks, cfg.eval, shots=shots, world_dir=world,
@@ -185,10 +308,10 @@ def is_done(unit: Unit, cfg: Config) -> bool:
     if unit.kind == "pretrain":
         from excursions.train.pretrain import checkpoints
 
-        return (unit.path / "checkpoints").is_dir() and any(
-            c["step"] == cfg.pretrain.total_steps for c in checkpoints(unit.path))
+        total = configured(cfg, cfg.seed, unit.overrides).pretrain.total_steps
+        return (unit.path / "checkpoints").is_dir() and any(c["step"] == total for c in checkpoints(unit.path))
     if unit.kind == "posttrain":
-        return (final_dir(unit.path) / META).exists()
+        return (final_dir(unit.path) / META).exists() or (unit.path / SKIPPED).exists()
     return unit.path.exists()
 
 
@@ -269,7 +392,7 @@ class Store:
         if unit.kind == "pretrain":
             from excursions.train.pretrain import checkpoints
 
-            for c in checkpoints(unit.path):
+            for c in checkpoints(unit.path) if not unit.overrides else ():  # the study's own run's checkpoints
                 db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
                            (Path(c["path"]).name, c["step"], c["tokens"], c.get("val_loss"), c["path"]))
             self._training(unit.id, "pretrain", unit.path / "metrics.jsonl")
