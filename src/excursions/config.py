@@ -344,6 +344,10 @@ class DistributedConfig:
     """How a run launched by `torchrun` with several processes splits its work (one process ignores it)."""
 
     strategy: Literal["ddp", "fsdp"] = "ddp"  # DistributedDataParallel, or FSDP2's fully_shard per layer
+    device: str = "auto"  # where models train and sample: auto (a GPU when torch sees one), cpu, cuda
+
+    def __post_init__(self):
+        check(self.device in ("auto", "cpu", "cuda"), "device", "choose auto, cpu or cuda")
 
 
 EXPERIMENTS = ("recipes", "base_vs_rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs", "rollouts",

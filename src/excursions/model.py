@@ -23,6 +23,7 @@ SIZES: dict[str, dict[str, int]] = {
     "olmo2_3M": dict(d_model=192, n_layers=6, n_heads=6, d_ff=512),
     "olmo2_5M": dict(d_model=256, n_layers=6, n_heads=8, d_ff=688),
     "olmo2_10M": dict(d_model=320, n_layers=8, n_heads=8, d_ff=864),
+    "olmo2_1B": dict(d_model=2048, n_layers=16, n_heads=16, d_ff=8192),  # OLMo-2 1B's shape (paper Table 4)
 }
 
 
@@ -71,14 +72,25 @@ def count_params(model: torch.nn.Module, embeddings: bool = True) -> int:
     return n
 
 
-def load_model(path: str, revision: str | None = None, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU; `cuda` without a GPU is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but torch sees no GPU; use device=auto or cpu")
+    return torch.device(name)
+
+
+def load_model(path: str, revision: str | None = None, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> PreTrainedModel:
     """Any HF causal LM from a local directory or a hub id (with a revision); a clear error if missing."""
     try:
         # Remote code stays off: a checkpoint runs only classes transformers ships.
-        return AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype, trust_remote_code=False)
     except (OSError, ValueError) as err:
         first = first_line(err)
         raise UserError(f"cannot load a model from {path!r}{'@' + revision if revision else ''}: {first}") from None
+    return model.to(device)
 
 
 def parse_checkpoint(spec: str) -> tuple[str, str | None]:

@@ -148,8 +148,9 @@ def position_ids(valid: torch.Tensor) -> torch.Tensor:
 def prompt_mask(valid: torch.Tensor) -> torch.Tensor:
     """Attention mask of left-padded prompts [P, L] -> [P, 1, L, L]: causal over real tokens; a padding
     query also sees itself, so that no softmax row is empty (NaN)."""
-    L = valid.shape[-1]
-    return ((torch.ones(L, L, dtype=torch.bool).tril() & valid.bool()[:, None, :]) | torch.eye(L, dtype=torch.bool))[:, None]
+    L, dev = valid.shape[-1], valid.device
+    causal = torch.ones(L, L, dtype=torch.bool, device=dev).tril()
+    return ((causal & valid.bool()[:, None, :]) | torch.eye(L, dtype=torch.bool, device=dev))[:, None]
 
 
 class HFEngine:
@@ -212,8 +213,9 @@ class Olmo2Engine:
         P, T = ids.shape
         block = max(1, 2**22 // (T * T))  # prompts per forward: bounds the T x T masks to ~4M entries
         L, KVH, hd, dt = len(self.layers), self.kv_heads, self.head_dim, self.model.dtype
-        self.pk, self.pv = torch.zeros(L, P, KVH, hd, T, dtype=dt), torch.zeros(L, P, KVH, T, hd, dtype=dt)
-        self.pbias = torch.zeros(P, 1, 1, T, dtype=dt).masked_fill(~valid[:, None, None, :], float("-inf"))
+        like = dict(dtype=dt, device=ids.device)
+        self.pk, self.pv = torch.zeros(L, P, KVH, hd, T, **like), torch.zeros(L, P, KVH, T, hd, **like)
+        self.pbias = torch.zeros(P, 1, 1, T, **like).masked_fill(~valid[:, None, None, :], float("-inf"))
         pos, mask = position_ids(valid), prompt_mask(valid)
         logits = []
         for i in range(0, P, block):
@@ -239,7 +241,7 @@ class Olmo2Engine:
         P = self.pk.shape[1]
         if P - len(groups) < max(1, P // 4):
             return None
-        kept = (groups[:, None] * self.n + torch.arange(self.n)).flatten()
+        kept = (groups[:, None] * self.n + torch.arange(self.n, device=groups.device)).flatten()
         self.pk, self.pv, self.pbias = self.pk[:, groups], self.pv[:, groups], self.pbias[groups]
         self.pos = self.pos[kept]
         if self.gk is not None:  # samples can finish on their first token, before any decode step
@@ -250,7 +252,7 @@ class Olmo2Engine:
         B, t, n = ids.shape[0], self.t, self.n
         if self.gk is None:
             L, KVH, hd, dt = len(self.layers), self.kv_heads, self.head_dim, self.model.dtype
-            self.gk, self.gv = (torch.zeros(L, B, KVH, self.max_new, hd, dtype=dt) for _ in range(2))
+            self.gk, self.gv = (torch.zeros(L, B, KVH, self.max_new, hd, dtype=dt, device=ids.device) for _ in range(2))
         P, KVH, rep = B // n, self.kv_heads, self.heads // self.kv_heads
 
         def attend(layer: int, q, k, v):  # q [B, H, 1, hd]: the prompt part per prompt, generated per sample
@@ -363,7 +365,8 @@ def sample(model, tok, prompts: Sequence[str], n: int = 1, max_new_tokens: int =
     was_training = model.training
     model.eval()
     index = list(range(len(prompts))) if prompt_index is None else list(prompt_index)
-    ids = torch.tensor([i * n + j for i in index for j in range(n)], dtype=torch.long)
+    dev = next(model.parameters()).device  # prompts go to the model's device; results come back to the CPU
+    ids = torch.tensor([i * n + j for i in index for j in range(n)], dtype=torch.long, device=dev)
     keys = sample_keys(seed, ids)
     prompt_ids = [tok(p).input_ids for p in prompts]
     rows: list[tuple] = []
@@ -395,7 +398,7 @@ def _sample_chunk(model, tok, prompt_ids, n, max_new, temperature, top_p, stop, 
     for i, p in enumerate(prompt_ids):  # left padding: every prompt ends in the last column
         ids[i, L - len(p):], valid[i, L - len(p):] = torch.tensor(p), True
     engine = make_engine(model, max_new, fast)
-    logits = engine.prefill(ids, valid)
+    logits = engine.prefill(ids.to(keys.device), valid.to(keys.device))
     if n > 1:
         engine.repeat(n)
         logits = logits.repeat_interleave(n, 0)
@@ -421,7 +424,7 @@ def _sample_chunk(model, tok, prompt_ids, n, max_new, temperature, top_p, stop, 
         live = [j for j, row in enumerate(rows) if alive[row]]
         if not live or t == max_new - 1:
             break
-        if len(live) < len(rows) and (kept := engine.select(torch.tensor(live))) is not None:
+        if len(live) < len(rows) and (kept := engine.select(torch.tensor(live, device=keys.device))) is not None:
             new = new[kept]
             rows = [rows[j] for j in kept.tolist()]
         logits = engine.step(new)

@@ -228,7 +228,7 @@ def make_splits(unit: Unit, cfg: Config, world: Path, progress: bool) -> None:
 
     from excursions.data.problems import read_jsonl, write_jsonl
     from excursions.evals.harness import evaluate_math
-    from excursions.model import load_model, parse_checkpoint
+    from excursions.model import load_model, parse_checkpoint, pick_device
     from excursions.tokenizer import load_tokenizer
 
     s, family, split_dir = cfg.study, cfg.rl.family, unit.path.parent
@@ -237,7 +237,8 @@ def make_splits(unit: Unit, cfg: Config, world: Path, progress: bool) -> None:
     chosen = rng.sample(train, min(s.split_problems, len(train)))
     path, revision = parse_checkpoint(unit.source)
     ecfg = replace(cfg.eval, n=s.split_n, ks=(1,), temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens)
-    result = evaluate_math(load_model(path, revision), load_tokenizer(path, revision), chosen, [], ecfg, shots=0,
+    model = load_model(path, revision, device=pick_device(cfg.distributed.device))
+    result = evaluate_math(model, load_tokenizer(path, revision), chosen, [], ecfg, shots=0,
                            progress=progress, desc="difficulty splits")
     by_id = {p.id: p for p in chosen}
     groups = {k: [by_id[r["id"]] for r in result["per_problem"] if difficulty(r["c"], r["n"]) == k] for k in SPLITS}

@@ -114,10 +114,11 @@ def continuation_logprobs(model, tok, pairs: Sequence[tuple[str, str]], batch_si
         mask = torch.zeros(len(seqs), T, dtype=torch.long)
         for r, s in enumerate(seqs):
             ids[r, : len(s)], mask[r, : len(s)] = torch.tensor(s), 1
-        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        dev = next(model.parameters()).device
+        logp = F.log_softmax(model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float(), -1)
         for r, i in enumerate(idx):
             n_ctx, cont = len(encoded[i][0]), encoded[i][1]
-            targets = torch.tensor(cont)
+            targets = torch.tensor(cont, device=dev)
             out[i] = logp[r, n_ctx - 1 : n_ctx - 1 + len(cont)].gather(-1, targets[:, None]).sum().item()
     model.train(was_training)
     return out
@@ -157,7 +158,7 @@ def bits_per_byte(model, tok, texts: Sequence[str], window: int = 512) -> float:
     for text in texts:
         ids = [tok.eos_token_id] + tok(text, add_special_tokens=False).input_ids
         for s in range(0, len(ids) - 1, window):
-            chunk = torch.tensor([ids[s : s + window + 1]])
+            chunk = torch.tensor([ids[s : s + window + 1]], device=next(model.parameters()).device)
             logp = F.log_softmax(model(input_ids=chunk[:, :-1]).logits.float(), -1)
             nll -= logp[0].gather(-1, chunk[0, 1:, None]).sum().item()
         n_bytes += len(text.encode("utf-8"))

@@ -18,7 +18,7 @@ from excursions.evals.general import REAL_MC, bits_per_byte, load_mc, score_mc
 from excursions.evals.math import grade, strict_answer
 from excursions.evals.passk import pass_at_k_table
 from excursions.progress import progress_bar
-from excursions.model import load_model, parse_checkpoint
+from excursions.model import load_model, parse_checkpoint, pick_device
 from excursions.sampling import sample
 from excursions.tokenizer import load_tokenizer
 from excursions.train.checkpoint import read_json, write_json
@@ -124,7 +124,7 @@ def evaluate_checkpoint(spec: str, tasks: Sequence[str], cfg: EvalConfig, shots:
 
     def model_and_tokenizer():  # loaded only if some result is not cached already
         if not loaded:
-            loaded.extend([load_model(path, revision), load_tokenizer(path, revision)])
+            loaded.extend([load_model(path, revision, device=pick_device()), load_tokenizer(path, revision)])
         return loaded
 
     rows = []

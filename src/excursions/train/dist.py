@@ -26,6 +26,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     strategy: str = "none"  # none | ddp | fsdp
+    device: str = "cpu"  # this process's device: the model's, and the reductions' (NCCL reduces on the GPU)
 
     @property
     def main(self) -> bool:
@@ -39,16 +40,23 @@ class Dist:
 SINGLE = Dist()
 
 
-def setup(strategy: str) -> Dist:
-    """Join the process group `torchrun` describes in the environment (one process: nothing to join)."""
+def setup(strategy: str, device: str = "cpu") -> Dist:
+    """Join the process group `torchrun` describes in the environment (one process: nothing to join).
+    On GPUs each process takes the one its LOCAL_RANK names and the group reduces with NCCL; on CPUs, gloo."""
+    from excursions.model import pick_device
+
+    dev = pick_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return SINGLE
+        return Dist(device=str(dev))
     if strategy not in ("ddp", "fsdp"):
         raise UserError(f"distributed.strategy {strategy!r}: choose ddp or fsdp for a run of {world} processes")
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group("gloo")  # training runs on the CPU so far; NCCL comes with GPU placement (issue 7)
-    return Dist(dist.get_rank(), dist.get_world_size(), strategy)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), strategy, str(dev))
 
 
 def shard(n: int, d: Dist, parts: int = 1) -> list[int]:
@@ -117,7 +125,7 @@ def sum_stats(stats: dict, d: Dist) -> dict:
     if not d.active or not stats:
         return stats
     keys = sorted(k for k, v in stats.items() if isinstance(v, (int, float)))
-    t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)
+    t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=d.device)
     dist.all_reduce(t)
     return {**stats, **dict(zip(keys, t.tolist()))}
 
@@ -133,7 +141,7 @@ def mean_stats(stats: dict, d: Dist) -> dict:
 def global_sum(x: float, d: Dist) -> float:
     if not d.active:
         return x
-    t = torch.tensor([float(x)], dtype=torch.float64)
+    t = torch.tensor([float(x)], dtype=torch.float64, device=d.device)
     dist.all_reduce(t)
     return float(t.item())
 

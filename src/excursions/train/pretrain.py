@@ -25,7 +25,7 @@ from excursions.progress import progress_bar
 from excursions.errors import UserError
 from excursions.evals.math import is_correct
 from excursions.flops import model_dims, train_flops_per_token
-from excursions.model import build_model, count_params
+from excursions.model import build_model, count_params, pick_device
 from excursions.optim import adamw, cosine_lr
 from excursions.sampling import generate
 from excursions.tokenizer import load_tokenizer, train_tokenizer
@@ -123,7 +123,7 @@ def val_loss(model, val: np.ndarray, seq_len: int, max_windows: int = 64, batch_
     """Mean next-token loss on held-out pretraining text."""
     model.eval()
     n = min(max_windows, len(val) // seq_len)
-    windows = torch.from_numpy(val[: n * seq_len].astype(np.int64)).view(n, seq_len)
+    windows = torch.from_numpy(val[: n * seq_len].astype(np.int64)).view(n, seq_len).to(next(model.parameters()).device)
     losses = [model(input_ids=b, labels=b).loss.item() * len(b) for b in windows.split(batch_size)]
     model.train()
     return sum(losses) / n
@@ -168,7 +168,8 @@ def pretrain(cfg: Config, out: Path | str, progress: bool = True) -> Path:
     else:
         model = build_model(cfg.model, len(tok), tok.eos_token_id, tok.eos_token_id, tok.pad_token_id, cfg.seed)
         state = {"step": 0}
-    model.train()
+    dev = pick_device(cfg.distributed.device)
+    model.to(dev).train()
     opt = adamw(model, p.lr, p.betas, p.weight_decay)
     if saved:
         opt.load_state_dict(state["optimizer"])
@@ -187,7 +188,7 @@ def pretrain(cfg: Config, out: Path | str, progress: bool = True) -> Path:
         lr = cosine_lr((step + 1) * p.tokens_per_step, p.lr, p.warmup_tokens, p.tokens, p.min_lr_ratio)
         for group in opt.param_groups:
             group["lr"] = lr
-        x = batches.batch(step)
+        x = batches.batch(step).to(dev)
         loss = step_fn(input_ids=x, labels=x).loss
         if not torch.isfinite(loss):
             raise RuntimeError(f"pretraining loss is {loss.item()} at step {step}; lower pretrain.lr")

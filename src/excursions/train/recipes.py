@@ -87,10 +87,10 @@ def parallel(src, cfg, out, world, progress):
 class _Setup:
     """What every runner loads: the model (and frozen reference), tokenizer and the world's splits."""
 
-    def __init__(self, src: str, cfg: Config, world: Path, family: str, reference: bool):
+    def __init__(self, src: str, cfg: Config, world: Path, family: str, reference: bool, device: str = "cpu"):
         path, revision = parse_checkpoint(src)
-        self.policy = load_model(path, revision)
-        self.ref = load_model(path, revision).eval().requires_grad_(False) if reference else None
+        self.policy = load_model(path, revision, device=device)
+        self.ref = load_model(path, revision, device=device).eval().requires_grad_(False) if reference else None
         self.tok = load_tokenizer(path, revision)
         for split in ("train", "val", "test"):
             if not (world / family / f"{split}.jsonl").is_file():
@@ -197,7 +197,7 @@ def _finish(run: RunDir, trainee: Trainee, src: str, name: str, world: Path, ste
 
 
 def _single_process_only(name: str, cfg: Config) -> dist.Dist:
-    d = dist.setup(cfg.distributed.strategy)
+    d = dist.setup(cfg.distributed.strategy, cfg.distributed.device)
     if d.active:
         raise UserError(f"the {name} stage runs in one process so far; launch it without torchrun "
                         "(distributed runs support the rl recipe)")
@@ -206,12 +206,12 @@ def _single_process_only(name: str, cfg: Config) -> dist.Dist:
 
 def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name: str) -> Path:
     c = cfg.rl
-    d = dist.setup(cfg.distributed.strategy)
+    d = dist.setup(cfg.distributed.strategy, cfg.distributed.device)
     run = _claim(out, {"stage": "rl", "source": src, "rl": to_dict(c), "eval": to_dict(cfg.eval)}, d)
     if run.done:
         return run.final
     t0 = time.perf_counter()
-    setup = _Setup(src, cfg, world, c.family, reference=c.kl_coef > 0)
+    setup = _Setup(src, cfg, world, c.family, reference=c.kl_coef > 0, device=d.device)
     trainee = Trainee(run, setup, d)
     opt = adamw(trainee.module, c.lr, c.betas, c.weight_decay)
     trainee.attach({"opt": opt})
@@ -230,12 +230,12 @@ def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name
 
 def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, demos: str, name: str) -> Path:
     c = cfg.sft
-    d = dist.setup(cfg.distributed.strategy)
+    d = dist.setup(cfg.distributed.strategy, cfg.distributed.device)
     run = _claim(out, {"stage": "sft", "demos": demos, "source": src, "sft": to_dict(c), "eval": to_dict(cfg.eval)}, d)
     if run.done:
         return run.final
     t0 = time.perf_counter()
-    setup = _Setup(src, cfg, world, c.family, reference=False)
+    setup = _Setup(src, cfg, world, c.family, reference=False, device=d.device)
     trainee = Trainee(run, setup, d)
     batches = SFTBatches(setup.tok, demonstrations(setup.train, demos, c.seed), c.batch_size, c.seed)
     steps = c.epochs * batches.steps_per_epoch
@@ -264,7 +264,7 @@ def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) 
     if run.done:
         return run.final
     t0 = time.perf_counter()
-    setup = _Setup(src, cfg, world, r.family, reference=r.kl_coef > 0)
+    setup = _Setup(src, cfg, world, r.family, reference=r.kl_coef > 0, device=d.device)
     trainee = Trainee(run, setup, d)
     batches = SFTBatches(setup.tok, demonstrations(setup.train, "one", s.seed), s.batch_size, s.seed)
     avg = ParallelAveraging(setup.policy, c.rl_lr, c.sft_lr, r.betas, r.weight_decay)
@@ -281,7 +281,7 @@ def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) 
         problems = [setup.train[i] for i in _prompt_rows(step, len(setup.train), r.prompts_per_step, r.seed)]
         batch = rollout(setup.policy, setup.ref, setup.tok, problems, r, seed=r.seed * 1_000_003 + step)
         # Both gradients at the same snapshot; the RL one accumulates over mini-batches (one update per step).
-        rows = torch.arange(batch.rewards.numel())
+        rows = torch.arange(batch.rewards.numel(), device=batch.rewards.device)
         rl_stats = grpo_gradients(setup.policy, batch, rows, r)
         g_rl = grads(r.grad_clip)
         sft_batch = batches.batch(step)

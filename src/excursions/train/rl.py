@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -48,7 +49,7 @@ def response_logits(model, input_ids: torch.Tensor, attention: torch.Tensor, pro
     L = input_ids.shape[1]
     extra = {}
     if _accepts_logits_to_keep(type(model)):  # the LM head only at the positions that predict completions
-        extra["logits_to_keep"] = torch.arange(prompt_width - 1, L - 1)
+        extra["logits_to_keep"] = torch.arange(prompt_width - 1, L - 1, device=input_ids.device)
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids(attention), **extra)
     logits = out.logits if extra else out.logits[:, prompt_width - 1 : L - 1]
     return logits if temperature == 1.0 else logits / temperature
@@ -67,12 +68,13 @@ def shared_prefix_logits(model, input_ids: torch.Tensor, attention: torch.Tensor
     pvalid = attention[::group, :P].bool()  # [g, P]
     ppos = position_ids(pvalid)
     R = T - 1  # completion tokens 0..T-2 predict 1..T-1; the prompt's last position predicts token 0
-    rpos = pvalid.sum(-1).repeat_interleave(group)[:, None] + torch.arange(R)  # [N, R]
+    dev = input_ids.device
+    rpos = pvalid.sum(-1).repeat_interleave(group)[:, None] + torch.arange(R, device=dev)  # [N, R]
     weights = olmo2_weights(model)
     pmask = prompt_mask(pvalid)
     # a completion token attends to its prompt's real tokens and causally to its own completion
     rmask = torch.cat([pvalid.repeat_interleave(group, 0)[:, None, :].expand(N, R, P),
-                       torch.ones(R, R, dtype=torch.bool).tril().expand(N, R, R)], -1)[:, None]
+                       torch.ones(R, R, dtype=torch.bool, device=dev).tril().expand(N, R, R)], -1)[:, None]
     cache: list = []
 
     def attend_prompt(layer, q, k, v):
@@ -111,8 +113,10 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
     `prompt_index`: the problems' places in the step's whole batch when this is a shard of it."""
     prompts = [format_prompt(p.question) for p in problems]
     G = cfg.group_size
+    t0 = time.perf_counter()
     s = sample(policy, tok, prompts, n=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed,
                stop=stop, prompt_index=prompt_index)
+    sample_seconds = time.perf_counter() - t0
     answers = [p.answer for p in problems for _ in range(G)]
     rewards = torch.tensor(math_rewards(s.texts, answers, [f != "length" for f in s.finish], cfg.format_score))
     P = max(len(p) for p in s.prompt_ids)
@@ -123,10 +127,14 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
         p = s.prompt_ids[i // G]
         ids[i, P - len(p) : P], attention[i, P - len(p) : P] = torch.tensor(p), 1
     ids[:, P:], attention[:, P:] = s.tokens, s.mask.long()
+    dev = next(policy.parameters()).device  # assembled on the CPU, trained on the policy's device
+    ids, attention, response_mask, rewards = ids.to(dev), attention.to(dev), s.mask.to(dev), rewards.to(dev)
+    tokens = s.tokens.to(dev)
     # With one update per rollout batch the policy that sampled is the one being updated: the ratio is
     # exactly 1 and the old log-probs are the current ones, detached (no extra forward pass).
-    old = _logprobs(policy, ids, attention, s.tokens, s.mask, P, cfg) if cfg.minibatches > 1 else None
-    ref_lp = _logprobs(ref, ids, attention, s.tokens, s.mask, P, cfg) if ref is not None and cfg.kl_coef > 0 else None
+    old = _logprobs(policy, ids, attention, tokens, response_mask, P, cfg) if cfg.minibatches > 1 else None
+    use_ref = ref is not None and cfg.kl_coef > 0
+    ref_lp = _logprobs(ref, ids, attention, tokens, response_mask, P, cfg) if use_ref else None
     n_params, layers, d = model_dims(policy)
     gen_tokens = int(s.mask.sum())
     stats = {
@@ -135,11 +143,12 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
         "train/format_rate": (rewards > 0).float().mean().item(),
         "train/response_length": s.lengths.float().mean().item(),
         "train/solved_groups": (rewards.view(-1, G).max(-1).values == 1.0).float().mean().item(),
+        "train/sample_seconds": sample_seconds,  # generation alone (with the step's seconds: tokens / s)
         "rollout_tokens": gen_tokens,
         "rollout_flops": gen_tokens * generate_flops_per_token(n_params, layers, d, P + T // 2),
     }
     adv = ADVANTAGES[cfg.advantage](rewards, G)
-    return Rollouts(ids, attention, s.mask, P, rewards, adv, old, ref_lp, stats)
+    return Rollouts(ids, attention, response_mask, P, rewards, adv, old, ref_lp, stats)
 
 
 def _micro_logits(model, ids, attention, response_mask, prompt_width: int, temperature: float, group: int):
@@ -168,8 +177,8 @@ def _logprobs(model, ids, attention, tokens, mask, prompt_width: int, cfg: RLCon
     """Log-probs of the sampled tokens under `model` (eval mode), micro-batch by micro-batch: [N, T]."""
     was_training = model.training
     model.eval()
-    out = torch.zeros(tokens.shape)
-    for c in micro_batches(torch.arange(len(ids)), mask.sum(-1), cfg.group_size, cfg.micro_batch):
+    out = torch.zeros(tokens.shape, device=tokens.device)
+    for c in micro_batches(torch.arange(len(ids), device=ids.device), mask.sum(-1), cfg.group_size, cfg.micro_batch):
         logits, w = _micro_logits(model, ids[c], attention[c], mask[c], prompt_width, cfg.temperature, cfg.group_size)
         out[c, :w] = token_logprobs(logits, tokens[c, :w])
     model.train(was_training)
@@ -213,7 +222,7 @@ def grpo_update(policy, opt, batch: Rollouts, cfg: RLConfig, d: Dist = SINGLE, f
     per = groups // cfg.minibatches
     collected: list[dict] = []
     for m in range(cfg.minibatches):
-        rows = torch.arange(m * per * cfg.group_size, (m + 1) * per * cfg.group_size)
+        rows = torch.arange(m * per * cfg.group_size, (m + 1) * per * cfg.group_size, device=batch.rewards.device)
         collected.append(grpo_gradients(policy, batch, rows, cfg, d))
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
         opt.step()

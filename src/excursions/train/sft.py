@@ -79,7 +79,8 @@ def sft_gradients(model, batch, scale: float = 1.0, d: Dist = SINGLE) -> float:
         batch = (ids[rows], attention[rows], labels[rows], mask[rows])
         loss = sft_gradients(model, batch, scale * share)
         return global_sum(0.0 if empty else loss * float(mask[rows].sum()), d) / max(1.0, total)
-    ids, attention, labels, mask = batch
+    dev = next(model.parameters()).device  # batches are assembled on the CPU
+    ids, attention, labels, mask = (t.to(dev) for t in batch)
     loss = sft_loss(model(input_ids=ids, attention_mask=attention).logits, labels, mask)
     (loss * scale).backward()
     return loss.item()
