@@ -43,13 +43,25 @@ def test_saved_tokenizer_loads_with_autotokenizer(tok, tmp_path):
         assert again(text).input_ids == tok(text).input_ids
 
 
-@pytest.mark.parametrize("size", sorted(SIZES))
+@pytest.mark.parametrize("size", sorted(s for s in SIZES if s != "olmo2_1B"))
 def test_size_presets_span_half_a_million_to_ten_million(size):
     dims = resolve_dims(ModelConfig(size=size))
     model = build_model(ModelConfig(size=size), 2048, 0, 0, 1, seed=0)
     n = count_params(model)
     assert 0.4e6 <= n <= 12e6
     assert model.config.hidden_size == dims["d_model"] and model.config.num_hidden_layers == dims["n_layers"]
+
+
+def test_the_1B_size_has_olmo2_1Bs_shape():
+    """The paper-olmo2-1b preset's model, built on the meta device (no memory): OLMo-2 1B's layers, ~1.2B
+    parameters with its 50,304-token vocabulary (tied embeddings)."""
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(ModelConfig(size="olmo2_1B"), 50_304, 0, 0, 1, seed=0)
+    c = model.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == (2048, 16, 16, 8192)
+    assert 1.15e9 <= count_params(model) <= 1.25e9
 
 
 def test_overrides_replace_preset_dims():

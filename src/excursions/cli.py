@@ -114,6 +114,8 @@ examples:
   excursions study                                   # the tiny study into runs/study-tiny
   excursions study --preset smoke --out runs/study-smoke
   excursions study my-study.toml study.seeds=[0,1] rl.steps=40
+  excursions study study.scale_model=olmo2_3M study.scale_targeted=0.25   # + scaling N vs D (Fig. 4)
+  excursions study "study.experiments=['recipes','rollouts']"             # only some experiments
   excursions status runs/study-tiny                  # what is done, running, failed
   excursions export runs/study-tiny                  # CSV (and Parquet with pyarrow) of every table
 """
