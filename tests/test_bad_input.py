@@ -22,9 +22,12 @@ def _files(tmp: Path) -> dict[str, str]:
     (tmp / "gsm-ok.jsonl").write_text(json.dumps({"question": "Ann has 2 cats and gets 3. How many?",
                                                   "answer": "2 + 3 = 5\n#### 5"}) + "\n")
     (tmp / "math-rows.jsonl").write_text(json.dumps({"problem": "1+1?", "solution": "no box here"}) + "\n")
-    world = tmp / "world" / "gsm"
-    world.mkdir(parents=True)
-    (world / "test.jsonl").write_text('{"id": "x"}\n')  # a problem row without its fields
+    row = {"id": "gsm-0", "family": "gsm", "question": "Ann has 2 cats and gets 3. How many?", "answer": "5",
+           "solutions": ["2 + 3 = 5\n#### 5"]}
+    for name, text in (("world", json.dumps(row) + "\n"), ("bad-world", '{"id": "x"}\n')):  # bad: a row without fields
+        (tmp / name / "gsm").mkdir(parents=True)
+        for split in ("train", "val", "test"):
+            (tmp / name / "gsm" / f"{split}.jsonl").write_text(text)
     return {"dir": str(tmp)}
 
 
@@ -62,6 +65,7 @@ CASES = [
     (["data", OUT, "--family", "gsm", "--train", "nope:gsm-ok.jsonl", "--test", "gsm8k:gsm-ok.jsonl"], "nope"),
     (["data", OUT, "--family", "hard", "--train", "math:math-rows.jsonl", "--test", "math:math-rows.jsonl"],
      "math-rows.jsonl"),
+    (["eval", "missing-ckpt", "--task", "gsm", "--world", "bad-world", "--out", OUT], "malformed problem row"),
     # checkpoint paths and studies
     (["eval", "missing-ckpt", "--task", "gsm", "--world", "world", "--out", OUT], "missing-ckpt"),
     (["eval", "no-config", "--task", "gsm", "--world", "world", "--out", OUT], "no-config"),

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from matplotlib.ticker import NullFormatter
+
 from excursions.config import Config
 from excursions.figures import plt, save_figure, tokens_axis
 from excursions.study import difficulty
@@ -510,6 +512,7 @@ def rollouts_experiment(res: Results, figdir: Path) -> Section:
                     _, fl, vals = curves[split, g, m]
                     ax.plot(fl, [100 * v for v in vals], marker="o", color=colors[g], label=f"n = {g}")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^11, 3x10^11, ... overlap at this width
             ax.set_xlabel("RL FLOPs (training + rollouts)")
             ax.set_ylabel(f"test {m} (%)")
             ax.set_title(f"{split} split: {m} per FLOP", fontsize=9)

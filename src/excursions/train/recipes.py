@@ -23,7 +23,7 @@ import torch
 from excursions.config import Config, to_dict
 from excursions.data.problems import read_jsonl
 from excursions.errors import UserError
-from excursions.model import load_model, parse_checkpoint
+from excursions.model import check_checkpoint, load_model, parse_checkpoint
 from excursions.objectives import lookup
 from excursions.optim import ParallelAveraging, adamw, constant_with_warmup, set_lr
 from excursions.progress import progress_bar
@@ -46,7 +46,10 @@ def recipe(name: str):
 
 def posttrain(checkpoint: str, name: str, cfg: Config, out: Path, world: Path, progress: bool = True) -> Path:
     """Run recipe `name` from `checkpoint` into `out`; returns the final HF checkpoint directory."""
-    return lookup(RECIPES, name, "recipe")(checkpoint, cfg, Path(out), Path(world), progress)
+    run = lookup(RECIPES, name, "recipe")
+    if not (Path(out) / "config.toml").exists():  # a new run: a bad source fails before its directory is made
+        check_checkpoint(checkpoint)
+    return run(checkpoint, cfg, Path(out), Path(world), progress)
 
 
 @recipe("rl")
