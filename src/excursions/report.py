@@ -451,6 +451,7 @@ def sft_epochs_experiment(res: Results, figdir: Path) -> Section:
         ax.plot(xs, [100 * v for v in vals], marker="o", label=key.split("/")[-1])
     for e in sorted({e for c in curves.values() for e in c}):
         table.append([str(e)] + [f"{100 * curves[k][e]:.1f}" if e in curves[k] else "-" for k in keys])
+    ax.set_xticks(sorted({e for c in curves.values() for e in c}))  # whole epochs, not 1.25, 1.5, ...
     ax.set_xlabel("SFT epoch")
     ax.set_ylabel("test pass@k (%)")
     ckpt = unit.split("/")[1]
