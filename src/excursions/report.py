@@ -439,19 +439,19 @@ def sft_epochs_experiment(res: Results, figdir: Path) -> Section:
     unit, task = units[0], res.math_tasks[0]
     keys = sorted((r[0] for r in res.db.execute("SELECT DISTINCT key FROM training WHERE unit = ? AND key LIKE ?",
                                                   (unit, f"eval/{task}/pass@%"))), key=lambda k: int(k.split("@")[1]))
-    _, epochs = res.training(unit, "sft", "epoch")
+    at = dict(zip(*res.training(unit, "sft", "epoch")))  # step -> epoch
     fig, ax = plt.subplots(figsize=(5, 3.5))
     table = [["epoch"] + [k.split("/")[-1] for k in keys]]
     curves = {}
     for key in keys:
         steps, vals = res.training(unit, "sft", key)
-        at = dict(zip(*res.training(unit, "sft", "epoch")))
         xs = [round(at.get(st, 0)) for st in steps]
         curves[key] = dict(zip(xs, vals))
         ax.plot(xs, [100 * v for v in vals], marker="o", label=key.split("/")[-1])
-    for e in sorted({e for c in curves.values() for e in c}):
+    tracked = sorted({e for c in curves.values() for e in c})
+    for e in tracked:
         table.append([str(e)] + [f"{100 * curves[k][e]:.1f}" if e in curves[k] else "-" for k in keys])
-    ax.set_xticks(sorted({e for c in curves.values() for e in c}))  # whole epochs, not 1.25, 1.5, ...
+    ax.set_xticks(tracked)  # whole epochs, not 1.25, 1.5, ...
     ax.set_xlabel("SFT epoch")
     ax.set_ylabel("test pass@k (%)")
     ckpt = unit.split("/")[1]
@@ -459,7 +459,7 @@ def sft_epochs_experiment(res: Results, figdir: Path) -> Section:
     ax.legend(fontsize=7)
     _save(fig, figdir / "sft_epochs.png")
     reading = (f"Test {', '.join(k.split('/')[-1] for k in keys)} (0-shot, tracked on a subset of the {task} test "
-               f"problems) after each epoch of one SFT run on one demonstration per problem, {max(epochs, default=0):.0f} "
+               f"problems) after each epoch of one SFT run on one demonstration per problem, {max(at.values(), default=0):.0f} "
                "epochs. Where the curve has flattened by the study's SFT epochs, its sft results are converged.")
     return Section(title, "sft_epochs.png", reading, table)
 
@@ -557,7 +557,7 @@ def rollouts_experiment(res: Results, figdir: Path) -> Section:
                f"{tracked} test problems) is tracked along training against the FLOPs spent (6N per trained token, "
                f"2N per generated one) and against RL steps. The claim compares n = {few} at the end of its run with "
                f"n = {many} at the same FLOPs (interpolated; where n = {many}'s first point already cost more, that "
-               "point: the comparison then favours n = " f"{many}); a difference counts where it exceeds 1.96 "
+               f"point: the comparison then favours n = {many}); a difference counts where it exceeds 1.96 "
                "binomial standard errors over the tracked problems.")
     return Section(title, "rollouts.png", reading, table, claims)
 

@@ -163,17 +163,14 @@ def scaling_variants(cfg: Config) -> dict[str, tuple]:
 def scaling_units(cfg: Config, out: Path, ev: str) -> list[Unit]:
     """Per variant: its pretraining (the study's own for `base`), then its final checkpoint evaluated on `hard`,
     direct RL on `hard` problems, and that result evaluated."""
-    from excursions.train.pretrain import checkpoint_name
-
     units = []
     for v, overrides in scaling_variants(cfg).items():
         vcfg = configured(cfg, 0, overrides)
         run = pretrain_dir(vcfg, out)
         if v != "base":
             units.append(Unit(f"scaling/{v}/pretrain", "pretrain", run, overrides=overrides))
-        p = vcfg.pretrain
-        name, tokens = checkpoint_name(p.total_steps, p.total_steps * p.tokens_per_step), p.total_steps * p.tokens_per_step
-        source, world, seed = str(run / "checkpoints" / name), str(run / "world"), cfg.study.seeds[0]
+        name, tokens, source = all_checkpoints(vcfg, out)[-1]  # the variant's final checkpoint
+        world, seed = str(run / "world"), cfg.study.seeds[0]
         units.append(Unit(f"scaling/{v}/base", "base_eval", out / "evals" / "scaling" / f"{v}-{name}-{ev}.json", name,
                           tokens, source=source, world=world, tasks=("hard",)))
         rl_overrides = overrides + (("rl", "family", "hard"),)
@@ -192,7 +189,7 @@ def rollout_units(cfg: Config, out: Path, ckpt: tuple[str, int, str]) -> list[Un
     """Fig. 18: the last chosen checkpoint's training problems split by its own success rate, then direct RL on
     each split with each rollout count of `study.rollouts`, test pass@k tracked along training."""
     s, (name, tokens, source) = cfg.study, ckpt
-    seed, steps, prompts = s.seeds[0], s.rollout_steps or cfg.rl.steps, s.rollout_prompts or cfg.rl.prompts_per_step
+    seed, steps, prompts = s.seeds[0], s.rollout_steps or cfg.rl.steps, rollout_prompts(cfg)
     split_settings = {"source": source, "world": str(world_dir(cfg, out)), "family": cfg.rl.family,
                       "problems": s.split_problems, "n": s.split_n, "temperature": cfg.rl.temperature,
                       "max_new_tokens": cfg.rl.max_new_tokens, "min_size": prompts}
@@ -208,6 +205,11 @@ def rollout_units(cfg: Config, out: Path, ckpt: tuple[str, int, str]) -> list[Un
             units.append(Unit(f"rollouts/{split}/n{g}/{name}", "posttrain", run, name, tokens, "rl", seed, source,
                               overrides, str(world)))
     return units
+
+
+def rollout_prompts(cfg: Config) -> int:
+    """Prompts per RL step of the rollouts experiment's runs: also the smallest split worth training on."""
+    return cfg.study.rollout_prompts or cfg.rl.prompts_per_step
 
 
 def difficulty(c: int, n: int) -> str | None:
@@ -245,7 +247,7 @@ def make_splits(unit: Unit, cfg: Config, world: Path, progress: bool) -> None:
     # Equal sizes, as the paper's 10K each: the splits differ in difficulty, not in amount. A split smaller than
     # one RL step's prompts (an early checkpoint solves almost nothing: no easy split) gets no world; its runs
     # are skipped and the report says so.
-    usable = [k for k in SPLITS if len(groups[k]) >= (s.rollout_prompts or cfg.rl.prompts_per_step)]
+    usable = [k for k in SPLITS if len(groups[k]) >= rollout_prompts(cfg)]
     size = min((len(groups[k]) for k in usable), default=0)
     for k in usable:
         write_jsonl(split_dir / k / family / "train.jsonl", rng.sample(groups[k], size))
