@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from excursions.objectives import (AGGREGATIONS, drgrpo_advantages, grpo_advantages, grpo_loss, kl_k1, kl_k2, kl_k3,
-                                   lookup, sft_loss)
+                                   logprob_entropy, lookup, sft_loss)
 from excursions.errors import UserError
 from excursions.optim import ParallelAveraging
 
@@ -90,6 +90,34 @@ def _adamw_hand(p, g, state, lr, t, b1=0.9, b2=0.999, eps=1e-8, wd=0.01):
     p = p * (1 - lr * wd)
     p = p - lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
     return p, (m, v)
+
+
+def test_logprob_entropy_hand_values_and_gradient():
+    """Logits ln(1/2, 1/4, 1/4): log p(token 1) = ln 1/4, entropy 1.5 ln 2; d log p(t) / d logits = onehot(t) - p,
+    so a weight g on that log-prob gives g * (onehot - p). Rows are independent."""
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.2, 0.7]])).requires_grad_()
+    lp, h = logprob_entropy(logits, torch.tensor([1, 2]))
+    assert torch.allclose(lp, torch.log(torch.tensor([0.25, 0.7])))
+    h1 = -(0.1 * math.log(0.1) + 0.2 * math.log(0.2) + 0.7 * math.log(0.7))
+    assert torch.allclose(h, torch.tensor([1.5 * math.log(2), h1])) and not h.requires_grad
+    (lp * torch.tensor([2.0, -1.0])).sum().backward()
+    expect = torch.tensor([[2 * -0.5, 2 * 0.75, 2 * -0.25], [-1 * -0.1, -1 * -0.2, -1 * 0.3]])
+    assert torch.allclose(logits.grad, expect, atol=1e-6)
+
+
+def test_logprob_entropy_matches_log_softmax_on_random_logits():
+    torch.manual_seed(0)
+    x = (3 * torch.randn(4, 5, 11)).requires_grad_()
+    t = torch.randint(0, 11, (4, 5))
+    g = torch.randn(4, 5)
+    lp, h = logprob_entropy(x, t)
+    (lp * g).sum().backward()
+    y = x.detach().clone().requires_grad_()
+    ref = y.log_softmax(-1)
+    (ref.gather(-1, t[..., None]).squeeze(-1) * g).sum().backward()
+    assert torch.allclose(lp, ref.gather(-1, t[..., None]).squeeze(-1), atol=1e-5)
+    assert torch.allclose(h, -(ref.exp() * ref).sum(-1), atol=1e-5)
+    assert torch.allclose(x.grad, y.grad, atol=1e-6)
 
 
 def test_parallel_averaging_equals_algorithm_1_by_hand():

@@ -23,6 +23,8 @@ from excursions.train.recipes import RECIPES, posttrain
 from excursions.train.rl import Rollouts, grpo_update, response_logits
 from excursions.train.sft import SFTBatches, demonstrations
 
+from test_tracking import assert_events_match_metrics
+
 POST = ["rl.steps=3", "rl.prompts_per_step=4", "rl.group_size=4", "rl.minibatches=2", "rl.max_new_tokens=24",
         "rl.track_every=2", "rl.track_problems=4", "rl.track_n=2", "rl.save_every=1", "rl.lr=1e-3",
         "sft.epochs=1", "sft.batch_size=8", "sft.save_every=1", "parallel.steps=2", "eval.max_new_tokens=24"]
@@ -132,6 +134,10 @@ def test_every_recipe_runs_end_to_end(name, source, micro_run, post_cfg, tmp_pat
     assert any(k.startswith("eval/gsm/pass@1") for k in rows[-1])
     if "rl" in name or name == "parallel":
         assert {"train/reward", "train/kl", "train/entropy", "train/clip_frac", "total_rollout_flops"} <= set(rows[-1])
+    # every stage's metrics in TensorBoard too, under the same names in every recipe
+    for stage in [final.parent] + ([tmp_path / name / name.removesuffix("_rl")] if name.endswith("_rl") else []):
+        tags = assert_events_match_metrics(stage)
+        assert "eval/gsm/pass@1" in tags and ("train/reward" in tags or "train/loss" in tags)
 
 
 def test_unknown_recipe_is_a_clear_error(source, micro_run, post_cfg, tmp_path):
@@ -159,11 +165,13 @@ def test_rl_resumes_after_kill_9_to_the_same_weights(source, micro_run, micro_ov
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed/metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))
+    assert set(assert_events_match_metrics(tmp_path / "killed")["train/reward"]) == set(range(1, 7))  # each once
 
 
 def test_shared_prefix_logits_and_gradients_equal_the_full_forward(source, micro_run):
-    """Each prompt run once for its group must give the same logits and gradients as every row in full."""
-    from excursions.train.rl import shared_prefix_logits
+    """Each prompt run once for its group (and the LM head on real tokens only) must give the same logits
+    and gradients as every row run in full through the model's own forward."""
+    from excursions.train.rl import completion_logits
 
     model, tok = AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
     problems = read_jsonl(micro_run / "world/gsm/train.jsonl")[:3]
@@ -173,21 +181,21 @@ def test_shared_prefix_logits_and_gradients_equal_the_full_forward(source, micro
     attention = torch.zeros(3 * G, P + T, dtype=torch.long)
     torch.manual_seed(0)
     for i in range(3 * G):
-        p, n = prompts[i // G], 3 + i % 5  # ragged prompts (left padding) and completions (right padding)
+        p, n = prompts[i // G], 3 + i % 4  # ragged prompts (left padding) and completions (right padding)
         ids[i, P - len(p) : P], attention[i, P - len(p) : P] = torch.tensor(p), 1
         ids[i, P : P + n], attention[i, P : P + n] = torch.randint(5, len(tok), (n,)), 1
     mask = attention[:, P:].float()
 
-    def run(fn):
+    def run(group):
         model.zero_grad(set_to_none=True)
-        logits = fn()
-        (logits.log_softmax(-1).gather(-1, ids[:, P:, None]).squeeze(-1) * mask).sum().backward()
-        return logits.detach(), [p.grad.clone() for p in model.parameters()]
+        logits, m = completion_logits(model, ids, attention, mask, P, 0.7, group)
+        logits.log_softmax(-1).gather(-1, ids[:, P : P + m.shape[1]][m][:, None]).sum().backward()
+        return logits.detach(), m, [p.grad.clone() for p in model.parameters()]
 
-    full, g_full = run(lambda: response_logits(model, ids, attention, P, 0.7))
-    shared, g_shared = run(lambda: shared_prefix_logits(model, ids, attention, P, G, 0.7))
-    assert shared.shape == full.shape == (3 * G, T, len(tok))
-    real = mask.bool()
-    assert torch.allclose(shared[real], full[real], atol=1e-4)
+    full, m_full, g_full = run(1)  # the model's own forward, every row in full
+    shared, m_shared, g_shared = run(G)
+    assert torch.equal(m_full, mask.bool()[:, :6]) and torch.equal(m_shared, m_full)  # column 7 is all padding
+    assert shared.shape == full.shape == (int(mask.sum()), len(tok))
+    assert torch.allclose(shared, full, atol=1e-4)
     for a, b in zip(g_full, g_shared):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)

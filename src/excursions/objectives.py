@@ -152,15 +152,44 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> 
     return token_mean(nll, mask.float())
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) under `logits`: [N, T, V], [N, T] -> [N, T]."""
-    return torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+class _LogProbEntropy(torch.autograd.Function):
+    """log p(target) and the entropy of each row of logits [M, V], in two passes over the vocabulary.
 
-
-def entropy(logp: torch.Tensor) -> torch.Tensor:
-    """Per-token entropy of a predictive distribution given as log-probabilities: [N, T, V] -> [N, T].
-
-    >>> round(float(entropy(torch.log(torch.tensor([[[0.5, 0.5]]])))), 6)  # ln 2
-    0.693147
+    `log_softmax` then `gather` then an entropy from the log-probs walks the [M, V] array ~8 times forward
+    and backward (and allocates three copies of it); here one softmax is kept and the backward is
+    `-g * p` plus `g` at the target, written into that kept softmax. The entropy is a statistic (no gradient).
     """
-    return -(logp.exp() * logp).sum(-1)
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor):
+        lse = torch.logsumexp(logits, -1, keepdim=True)  # [M, 1]
+        logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse.squeeze(-1)
+        p = (logits - lse).exp_()
+        ent = lse.squeeze(-1) - torch.einsum("mv,mv->m", p, logits)  # H = lse - E_p[logit]
+        ctx.save_for_backward(p, targets)
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor, _unused):
+        p, targets = ctx.saved_tensors
+        grad = p.mul_(-g[:, None])  # the kept softmax becomes the gradient: one backward per forward
+        grad.scatter_add_(-1, targets[:, None], g[:, None])
+        return grad, None
+
+
+def logprob_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(token), entropy) under `logits` [..., V] for `tokens` [...]; the entropy carries no gradient.
+
+    >>> lp, h = logprob_entropy(torch.log(torch.tensor([[0.5, 0.25, 0.25]])), torch.tensor([1]))
+    >>> round(float(lp), 6), round(float(h), 6)  # ln 1/4; -(1/2 ln 1/2 + 2 * 1/4 ln 1/4) = 1.5 ln 2
+    (-1.386294, 1.039721)
+    """
+    V = logits.shape[-1]
+    logp, ent = _LogProbEntropy.apply(logits.float().reshape(-1, V), tokens.reshape(-1))
+    return logp.view(tokens.shape), ent.view(tokens.shape)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under `logits`: [..., V], [...] -> [...]."""
+    return logprob_entropy(logits, tokens)[0]

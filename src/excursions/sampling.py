@@ -301,9 +301,10 @@ def olmo2_weights(model) -> list[dict]:
 
 
 def olmo2_forward(model, weights: list[dict], ids: torch.Tensor, pos: torch.Tensor, attend,
-                  last_only: bool = False) -> torch.Tensor:
+                  last_only: bool = False, head: bool = True) -> torch.Tensor:
     """The OLMo-2 stack over `ids` [B, T] at positions `pos`, attention done by `attend(layer, q, k, v)`
-    with q pre-scaled (the softmax scale is folded into the q-norm gain): logits [B, T or 1, V]."""
+    with q pre-scaled (the softmax scale is folded into the q-norm gain): logits [B, T or 1, V], or without
+    the LM `head` the final normed hidden states [B, T or 1, d]."""
     from transformers.models.olmo2.modeling_olmo2 import rotate_half
 
     B, T = ids.shape
@@ -323,7 +324,8 @@ def olmo2_forward(model, weights: list[dict], ids: torch.Tensor, pos: torch.Tens
         h = h + F.rms_norm(F.linear(F.silu(gate) * up, w["down"]), h.shape[-1:], w["ff_norm"], w["eps"])
     if last_only:
         h = h[:, -1:]
-    return model.lm_head(model.model.norm(h))
+    h = model.model.norm(h)
+    return model.lm_head(h) if head else h
 
 
 def is_olmo2(model) -> bool:

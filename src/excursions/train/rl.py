@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from excursions.config import RLConfig
 from excursions.data.problems import STOP_STRINGS, Problem, format_prompt
 from excursions.flops import generate_flops_per_token, model_dims, train_flops_per_token
-from excursions.objectives import ADVANTAGES, chunk_share, entropy, grpo_loss, normaliser, token_logprobs, token_mean
+from excursions.objectives import (ADVANTAGES, chunk_share, grpo_loss, logprob_entropy, normaliser,
+                                   token_logprobs)
 from excursions.rewards import math_rewards
 from excursions.sampling import (is_olmo2, olmo2_forward, olmo2_heads, olmo2_weights, position_ids, prompt_mask,
                                  sample)
@@ -55,9 +56,10 @@ def response_logits(model, input_ids: torch.Tensor, attention: torch.Tensor, pro
     return logits if temperature == 1.0 else logits / temperature
 
 
-def shared_prefix_logits(model, input_ids: torch.Tensor, attention: torch.Tensor, prompt_width: int, group: int,
-                         temperature: float) -> torch.Tensor:
-    """`response_logits` for rows in groups of `group` completions of one prompt, each prompt run once.
+def shared_prefix_hidden(model, input_ids: torch.Tensor, attention: torch.Tensor, prompt_width: int,
+                         group: int) -> torch.Tensor:
+    """The final (normed) hidden states that predict each completion token, for rows in groups of `group`
+    completions of one prompt, each prompt run once: [N, T, d]; `model.lm_head` of it is `response_logits`.
 
     The prompt's layers run once per group and its keys / values are shared by the group's completions
     (gradients from all of them flow back through the one copy): with G = 16 completions of ~100 tokens
@@ -86,11 +88,12 @@ def shared_prefix_logits(model, input_ids: torch.Tensor, attention: torch.Tensor
         return F.scaled_dot_product_attention(q, torch.cat([kp, k], 2), torch.cat([vp, v], 2), attn_mask=rmask,
                                               scale=1.0, enable_gqa=H != KVH)
 
-    last = olmo2_forward(model, weights, input_ids[::group, :P], ppos, attend_prompt, last_only=True)  # [g, 1, V]
-    logits = last.repeat_interleave(group, 0)
+    last = olmo2_forward(model, weights, input_ids[::group, :P], ppos, attend_prompt, last_only=True, head=False)
+    hidden = last.repeat_interleave(group, 0)  # [N, 1, d]
     if R > 0:
-        logits = torch.cat([logits, olmo2_forward(model, weights, input_ids[:, P:-1], rpos, attend_response)], 1)
-    return logits if temperature == 1.0 else logits / temperature
+        hidden = torch.cat([hidden, olmo2_forward(model, weights, input_ids[:, P:-1], rpos, attend_response,
+                                                  head=False)], 1)
+    return hidden
 
 
 @functools.cache
@@ -151,13 +154,19 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
     return Rollouts(ids, attention, response_mask, P, rewards, adv, old, ref_lp, stats)
 
 
-def _micro_logits(model, ids, attention, response_mask, prompt_width: int, temperature: float, group: int):
-    """`response_logits` of a micro-batch of whole groups, without its all-padding columns: ([n, w, V], w).
-    OLMo-2 models run each group's prompt once (`shared_prefix_logits`)."""
+def completion_logits(model, ids, attention, response_mask, prompt_width: int, temperature: float, group: int):
+    """Logits of a micro-batch's real completion tokens only, divided by the temperature: ([M, V], mask [n, w]).
+
+    The micro-batch's all-padding columns are dropped (`trim`), and the vocabulary-sized work (LM head,
+    softmax, their backward) runs only where `mask` is set: ~16% of a padded batch's positions are padding.
+    OLMo-2 models run each group's prompt once (`shared_prefix_hidden`)."""
     ids, attention, prompt_width, width = trim(ids, attention, prompt_width, response_mask)
+    mask = response_mask[:, :width].bool()
     if group > 1 and is_olmo2(model):
-        return shared_prefix_logits(model, ids, attention, prompt_width, group, temperature), width
-    return response_logits(model, ids, attention, prompt_width, temperature), width
+        logits = model.lm_head(shared_prefix_hidden(model, ids, attention, prompt_width, group)[mask])
+    else:
+        logits = response_logits(model, ids, attention, prompt_width, 1.0)[mask]
+    return (logits if temperature == 1.0 else logits / temperature), mask
 
 
 def micro_batches(rows: torch.Tensor, lengths: torch.Tensor, group: int, micro_batch: int) -> list[torch.Tensor]:
@@ -179,8 +188,10 @@ def _logprobs(model, ids, attention, tokens, mask, prompt_width: int, cfg: RLCon
     model.eval()
     out = torch.zeros(tokens.shape, device=tokens.device)
     for c in micro_batches(torch.arange(len(ids), device=ids.device), mask.sum(-1), cfg.group_size, cfg.micro_batch):
-        logits, w = _micro_logits(model, ids[c], attention[c], mask[c], prompt_width, cfg.temperature, cfg.group_size)
-        out[c, :w] = token_logprobs(logits, tokens[c, :w])
+        logits, m = completion_logits(model, ids[c], attention[c], mask[c], prompt_width, cfg.temperature,
+                                      cfg.group_size)
+        lp = token_logprobs(logits, tokens[c, : m.shape[1]][m])
+        out[c, : m.shape[1]] = torch.zeros(m.shape, device=out.device).masked_scatter(m, lp)
     model.train(was_training)
     return out
 
@@ -199,17 +210,16 @@ def grpo_gradients(policy, batch: Rollouts, rows: torch.Tensor, cfg: RLConfig, d
     stats: dict[str, float] = {}
     for chunk in micro_batches(rows, full_mask.sum(-1), cfg.group_size, cfg.micro_batch):
         mask = batch.response_mask[chunk]
-        logits, w = _micro_logits(policy, batch.input_ids[chunk], batch.attention[chunk], mask, batch.prompt_width,
-                                  cfg.temperature, cfg.group_size)
-        logp_all = torch.log_softmax(logits.float(), -1)  # [n, w, V], shared by the loss and the entropy
-        logp = F.pad(logp_all.gather(-1, batch.responses[chunk, :w, None]).squeeze(-1), (0, T - w))  # [n, T]
+        logits, m = completion_logits(policy, batch.input_ids[chunk], batch.attention[chunk], mask,
+                                      batch.prompt_width, cfg.temperature, cfg.group_size)
+        lp, ent = logprob_entropy(logits, batch.responses[chunk, : m.shape[1]][m])  # [M] real tokens
+        logp = torch.zeros(mask.shape, device=lp.device).masked_scatter(F.pad(m, (0, T - m.shape[1])), lp)  # [n, T]
         old = logp.detach() if batch.old_logp is None else batch.old_logp[chunk]
         loss, chunk_stats = grpo_loss(logp, old, None if batch.ref_logp is None else batch.ref_logp[chunk],
                                       batch.advantages[chunk], mask, cfg.clip_eps, cfg.kl_coef, cfg.kl, cfg.aggregation)
         share = chunk_share(cfg.aggregation, mask, full_mask, total)
         (loss * share * d.world).backward()
-        with torch.no_grad():
-            chunk_stats["entropy"] = token_mean(entropy(logp_all), mask[:, :w])
+        chunk_stats["entropy"] = ent.sum() / max(1, ent.numel())  # the token mean (a statistic)
         for k, v in chunk_stats.items():
             stats[k] = stats.get(k, 0.0) + share * float(v)
     return sum_stats(stats, d)  # shares of the global normaliser add up over the ranks
