@@ -192,7 +192,8 @@ def cmd_eval(args) -> None:
     from excursions.evals.harness import curve_table, evaluate_checkpoint, evaluate_run, is_run_dir, summary_table
     from excursions.figures import base_curve_figure
 
-    cfg = _load(args).eval
+    full = _load(args)
+    cfg = full.eval
     flags = {"n": args.n, "ks": args.k and tuple(args.k), "problems": args.limit, "mc_items": args.limit,
              "temperature": args.temperature}
     cfg = build(EvalConfig, {**to_dict(cfg), **{k: v for k, v in flags.items() if v is not None}}, "eval")
@@ -208,7 +209,7 @@ def cmd_eval(args) -> None:
         print(f"curve: {Path(args.checkpoint) / 'eval' / 'curve.json'}  figure: {figure}")
         return
     rows = evaluate_checkpoint(args.checkpoint, tasks, cfg, args.shots, args.world, args.data_dir, args.out,
-                               progress=not args.quiet)
+                               progress=not args.quiet, runtime=full.distributed)
     print(summary_table(rows))
     if args.shots and len(args.shots) > 1:
         from excursions.figures import nshot_figure

@@ -341,13 +341,18 @@ class ParallelConfig:
 
 @dataclass(frozen=True)
 class DistributedConfig:
-    """How a run launched by `torchrun` with several processes splits its work (one process ignores it)."""
+    """Where and how runs execute: devices, the split of a `torchrun` launch (one process ignores the strategy),
+    and the sampler. Not part of any result's digest: the same settings on another device or sampler measure
+    the same thing (with other random draws)."""
 
     strategy: Literal["ddp", "fsdp"] = "ddp"  # DistributedDataParallel, or FSDP2's fully_shard per layer
     device: str = "auto"  # where models train and sample: auto (a GPU when torch sees one), cpu, cuda
+    sampler: Literal["builtin", "vllm"] = "builtin"  # rollouts and math evaluation; vllm: CUDA, '.[vllm]'
+    vllm_memory: float = 0.3  # share of GPU memory a vLLM engine takes (the trainer keeps the rest)
 
     def __post_init__(self):
         check(self.device in ("auto", "cpu", "cuda"), "device", "choose auto, cpu or cuda")
+        check(0 < self.vllm_memory < 1, "vllm_memory", "must be in (0, 1)")
 
 
 EXPERIMENTS = ("recipes", "base_vs_rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs", "rollouts",

@@ -363,7 +363,10 @@ def sample(model, tok, prompts: Sequence[str], n: int = 1, max_new_tokens: int =
 
     Sample j of prompt i has its own random stream, keyed by (seed, prompt_index[i] * n + j); `prompt_index`
     (default 0, 1, ...) names a prompt's place in a larger batch, so a shard of it samples what the whole would.
+    `model` may also be a `VLLMSampler` (excursions.vllm_backend), which samples the same way on its engine.
     """
+    if hasattr(model, "vllm_sample"):
+        return model.vllm_sample(tok, prompts, n, max_new_tokens, temperature, top_p, stop, seed, prompt_index)
     was_training = model.training
     model.eval()
     index = list(range(len(prompts))) if prompt_index is None else list(prompt_index)
@@ -381,6 +384,11 @@ def sample(model, tok, prompts: Sequence[str], n: int = 1, max_new_tokens: int =
                 progress.update(len(prompt_ids[i : i + per_chunk]) * n)
     finally:
         model.train(was_training)
+    return to_samples(tok, prompt_ids, rows, n, stop)
+
+
+def to_samples(tok, prompt_ids: list[list[int]], rows: list[tuple], n: int, stop: Sequence[str]) -> Samples:
+    """`Samples` from (completion ids, their log-probs, finish reason) per sample, prompt-major."""
     T = max([len(r[0]) for r in rows] + [1])
     tokens = torch.full((len(rows), T), tok.pad_token_id, dtype=torch.long)
     logprobs, mask = torch.zeros(len(rows), T), torch.zeros(len(rows), T)

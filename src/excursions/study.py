@@ -302,7 +302,8 @@ def execute(unit: Unit, cfg: Config, out: Path, progress: bool) -> None:
         if unit.kind == "nshot":  # the n-shot sweep of a base checkpoint, on the first math task
             tasks, shots = [next(t for t in cfg.study.tasks if t != "general")], sorted(cfg.study.nshot)
         rows = evaluate_checkpoint(spec, tasks, cfg.eval, shots=shots, world_dir=world,
-                                   out_dir=None if local else out / "evals" / "hub" / unit.checkpoint, progress=progress)
+                                   out_dir=None if local else out / "evals" / "hub" / unit.checkpoint, progress=progress,
+                                   runtime=cfg.distributed)
         write_json(unit.path, [r["path"] for r in rows])
 
 

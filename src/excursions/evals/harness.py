@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from excursions.config import EvalConfig, to_dict
+from excursions.config import DistributedConfig, EvalConfig, to_dict
 from excursions.data.problems import MCItem, Problem, format_prompt, read_jsonl
 from excursions.errors import UserError
 from excursions.evals.general import REAL_MC, bits_per_byte, load_mc, score_mc
@@ -100,11 +100,12 @@ TASKS = MATH_TASKS + ("general",) + REAL_MC
 
 def evaluate_checkpoint(spec: str, tasks: Sequence[str], cfg: EvalConfig, shots: Sequence[int] | None = None,
                         world_dir: Path | None = None, data_dir: Path | None = None, out_dir: Path | None = None,
-                        progress: bool = True) -> list[dict]:
+                        progress: bool = True, runtime: DistributedConfig | None = None) -> list[dict]:
     """Evaluate one checkpoint (a directory or `hub/id@revision`) on `tasks`; write one JSON per result.
 
     Base checkpoints get `cfg.shots` exemplars, post-trained ones (their meta names a recipe) 0-shot,
-    unless `shots` lists the shot counts to run (an n-shot sweep).
+    unless `shots` lists the shot counts to run (an n-shot sweep). `runtime.sampler` picks what samples
+    the math tasks: the HF model (builtin) or a vLLM engine over the same checkpoint.
     """
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -120,12 +121,21 @@ def evaluate_checkpoint(spec: str, tasks: Sequence[str], cfg: EvalConfig, shots:
     shots_list = list(shots) if shots is not None else [cfg.shots if "recipe" not in meta else 0]
     out_dir = Path(out_dir) if out_dir else (Path(path) / "eval" if Path(path).exists()
                                              else Path("runs/eval") / spec.replace("/", "--").replace("@", "--"))
-    loaded: list = []
+    loaded: dict = {}  # loaded only if some result is not cached already
 
-    def model_and_tokenizer():  # loaded only if some result is not cached already
-        if not loaded:
-            loaded.extend([load_model(path, revision, device=pick_device()), load_tokenizer(path, revision)])
-        return loaded
+    def model_and_tokenizer(kind: str = "model"):
+        if kind not in loaded:
+            if kind == "vllm":
+                from excursions.vllm_backend import VLLMSampler
+
+                loaded[kind] = VLLMSampler(path, revision, memory=runtime.vllm_memory)
+            else:
+                loaded[kind] = load_model(path, revision, device=pick_device(runtime.device if runtime else "auto"))
+        if "tok" not in loaded:
+            loaded["tok"] = load_tokenizer(path, revision)
+        return loaded[kind], loaded["tok"]
+
+    sampler = runtime.sampler if runtime else "builtin"
 
     rows = []
     for task in tasks:
@@ -135,7 +145,8 @@ def evaluate_checkpoint(spec: str, tasks: Sequence[str], cfg: EvalConfig, shots:
             for k in shots_list:
                 file = out_dir / f"{task}-{k}shot.json"
                 rows.append(_cached(file, spec, cfg) or _save(file, spec, task, cfg, evaluate_math(
-                    *model_and_tokenizer(), test, train, cfg, k, progress, desc=f"{task} {k}-shot")))
+                    *model_and_tokenizer("vllm" if sampler == "vllm" else "model"), test, train, cfg, k, progress,
+                    desc=f"{task} {k}-shot")))
         else:
             file = out_dir / f"{task}.json"
             if (row := _cached(file, spec, cfg)) is not None:

@@ -49,6 +49,10 @@ def posttrain(checkpoint: str, name: str, cfg: Config, out: Path, world: Path, p
     run = lookup(RECIPES, name, "recipe")
     if not (Path(out) / "config.toml").exists():  # a new run: a bad source fails before its directory is made
         check_checkpoint(checkpoint)
+    if cfg.distributed.sampler == "vllm":  # a missing extra fails here too, not after the model loaded
+        from excursions.vllm_backend import require_vllm
+
+        require_vllm()
     return run(checkpoint, cfg, Path(out), Path(world), progress)
 
 
@@ -102,6 +106,7 @@ class _Setup:
         self.test = read_jsonl(world / family / "test.jsonl")
         self.family = family
         self.policy.train()
+        self.src, self.distributed = src, cfg.distributed
 
 
 def _prompt_rows(step: int, n_items: int, per_step: int, seed: int) -> list[int]:
@@ -118,7 +123,7 @@ class Trainee:
     """The model being trained as each process holds it: `module` runs forward / backward (plain, DDP, or
     FSDP2-sharded), `replica` is a plain model with the current weights for rollouts, tracking and saving."""
 
-    def __init__(self, run: RunDir, setup: _Setup, d: dist.Dist):
+    def __init__(self, run: RunDir, setup: _Setup, d: dist.Dist, rollouts: bool = False):
         self.d, self.setup = d, setup
         self.start, self._states = run.resume(setup.policy)  # every rank loads the same weights, then shards
         self.replica = setup.policy
@@ -128,6 +133,15 @@ class Trainee:
             self.replica = copy.deepcopy(setup.policy).eval().requires_grad_(False)
         self.module = dist.wrap(setup.policy, d)
         self.optimizers: dict = {}
+        self.sampler = None  # rollouts on a vLLM engine that follows the weights (distributed.sampler=vllm)
+        if rollouts and setup.distributed.sampler == "vllm":
+            from excursions.vllm_backend import VLLMSampler
+
+            if d.active:
+                raise UserError("distributed.sampler=vllm runs in one process so far; launch without torchrun")
+            self.sampler = VLLMSampler(*parse_checkpoint(setup.src), memory=setup.distributed.vllm_memory)
+            if self.start:  # resumed: the engine loaded the source checkpoint, not the resumed weights
+                self.sampler.sync(self.replica)
 
     def attach(self, optimizers: dict) -> None:
         """The optimizers (made over `module`'s parameters), with their resumed states."""
@@ -141,6 +155,8 @@ class Trainee:
         if self.replica is not self.setup.policy:
             self.replica.load_state_dict(dist.full_state(self.module, self.d))
             self.replica.eval()
+        if self.sampler is not None:
+            self.sampler.sync(self.replica)
 
     def save(self, run: RunDir, step: int) -> None:
         states = {name: dist.optimizer_state(self.module, opt, self.d) for name, opt in self.optimizers.items()}
@@ -215,7 +231,7 @@ def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name
         return run.final
     t0 = time.perf_counter()
     setup = _Setup(src, cfg, world, c.family, reference=c.kl_coef > 0, device=d.device)
-    trainee = Trainee(run, setup, d)
+    trainee = Trainee(run, setup, d, rollouts=True)
     opt = adamw(trainee.module, c.lr, c.betas, c.weight_decay)
     trainee.attach({"opt": opt})
 
@@ -223,7 +239,7 @@ def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name
         rows = _prompt_rows(step, len(setup.train), c.prompts_per_step, c.seed)
         mine = dist.shard(len(rows), d, c.minibatches)  # this rank's prompts, mini-batch by mini-batch
         batch = rollout(trainee.replica, setup.ref, setup.tok, [setup.train[rows[i]] for i in mine], c,
-                        seed=c.seed * 1_000_003 + step, prompt_index=mine)
+                        seed=c.seed * 1_000_003 + step, prompt_index=mine, sampler=trainee.sampler)
         update = grpo_update(trainee.module, opt, batch, c, d, flops_model=trainee.replica)
         return {**dist.mean_stats(batch.stats, d), **update}
 
@@ -268,7 +284,7 @@ def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) 
         return run.final
     t0 = time.perf_counter()
     setup = _Setup(src, cfg, world, r.family, reference=r.kl_coef > 0, device=d.device)
-    trainee = Trainee(run, setup, d)
+    trainee = Trainee(run, setup, d, rollouts=True)
     batches = SFTBatches(setup.tok, demonstrations(setup.train, "one", s.seed), s.batch_size, s.seed)
     avg = ParallelAveraging(setup.policy, c.rl_lr, c.sft_lr, r.betas, r.weight_decay)
     trainee.attach({"rl": avg.rl, "sft": avg.sft})
@@ -282,7 +298,8 @@ def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) 
 
     def step_fn(step: int) -> dict:
         problems = [setup.train[i] for i in _prompt_rows(step, len(setup.train), r.prompts_per_step, r.seed)]
-        batch = rollout(setup.policy, setup.ref, setup.tok, problems, r, seed=r.seed * 1_000_003 + step)
+        batch = rollout(setup.policy, setup.ref, setup.tok, problems, r, seed=r.seed * 1_000_003 + step,
+                        sampler=trainee.sampler)
         # Both gradients at the same snapshot; the RL one accumulates over mini-batches (one update per step).
         rows = torch.arange(batch.rewards.numel(), device=batch.rewards.device)
         rl_stats = grpo_gradients(setup.policy, batch, rows, r)

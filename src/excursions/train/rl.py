@@ -111,14 +111,15 @@ def trim(ids: torch.Tensor, attention: torch.Tensor, prompt_width: int, response
 
 @torch.no_grad()
 def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
-            stop: Sequence[str] = STOP_STRINGS, prompt_index: Sequence[int] | None = None) -> Rollouts:
+            stop: Sequence[str] = STOP_STRINGS, prompt_index: Sequence[int] | None = None, sampler=None) -> Rollouts:
     """Sample G completions per problem, score them, and compute advantages and old / ref log-probs.
-    `prompt_index`: the problems' places in the step's whole batch when this is a shard of it."""
+    `prompt_index`: the problems' places in the step's whole batch when this is a shard of it. `sampler`: a
+    `VLLMSampler` holding the policy's weights, to sample with instead of the policy itself."""
     prompts = [format_prompt(p.question) for p in problems]
     G = cfg.group_size
     t0 = time.perf_counter()
-    s = sample(policy, tok, prompts, n=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed,
-               stop=stop, prompt_index=prompt_index)
+    s = sample(sampler or policy, tok, prompts, n=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+               seed=seed, stop=stop, prompt_index=prompt_index)
     sample_seconds = time.perf_counter() - t0
     answers = [p.answer for p in problems for _ in range(G)]
     rewards = torch.tensor(math_rewards(s.texts, answers, [f != "length" for f in s.finish], cfg.format_score))
