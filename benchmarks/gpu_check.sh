@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # GPU check (issue 7): on a machine with a CUDA GPU, pretrain a small model there, run a short GRPO from it on the
-# GPU with the built-in sampler, and print rollout tokens/s and seconds per step. A few minutes on one H200.
+# GPU with the built-in sampler and, where vLLM is installed (pip install -e '.[vllm]'), with the vLLM sampler, and
+# print rollout tokens/s and seconds per step for each. A few minutes on one H200.
 #
 #   bash benchmarks/gpu_check.sh                 # writes runs/gpu-check
 #   bash benchmarks/gpu_check.sh /tmp/gpu-check  # elsewhere
-#
-# The vLLM rollout backend (issue 7) is not built yet; this measures the path every GPU run takes today.
 set -euo pipefail
 OUT=${1:-runs/gpu-check}
 PY=${PYTHON:-python}
@@ -18,17 +17,21 @@ $EXC pretrain --preset smoke --out "$OUT/pretrain" --quiet model.size=olmo2_10M 
     pretrain.batch_size=64 pretrain.seq_len=256 pretrain.lr=1e-3 pretrain.warmup_tokens=200000 pretrain.compile=false
 CKPT=$(ls -d "$OUT"/pretrain/checkpoints/step* | tail -1)
 
-# 6 GRPO steps of 64 prompts x 16 rollouts, up to 128 new tokens each
-$EXC posttrain "$CKPT" --recipe rl --preset smoke --out "$OUT/rl" --quiet rl.steps=6 rl.prompts_per_step=64 \
-    rl.group_size=16 rl.minibatches=2 rl.max_new_tokens=128 rl.track_every=0 rl.save_every=6
-
-$PY - "$OUT/rl/metrics.jsonl" <<'PY'
+# 6 GRPO steps of 64 prompts x 16 rollouts, up to 128 new tokens each, with each sampler available
+SAMPLERS=builtin
+if $PY -c "import vllm" 2>/dev/null; then SAMPLERS="builtin vllm"; else echo "vLLM not installed: builtin sampler only"; fi
+for S in $SAMPLERS; do
+  $EXC posttrain "$CKPT" --recipe rl --preset smoke --out "$OUT/rl-$S" --quiet rl.steps=6 rl.prompts_per_step=64 \
+      rl.group_size=16 rl.minibatches=2 rl.max_new_tokens=128 rl.track_every=0 rl.save_every=6 distributed.sampler=$S
+  $PY - "$OUT/rl-$S/metrics.jsonl" "$S" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])][1:]  # the first step warms up
 secs = sum(r["seconds"] for r in rows[1:])
 sampling = sum(r["train/sample_seconds"] for r in rows[1:])
 toks = rows[-1]["total_rollout_tokens"] - rows[0]["total_rollout_tokens"]
 reward = sum(r["train/reward"] for r in rows) / len(rows)
-print(f"GRPO on the GPU, {len(rows) - 1} steps of 64 prompts x 16 rollouts: {secs / (len(rows) - 1):.2f} s / step, "
-      f"rollouts {toks / sampling:,.0f} tokens / s ({sampling / secs:.0%} of the step), mean reward {reward:.3f}")
+print(f"GRPO on the GPU, {sys.argv[2]} sampler, {len(rows) - 1} steps of 64 prompts x 16 rollouts: "
+      f"{secs / (len(rows) - 1):.2f} s / step, rollouts {toks / sampling:,.0f} tokens / s ({sampling / secs:.0%} "
+      f"of the step), mean reward {reward:.3f}")
 PY
+done
