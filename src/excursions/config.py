@@ -355,6 +355,17 @@ class DistributedConfig:
         check(0 < self.vllm_memory < 1, "vllm_memory", "must be in (0, 1)")
 
 
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where every training run's per-step metrics go besides its metrics.jsonl: TensorBoard event files in the
+    run directory (on by default), and Weights & Biases when `wandb` is online or offline (`pip install
+    'excursions[wandb]'`; offline writes to the run directory without a network, for `wandb sync` later)."""
+
+    tensorboard: bool = True
+    wandb: Literal["off", "online", "offline"] = "off"
+    wandb_project: str = "excursions"
+
+
 EXPERIMENTS = ("recipes", "base_vs_rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs", "rollouts",
                "scaling")
 
@@ -435,6 +446,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self):
         p = self.pretrain

@@ -1,12 +1,14 @@
-"""What every post-training run shares: its directory, resume states, metrics log and tracking hook.
+"""What every training run shares: its directory, resume states, metrics log and tracking.
 
 A run directory holds `config.toml` (the settings it depends on), `metrics.jsonl` (one JSON line
-per step), `resume/step*/` (the newest resume state) and, when done, `final/`: an HF checkpoint
-whose `excursions.json` names the recipe, the source checkpoint and the world it was trained on.
+per step), TensorBoard event files of the same metrics, `resume/step*/` (the newest resume state)
+and, when done, `final/`: an HF checkpoint whose `excursions.json` names the recipe, the source
+checkpoint and the world it was trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tomllib
@@ -15,19 +17,78 @@ from pathlib import Path
 import tomli_w
 import torch
 
-from excursions.config import EvalConfig, diff
+from excursions.config import EvalConfig, TrackingConfig, diff
 from excursions.data.problems import Problem
 from excursions.errors import UserError
-from excursions.evals.harness import evaluate_math
 from excursions.train.checkpoint import (META, atomic_write_text, clean_temporaries, load_trainer_state, read_json,
                                          save_state)
+
+
+def tag(key: str) -> str:
+    """One metric naming for every run: `section/name`; pretraining's bare keys go under train/.
+
+    >>> tag("loss"), tag("train/reward"), tag("eval/gsm/pass@1")
+    ('train/loss', 'train/reward', 'eval/gsm/pass@1')
+    """
+    return key if "/" in key else f"train/{key}"
+
+
+class Tracker:
+    """A run's per-step metrics, as in metrics.jsonl, to TensorBoard event files in the run directory and to W&B
+    when configured. Opened at the first step it logs: a resumed run logs its steps again from there, so the
+    events a killed run wrote at those steps are purged instead of shown twice."""
+
+    def __init__(self, out: Path, cfg: TrackingConfig | None, settings: dict | None = None):
+        self.out, self.cfg, self.settings = Path(out), cfg or TrackingConfig(), settings or {}
+        self.tb = self.wandb = None
+
+    def log(self, row: dict) -> None:
+        step = row["step"]
+        scalars = {tag(k): float(v) for k, v in row.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.cfg.tensorboard:
+            if self.tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out), purge_step=step)
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.cfg.wandb != "off":
+            if self.wandb is None:
+                self.wandb = _wandb_run(self.out, self.cfg, self.settings)
+            self.wandb.log(scalars, step=step)
+
+    def flush(self) -> None:
+        """With every saved state: what a resume will not log again must be on disk."""
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        self.tb = self.wandb = None
+
+
+def _wandb_run(out: Path, cfg: TrackingConfig, settings: dict):
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("tracking.wandb is set but wandb is not installed; pip install 'excursions[wandb]', "
+                        "or set tracking.wandb=off") from None
+    # One W&B run per run directory, resumed by id: steps a killed run logged again are not shown twice.
+    run_id = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
+    return wandb.init(project=cfg.wandb_project, name=str(out), id=run_id, resume="allow", mode=cfg.wandb,
+                      dir=str(out), config=settings, reinit="create_new")
 
 
 class RunDir:
     """One training run's directory: claim it for a config, resume, log, save, finish."""
 
-    def __init__(self, out: Path | str, settings: dict, write: bool = True):
+    def __init__(self, out: Path | str, settings: dict, write: bool = True, tracking: TrackingConfig | None = None):
         self.out, self.write = Path(out), write  # write=False: a distributed run's other ranks only read
+        self.tracker = Tracker(self.out, tracking, settings)
         if write:
             self.out.mkdir(parents=True, exist_ok=True)
             clean_temporaries(self.out)
@@ -76,10 +137,12 @@ class RunDir:
         save_state(self.out / "resume" / f"step{step:06d}", model, tok, _Bundle(), {"step": step}, {"step": step})
         for old in sorted((self.out / "resume").glob("step*"))[:-1]:
             shutil.rmtree(old, ignore_errors=True)
+        self.tracker.flush()
 
     def log(self, row: dict) -> None:
         with self.metrics.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        self.tracker.log(row)
 
     def finish(self, model, tok, meta: dict) -> Path:
         class _NoOptimizer:
@@ -89,6 +152,7 @@ class RunDir:
         steps = meta.get("steps", 0)
         save_state(self.final, model, tok, _NoOptimizer(), {"step": steps}, {"step": steps, **meta})
         shutil.rmtree(self.out / "resume", ignore_errors=True)
+        self.tracker.close()
         return self.final
 
     def rows(self) -> list[dict]:
@@ -108,6 +172,8 @@ def source_meta(checkpoint: Path) -> dict:
 
 def track(model, tok, test: list[Problem], eval_cfg: EvalConfig, n: int, family: str) -> dict:
     """Test pass@k (0-shot, k <= n) during training: the sharpening-vs-expansion curves."""
+    from excursions.evals.harness import evaluate_math  # imported here: the harness reads pretraining's checkpoints
+
     cfg = EvalConfig(**{**eval_cfg.__dict__, "n": n, "ks": tuple(k for k in eval_cfg.ks if k <= n) or (1,),
                         "bootstrap": 10})
     result = evaluate_math(model, tok, test, [], cfg, shots=0, progress=False)

@@ -31,6 +31,7 @@ from excursions.sampling import generate
 from excursions.tokenizer import load_tokenizer, train_tokenizer
 from excursions.train.checkpoint import (META, atomic_dir, atomic_write_text, clean_temporaries,
                                          load_trainer_state, read_json, save_state, states, write_json)
+from excursions.train.loop import Tracker
 from excursions.worlds.corpus import FAMILIES, SPLITS, build_world, tokenize_stream, tokenizer_sample
 
 # ------------------------------------------------------------------------------------------ prepare
@@ -183,6 +184,7 @@ def pretrain(cfg: Config, out: Path | str, progress: bool = True) -> Path:
     bar = progress_bar(total=p.total_steps, initial=state["step"], unit="step",
                        desc=f"pretrain {count_params(model) / 1e6:.2f}M", disable=not progress)
     log = (out / "metrics.jsonl").open("a")
+    tracker = Tracker(out, cfg.tracking, to_dict(cfg))
     for step in range(state["step"], p.total_steps):
         t0 = time.perf_counter()
         lr = cosine_lr((step + 1) * p.tokens_per_step, p.lr, p.warmup_tokens, p.tokens, p.min_lr_ratio)
@@ -199,19 +201,23 @@ def pretrain(cfg: Config, out: Path | str, progress: bool = True) -> Path:
         dt = time.perf_counter() - t0
         done = step + 1
         tps = p.tokens_per_step / dt
-        log.write(json.dumps({"step": done, "tokens": done * p.tokens_per_step, "loss": loss.item(), "lr": lr,
-                              "grad_norm": grad_norm, "tok_per_s": tps, "tflops": tps * flops_per_token / 1e12}) + "\n")
+        row = {"step": done, "tokens": done * p.tokens_per_step, "loss": loss.item(), "lr": lr,
+               "grad_norm": grad_norm, "tok_per_s": tps, "tflops": tps * flops_per_token / 1e12}
+        log.write(json.dumps(row) + "\n")
+        tracker.log(row)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}")
-        if done in schedule:
+        if done in schedule or done % p.save_every == 0:
             log.flush()
+            tracker.flush()
+        if done in schedule:
             _save_checkpoint(cfg, out, model, tok, opt, done, world, val_ids)
             _prune(out / "resume", keep=0)
         elif done % p.save_every == 0:
-            log.flush()
             save_state(out / "resume" / f"step{done:06d}", model, tok, opt, {"step": done}, {"step": done})
             _prune(out / "resume", keep=1)
     log.close()
+    tracker.close()
     bar.close()
     print(summary(out))
     return out

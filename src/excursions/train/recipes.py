@@ -165,9 +165,9 @@ class Trainee:
         dist.barrier(self.d)
 
 
-def _claim(out: Path, settings: dict, d: dist.Dist) -> RunDir:
+def _claim(out: Path, settings: dict, d: dist.Dist, cfg: Config) -> RunDir:
     """The run directory; rank 0 claims and cleans it before the other ranks read it."""
-    run = RunDir(out, settings) if d.main else None
+    run = RunDir(out, settings, tracking=cfg.tracking) if d.main else None
     dist.barrier(d)
     return run or RunDir(out, settings, write=False)
 
@@ -226,7 +226,7 @@ def _single_process_only(name: str, cfg: Config) -> dist.Dist:
 def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name: str) -> Path:
     c = cfg.rl
     d = dist.setup(cfg.distributed.strategy, cfg.distributed.device)
-    run = _claim(out, {"stage": "rl", "source": src, "rl": to_dict(c), "eval": to_dict(cfg.eval)}, d)
+    run = _claim(out, {"stage": "rl", "source": src, "rl": to_dict(c), "eval": to_dict(cfg.eval)}, d, cfg)
     if run.done:
         return run.final
     t0 = time.perf_counter()
@@ -250,7 +250,8 @@ def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name
 def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, demos: str, name: str) -> Path:
     c = cfg.sft
     d = dist.setup(cfg.distributed.strategy, cfg.distributed.device)
-    run = _claim(out, {"stage": "sft", "demos": demos, "source": src, "sft": to_dict(c), "eval": to_dict(cfg.eval)}, d)
+    settings = {"stage": "sft", "demos": demos, "source": src, "sft": to_dict(c), "eval": to_dict(cfg.eval)}
+    run = _claim(out, settings, d, cfg)
     if run.done:
         return run.final
     t0 = time.perf_counter()
@@ -279,7 +280,7 @@ def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) 
     c, r, s = cfg.parallel, cfg.rl, cfg.sft
     d = _single_process_only("parallel", cfg)
     run = RunDir(out, {"stage": "parallel", "source": src, "parallel": to_dict(c), "rl": to_dict(r),
-                       "sft": to_dict(s), "eval": to_dict(cfg.eval)})
+                       "sft": to_dict(s), "eval": to_dict(cfg.eval)}, tracking=cfg.tracking)
     if run.done:
         return run.final
     t0 = time.perf_counter()
