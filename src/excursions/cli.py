@@ -14,7 +14,7 @@ from pathlib import Path
 
 from excursions import __version__
 from excursions.config import Config, load_config, preset_names, to_toml
-from excursions.errors import UserError
+from excursions.errors import UserError, write_error
 
 MAIN_HELP = """\
 excursions: when and how should RL be used while training a language model?
@@ -116,8 +116,12 @@ examples:
   excursions study my-study.toml study.seeds=[0,1] rl.steps=40
   excursions study study.scale_model=olmo2_3M study.scale_targeted=0.25   # + scaling N vs D (Fig. 4)
   excursions study "study.experiments=['recipes','rollouts']"             # only some experiments
-  excursions status runs/study-tiny                  # what is done, running, failed
+  excursions status runs/study-tiny                  # what is done, running, failed (with the error)
   excursions export runs/study-tiny                  # CSV (and Parquet with pyarrow) of every table
+
+A unit that fails (a NaN loss, say) is marked failed, the units that read its output blocked, the rest runs,
+the report is written and the command exits non-zero naming the failed units. Checkpoints are checked
+against their recorded sha256 before they count as done or are loaded: a damaged one is reported and rebuilt.
 """
 
 CONFIG_HELP = """\
@@ -444,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nexcursions: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as err:  # a full disk or an unwritable directory is one line too; anything else is a bug
+        problem = write_error(err)
+        if problem is None:
+            raise
+        print(f"excursions: error: {problem}", file=sys.stderr)
+        return problem.exit_code
     return 0
 
 

@@ -1,5 +1,10 @@
 """The one exception type users see: a message that names the problem and the fix, no traceback."""
 
+from __future__ import annotations
+
+import errno
+import sqlite3
+
 
 class UserError(Exception):
     """Bad input (config, flag, file, dataset row): the CLI prints the message and exits with `exit_code`.
@@ -30,3 +35,40 @@ class ConfigError(UserError):
     def under(self, prefix: str) -> "ConfigError":
         """The same error with its field path prefixed by an enclosing section."""
         return ConfigError(f"{prefix}.{self.field}" if self.field else prefix, self.message)
+
+
+class Diverged(UserError):
+    """A training loss, gradient or the weights went NaN / inf: the run stopped before saving anything from it."""
+
+    exit_code = 3
+
+
+class UnitsFailed(UserError):
+    """Some units of a study failed (or waited on one that did); the others ran and the report was written."""
+
+    exit_code = 1
+
+
+# A full disk, a quota, a read-only or foreign directory: the output cannot be written, whatever the input.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_error(err: BaseException) -> UserError | None:
+    """A write that failed for lack of space or permission, as one clear line (None for any other error).
+
+    >>> str(write_error(OSError(errno.ENOSPC, "No space left on device", "runs/x/model.safetensors")))[:57]
+    'cannot write runs/x/model.safetensors: No space left on d'
+    >>> write_error(ValueError("bug")) is None
+    True
+    """
+    text = str(err)
+    if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+        what = f"{err.filename}: {err.strerror}" if err.filename else err.strerror or first_line(err)
+    elif isinstance(err, sqlite3.OperationalError) and ("disk is full" in text or "readonly" in text):
+        what = f"the study database: {first_line(err)}"
+    elif "No space left on device" in text or "os error 28" in text:  # wrapped by a library (safetensors, torch.save)
+        what = first_line(err)
+    else:
+        return None
+    return UserError(f"cannot write {what}; free some space or choose a writable --out, then run the same command "
+                     "again (finished work is kept, nothing was left half-written)")

@@ -10,7 +10,13 @@ that result's evaluation. Each unit is resumable on its own (pretraining and rec
 evaluations write one JSON per result and reuse it), so the runner only runs units in order: a finished
 unit is skipped, an interrupted one resumes, and a changed setting gets a new directory, so only what
 depends on it runs again. The database (`study.db`) records each unit's status and every number the
-report draws from: checkpoints, evaluations with per-problem (n, c), training metrics per step.
+report draws from: checkpoints (with their files' sha256), evaluations with per-problem (n, c), training
+metrics per step.
+
+Faults: a unit that fails (a diverged loss, a bug) is marked failed and the units that read its output are
+marked blocked; the others run, the report is written, and the command ends with an error naming the failed
+units. A finished unit whose checkpoint files no longer match their checksums is reported and run again.
+A full disk or an unwritable directory stops the study with one line; every write is atomic.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import fcntl
 import io
 import json
 import os
+import shutil
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -28,8 +35,9 @@ from pathlib import Path
 from typing import Iterator
 
 from excursions.config import Config, digest, to_dict, to_toml
-from excursions.errors import UserError
-from excursions.train.checkpoint import META, atomic_write_text, read_json, write_json
+from excursions.errors import UnitsFailed, UserError
+from excursions.train.checkpoint import (MANIFEST, META, atomic_write_text, damaged, manifest, read_json,
+                                         report_damage, write_json)
 
 DB = "study.db"
 LOCK = "study.lock"
@@ -144,6 +152,22 @@ def plan(cfg: Config, out: Path) -> list[Unit]:
     if "scaling" in s.experiments and (s.scale_model or s.scale_targeted):
         units += scaling_units(cfg, out, ev)
     return units
+
+
+def dependencies(units: list[Unit], cfg: Config, out: Path) -> dict[str, list[str]]:
+    """For each unit, the units whose output it reads: A before B when A's output directory holds (or is) B's
+    source, B's world, or the study's world. Read off the paths, so every experiment's units are covered alike."""
+    def output(u: Unit) -> str:  # a record's directory holds what the unit made (a difficulty split's worlds)
+        return str(u.path.parent if u.path.suffix == ".json" else u.path)
+
+    def under(path: str, root: str) -> bool:
+        return path == root or path.startswith(root + os.sep)
+
+    deps = {}
+    for b in units:
+        reads = [r for r in (b.source, b.world or str(world_dir(cfg, out))) if r]
+        deps[b.id] = [a.id for a in units if a is not b and any(under(r, output(a)) for r in reads)]
+    return deps
 
 
 def scaling_variants(cfg: Config) -> dict[str, tuple]:
@@ -282,6 +306,11 @@ def execute(unit: Unit, cfg: Config, out: Path, progress: bool) -> None:
     from excursions.train.recipes import posttrain
 
     world = Path(unit.world) if unit.world else world_dir(cfg, out)
+    source = final_dir(Path(unit.source)) if unit.kind == "eval" else Path(unit.source)
+    bad = damaged(manifest(source)) if unit.source and source.is_dir() else []
+    if bad:  # never load a damaged checkpoint; the unit that wrote it is checked (and re-run) on the next run
+        raise UserError(f"{bad[0]} does not match its recorded checksum (truncated or corrupt); run the study again "
+                        "to rebuild it")
     if unit.kind == "pretrain":
         pretrain(configured(cfg, cfg.seed, unit.overrides) if unit.overrides else cfg, unit.path, progress)
     elif unit.kind == "posttrain" and unit.world and not (Path(unit.world) / cfg.rl.family / "train.jsonl").exists():
@@ -310,13 +339,25 @@ def execute(unit: Unit, cfg: Config, out: Path, progress: bool) -> None:
 def is_done(unit: Unit, cfg: Config) -> bool:
     """Whether the unit's output is complete on disk (the database may lag behind a kill)."""
     if unit.kind == "pretrain":
-        from excursions.train.pretrain import checkpoints
+        from excursions.train.pretrain import checkpoint_name
 
-        total = configured(cfg, cfg.seed, unit.overrides).pretrain.total_steps
-        return (unit.path / "checkpoints").is_dir() and any(c["step"] == total for c in checkpoints(unit.path))
+        p = configured(cfg, cfg.seed, unit.overrides).pretrain
+        return all((unit.path / "checkpoints" / checkpoint_name(st, st * p.tokens_per_step) / META).exists()
+                   for st in p.checkpoint_steps())
     if unit.kind == "posttrain":
         return (final_dir(unit.path) / META).exists() or (unit.path / SKIPPED).exists()
-    return unit.path.exists()
+    # a record, with every result it lists (results next to a checkpoint go when the checkpoint is rebuilt)
+    return unit.path.exists() and all(Path(f).exists() for f in read_json(unit.path))
+
+
+def damaged_states(unit: Unit, recorded: dict[str, dict]) -> dict[Path, list[Path]]:
+    """The checkpoints of a finished unit whose files differ from their checksums (the store's where recorded,
+    else each directory's own manifest), with the damaged files."""
+    if unit.kind not in ("pretrain", "posttrain") or not unit.path.is_dir():
+        return {}
+    expected = {str(m.parent): manifest(m.parent) for m in unit.path.rglob(MANIFEST)}
+    expected.update(recorded)
+    return {Path(state): bad for state, files in expected.items() if (bad := damaged(files))}
 
 
 # ----------------------------------------------------------------------------------------- store
@@ -338,8 +379,10 @@ CREATE TABLE IF NOT EXISTS problems (
     evaluation INTEGER, problem TEXT, n INTEGER, c INTEGER, PRIMARY KEY (evaluation, problem));
 CREATE TABLE IF NOT EXISTS training (
     unit TEXT, stage TEXT, step INTEGER, key TEXT, value REAL, PRIMARY KEY (unit, stage, step, key));
+CREATE TABLE IF NOT EXISTS files (
+    unit TEXT, state TEXT, file TEXT, bytes INTEGER, sha256 TEXT, PRIMARY KEY (unit, file));
 """
-TABLES = ("units", "checkpoints", "evaluations", "metrics", "problems", "training")
+TABLES = ("units", "checkpoints", "evaluations", "metrics", "problems", "training", "files")
 
 
 class Store:
@@ -373,9 +416,28 @@ class Store:
                 "status = 'running', started = excluded.started, finished = NULL, seconds = NULL, error = NULL",
                 (unit.id, unit.kind, str(unit.path), unit.checkpoint, unit.tokens, unit.recipe, unit.seed, time.time()))
 
-    def fail(self, unit: Unit, error: str) -> None:
+    def fail(self, unit: Unit, error: str, status: str = "failed") -> None:
+        """Mark a unit failed, or `blocked` (it reads the output of a unit that failed), with the reason."""
         with self.db:
-            self.db.execute("UPDATE units SET status = 'failed', error = ? WHERE id = ?", (error, unit.id))
+            self.db.execute(
+                "INSERT INTO units (id, kind, path, checkpoint, tokens, recipe, seed, status, error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET path = excluded.path, "
+                "status = excluded.status, error = excluded.error, finished = NULL, seconds = NULL",
+                (unit.id, unit.kind, str(unit.path), unit.checkpoint, unit.tokens, unit.recipe, unit.seed, status,
+                 error))
+
+    def failures(self, units: list[Unit]) -> list[sqlite3.Row]:
+        """The plan's units that failed or are blocked, in plan order."""
+        rows = self.status()
+        return [rows[u.id] for u in units if u.id in rows and rows[u.id]["path"] == str(u.path)
+                and rows[u.id]["status"] in ("failed", "blocked")]
+
+    def files(self, unit: Unit) -> dict[str, dict]:
+        """The checksums recorded when the unit finished: {state directory: {file: {bytes, sha256}}}."""
+        out: dict[str, dict] = {}
+        for r in self.db.execute("SELECT state, file, bytes, sha256 FROM files WHERE unit = ?", (unit.id,)):
+            out.setdefault(r["state"], {})[r["file"]] = {"bytes": r["bytes"], "sha256": r["sha256"]}
+        return out
 
     def finish(self, unit: Unit, seconds: float | None) -> None:
         """Ingest the unit's outputs and mark it done, atomically. `seconds` is None for a unit found done
@@ -393,6 +455,11 @@ class Store:
 
     def _ingest(self, unit: Unit) -> None:
         db = self.db
+        db.execute("DELETE FROM files WHERE unit = ?", (unit.id,))
+        if unit.kind in ("pretrain", "posttrain") and unit.path.is_dir():
+            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
+                           [(unit.id, str(m.parent), file, want["bytes"], want["sha256"])
+                            for m in unit.path.rglob(MANIFEST) for file, want in manifest(m.parent).items()])
         if unit.kind == "pretrain":
             from excursions.train.pretrain import checkpoints
 
@@ -477,11 +544,14 @@ def is_locked(out: Path) -> bool:
         return False
 
 
-def run_study(cfg: Config, out: Path | str, progress: bool = True) -> Path:
-    """Run every unit that is not done, then write the report; returns the report's path."""
-    from excursions.progress import progress_bar
+def run_study(cfg: Config, out: Path | str, progress: bool = True, executor: str = "local", **options) -> Path:
+    """Run every unit that is not done with `executor` (local: here, one at a time; ray: as Ray tasks), then write
+    the report; returns its path. Raises UnitsFailed, after writing the report, when some units failed."""
+    from excursions.executors import EXECUTORS
+    from excursions.objectives import lookup
     from excursions.report import write_report
 
+    run_units = lookup(EXECUTORS, executor, "executor")
     out = Path(out)
     units = plan(cfg, out)  # a bad study section fails here, before anything is written
     if cfg.study.external and not (world_dir(cfg, out) / "gsm" / "test.jsonl").is_file():
@@ -496,30 +566,37 @@ def run_study(cfg: Config, out: Path | str, progress: bool = True) -> Path:
         store = Store(out / DB)
         try:
             store.retire(units)
-            status = store.status()
-            bar = progress_bar(total=len(units), unit="unit", desc="study", disable=not progress, position=0)
-            for unit in units:
-                row = status.get(unit.id)
-                recorded = row is not None and row["status"] == "done" and row["path"] == str(unit.path)
-                on_disk = is_done(unit, cfg)
-                if not (recorded and on_disk):
-                    bar.set_postfix_str(unit.id)
-                    if on_disk:  # finished before a kill, not yet recorded: record it, run nothing
-                        store.finish(unit, None)
-                    else:
-                        store.start(unit)
-                        t0 = time.perf_counter()
-                        try:
-                            execute(unit, cfg, out, progress)
-                        except BaseException as err:
-                            store.fail(unit, f"{type(err).__name__}: {err}")
-                            raise
-                        store.finish(unit, time.perf_counter() - t0)
-                bar.update(1)
-            bar.close()
-            return write_report(cfg, out, store)
+            run_units(to_run(units, cfg, store), dependencies(units, cfg, out), cfg, out, store, progress, **options)
+            report = write_report(cfg, out, store)
+            failed = store.failures(units)
         finally:
             store.close()
+    if failed:
+        names = [r["id"] for r in failed if r["status"] == "failed"]
+        raise UnitsFailed(f"{len(names)} unit(s) failed: {', '.join(names)} ({len(failed) - len(names)} more blocked "
+                          f"behind them); the other units are done and the report is written ({report}); "
+                          f"`excursions status {out}` shows each error")
+    return report
+
+
+def to_run(units: list[Unit], cfg: Config, store: Store) -> list[Unit]:
+    """The units that are not done, in plan order. A unit done on disk but not recorded (finished before a kill) is
+    recorded; a finished unit whose checkpoints fail their checksums is reported, loses them, and runs again."""
+    status, todo = store.status(), []
+    for unit in units:
+        row = status.get(unit.id)
+        recorded = row is not None and row["status"] == "done" and row["path"] == str(unit.path)
+        on_disk = is_done(unit, cfg)
+        broken = damaged_states(unit, store.files(unit) if recorded else {}) if on_disk else {}
+        for state, files in broken.items():
+            for file in files:
+                report_damage(file, f"re-running {unit.id}")
+            shutil.rmtree(state, ignore_errors=True)
+        if broken or not on_disk:
+            todo.append(unit)
+        elif not recorded:
+            store.finish(unit, None)
+    return todo
 
 
 def status_table(out: Path) -> str:

@@ -4,14 +4,17 @@ A training state is a standard HF model directory (safetensors + config + tokeni
 checkpoint loads with `AutoModelForCausalLM.from_pretrained`, plus `trainer_state.pt` (optimizer,
 step, data position, RNG) and `excursions.json` (step, tokens, metrics). Directories are written
 under a temporary name and renamed into place: a run killed at any moment (even `kill -9`) leaves
-either the whole state or none of it.
+either the whole state or none of it. Each state also lists its files' sizes and sha256 in
+`checksums.json`, so a file truncated or damaged later is found before it is loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +25,7 @@ from excursions.errors import UserError
 
 TRAINER_STATE = "trainer_state.pt"
 META = "excursions.json"
+MANIFEST = "checksums.json"
 
 
 def _tmp_name(path: Path) -> Path:
@@ -88,6 +92,59 @@ def save_state(path: Path, model, tokenizer, optimizer, state: dict, meta: dict)
         tokenizer.save_pretrained(tmp)
         torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), **state}, tmp / TRAINER_STATE)
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_manifest(tmp)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(state: Path) -> None:
+    """Record the size and sha256 of every file of a state directory (last, inside its temporary name)."""
+    files = sorted(p for p in state.rglob("*") if p.is_file() and p.name != MANIFEST)
+    listing = {str(p.relative_to(state)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}
+    (state / MANIFEST).write_text(json.dumps(listing, indent=1, sort_keys=True) + "\n")
+
+
+def manifest(state: Path) -> dict[str, dict]:
+    """A state's recorded checksums by file path ({} for a state saved before checksums were kept); a manifest
+    that is itself damaged lists itself as a file no content can match."""
+    path = Path(state) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        listing = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {str(path): {"bytes": -1, "sha256": ""}}
+    return {str(Path(state) / name): want for name, want in listing.items()}
+
+
+def damaged(expected: dict[str, dict]) -> list[Path]:
+    """The files of `expected` (path -> bytes, sha256) that are missing, of another size, or of other content."""
+    bad = []
+    for name, want in sorted(expected.items()):
+        p = Path(name)
+        if not p.is_file() or p.stat().st_size != want["bytes"] or sha256(p) != want["sha256"]:
+            bad.append(p)
+    return bad
+
+
+def report_damage(path: Path, then: str) -> None:
+    """One line per damaged file, on stderr, saying what happens next."""
+    print(f"excursions: {path}: does not match its recorded checksum (truncated or corrupt); {then}", file=sys.stderr)
+
+
+def intact(state: Path, then: str) -> bool:
+    """Whether a state directory matches its checksums; a damaged one is reported and removed."""
+    bad = damaged(manifest(state))
+    if bad:
+        report_damage(bad[0], then)
+        shutil.rmtree(state, ignore_errors=True)
+    return not bad
 
 
 def load_trainer_state(path: Path) -> dict:

@@ -1,4 +1,4 @@
-"""What every training run shares: its directory, resume states, metrics log and tracking.
+"""What every training run shares: its directory, resume states, metrics log, tracking and divergence check.
 
 A run directory holds `config.toml` (the settings it depends on), `metrics.jsonl` (one JSON line
 per step), TensorBoard event files of the same metrics, `resume/step*/` (the newest resume state)
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tomllib
 from pathlib import Path
@@ -19,9 +20,20 @@ import torch
 
 from excursions.config import EvalConfig, TrackingConfig, diff
 from excursions.data.problems import Problem
-from excursions.errors import UserError
-from excursions.train.checkpoint import (META, atomic_write_text, clean_temporaries, load_trainer_state, read_json,
-                                         save_state)
+from excursions.errors import Diverged, UserError
+from excursions.train.checkpoint import (META, atomic_write_text, clean_temporaries, intact, load_trainer_state,
+                                         read_json, save_state)
+
+
+def check_finite(step: int, recipe: str, values: dict, model=None) -> None:
+    """Stop a run whose loss, gradient norm (or, given `model`, weights) went NaN / inf, before anything of it is
+    saved or logged: the newest resume state on disk stays the last good one."""
+    bad = [k for k, v in values.items() if isinstance(v, (int, float)) and not math.isfinite(v)]
+    if not bad and model is not None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        bad = ["the weights"]
+    if bad:
+        raise Diverged(f"{recipe}: {', '.join(bad)} not finite at step {step}; stopped without saving it (the newest "
+                       "resume state is the last good one); lower the learning rate, or rerun to retry from there")
 
 
 def tag(key: str) -> str:
@@ -111,7 +123,10 @@ class RunDir:
         return (self.final / META).exists()
 
     def latest(self) -> Path | None:
+        """The newest resume state; a damaged one is reported and removed (the run starts from the one before)."""
         states = sorted((self.out / "resume").glob("step*")) if (self.out / "resume").exists() else []
+        while states and not intact(states[-1], "removed; the run resumes from an earlier state"):
+            states.pop()
         return states[-1] if states else None
 
     def resume(self, model) -> tuple[int, dict]:

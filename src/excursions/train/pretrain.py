@@ -11,6 +11,7 @@ weights equal those of an uninterrupted run (the data order and LR are pure func
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -29,9 +30,9 @@ from excursions.model import build_model, count_params, pick_device
 from excursions.optim import adamw, cosine_lr
 from excursions.sampling import generate
 from excursions.tokenizer import load_tokenizer, train_tokenizer
-from excursions.train.checkpoint import (META, atomic_dir, atomic_write_text, clean_temporaries,
-                                         load_trainer_state, read_json, save_state, states, write_json)
-from excursions.train.loop import Tracker
+from excursions.train.checkpoint import (META, TRAINER_STATE, atomic_dir, atomic_write_text, clean_temporaries,
+                                         intact, load_trainer_state, read_json, save_state, states, write_json)
+from excursions.train.loop import Tracker, check_finite
 from excursions.worlds.corpus import FAMILIES, SPLITS, build_world, tokenize_stream, tokenizer_sample
 
 # ------------------------------------------------------------------------------------------ prepare
@@ -157,15 +158,15 @@ def pretrain(cfg: Config, out: Path | str, progress: bool = True) -> Path:
     tok, train_ids, val_ids = prepare_data(cfg, out, world, progress)
 
     schedule = p.checkpoint_steps()
-    saved = states(out)
-    if saved and json.loads((saved[-1] / META).read_text())["step"] >= p.total_steps:
+    saved = resume_point(out, schedule)
+    if saved and read_json(saved / META)["step"] >= p.total_steps:
         print(summary(out))
         return out
     if saved:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(saved[-1], dtype=torch.float32)
-        state = load_trainer_state(saved[-1])
+        model = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
+        state = load_trainer_state(saved)
     else:
         model = build_model(cfg.model, len(tok), tok.eos_token_id, tok.eos_token_id, tok.pad_token_id, cfg.seed)
         state = {"step": 0}
@@ -192,10 +193,10 @@ def pretrain(cfg: Config, out: Path | str, progress: bool = True) -> Path:
             group["lr"] = lr
         x = batches.batch(step).to(dev)
         loss = step_fn(input_ids=x, labels=x).loss
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"pretraining loss is {loss.item()} at step {step}; lower pretrain.lr")
+        check_finite(step + 1, "pretrain", {"loss": loss.item()})
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip).item()
+        check_finite(step + 1, "pretrain", {"grad_norm": grad_norm})  # before the update: the weights stay good
         opt.step()
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
@@ -208,6 +209,7 @@ def pretrain(cfg: Config, out: Path | str, progress: bool = True) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}")
         if done in schedule or done % p.save_every == 0:
+            check_finite(done, "pretrain", {}, model)  # an infinite step can leave finite loss, broken weights
             log.flush()
             tracker.flush()
         if done in schedule:
@@ -238,6 +240,19 @@ def _prune(root: Path, keep: int) -> None:
     if root.exists():
         for old in sorted(root.iterdir())[: max(0, len(list(root.iterdir())) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def resume_point(out: Path, schedule: list[int]) -> Path | None:
+    """The newest state to continue from such that every scheduled checkpoint gets written: damaged states are
+    reported and removed, and a missing checkpoint moves the resume point before it (the later ones are written
+    again, identical, as the run is a pure function of the step)."""
+    for state in [p.parent for p in out.glob(f"*/*/{TRAINER_STATE}")]:
+        intact(state, "removed; pretraining resumes from an earlier state and writes it again")
+    kept = [(read_json(s / META)["step"], s) for s in states(out)]
+    have = {step for step, s in kept if s.parent.name == "checkpoints"}
+    gap = min((step for step in schedule if step not in have), default=math.inf)
+    usable = [s for step, s in kept if step < gap]
+    return usable[-1] if usable else None
 
 
 def truncate_metrics(path: Path, step: int) -> None:

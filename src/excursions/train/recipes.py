@@ -29,7 +29,7 @@ from excursions.optim import ParallelAveraging, adamw, constant_with_warmup, set
 from excursions.progress import progress_bar
 from excursions.tokenizer import load_tokenizer
 from excursions.train import dist
-from excursions.train.loop import RunDir, track
+from excursions.train.loop import RunDir, check_finite, track
 from excursions.train.rl import grpo_gradients, grpo_update, rollout, training_flops
 from excursions.train.sft import SFTBatches, demonstrations, sft_gradients
 
@@ -184,6 +184,7 @@ def _loop(run: RunDir, trainee: Trainee, cfg: Config, steps: int, step_fn: Calla
         t0 = time.perf_counter()
         stats = step_fn(step)
         trainee.sync()
+        check_finite(step + 1, desc, stats, trainee.replica)  # every rank: the stats are reduced, the weights equal
         for k in totals:
             totals[k] += stats.pop(k, 0)
         row = {"step": step + 1, **stats, **{f"total_{k}": v for k, v in totals.items()},
