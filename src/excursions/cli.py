@@ -116,6 +116,8 @@ examples:
   excursions study my-study.toml study.seeds=[0,1] rl.steps=40
   excursions study study.scale_model=olmo2_3M study.scale_targeted=0.25   # + scaling N vs D (Fig. 4)
   excursions study "study.experiments=['recipes','rollouts']"             # only some experiments
+  excursions study --preset smoke --executor ray     # units as Ray tasks on a local cluster (pip install '.[ray]')
+  excursions study --executor ray --ray-address auto --unit-gpus 1       # an existing cluster, one GPU per unit
   excursions status runs/study-tiny                  # what is done, running, failed (with the error)
   excursions export runs/study-tiny                  # CSV (and Parquet with pyarrow) of every table
 
@@ -261,7 +263,12 @@ def cmd_study(args) -> None:
         args.config = args.file
     cfg = _load(args)
     out = args.out or Path("runs") / f"study-{args.config.stem if args.config else cfg.name}"
-    report = run_study(cfg, out, progress=not args.quiet)
+    options = {}
+    if args.executor == "ray":
+        options = {"address": args.ray_address, "cpus": args.unit_cpus, "gpus": args.unit_gpus}
+    elif args.ray_address or args.unit_gpus or args.unit_cpus != 1:
+        raise UserError("--ray-address, --unit-cpus and --unit-gpus go with --executor ray")
+    report = run_study(cfg, out, progress=not args.quiet, executor=args.executor, **options)
     print(f"report: {report}\n        {report.with_suffix('.md')}")
 
 
@@ -363,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", type=Path, default=None, metavar="CONFIG", help="a study TOML (default: --preset tiny)")
     _config_args(p)
     p.add_argument("--out", type=Path, default=None, help="study directory (default: runs/study-<preset>)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: units one at a time in this process (default); ray: units as Ray tasks")
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster (auto, ray://HOST:10001); "
+                   "default: start a local one")
+    p.add_argument("--unit-cpus", type=float, default=1, help="CPUs each unit reserves on Ray (default 1)")
+    p.add_argument("--unit-gpus", type=float, default=0, help="GPUs each unit reserves on Ray (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_study)
 

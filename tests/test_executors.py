@@ -1,0 +1,63 @@
+"""Executors: the units' dependencies read off their paths, and the study on a local Ray cluster (2 CPUs) giving
+the local executor's results."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from excursions.errors import UserError
+from excursions.study import DB, dependencies, plan, run_study
+
+from test_faults import OUT, small_args, small_cfg, small_ref  # noqa: F401 (fixtures)
+from test_study import _evaluations, micro_study
+
+
+def test_dependencies_are_read_off_the_paths(micro_overrides, tmp_path):
+    units = plan(micro_study(micro_overrides), tmp_path)
+    deps = dependencies(units, micro_study(micro_overrides), tmp_path)
+    by_id = {u.id: u for u in units}
+    order = {u.id: i for i, u in enumerate(units)}
+    assert all(order[d] < order[u] for u, ds in deps.items() for d in ds)  # the plan's order respects them
+    assert deps["pretrain"] == []
+    for u in units:
+        if u.kind == "posttrain" and not u.id.startswith(("scaling/N", "scaling/D")):
+            assert "pretrain" in deps[u.id], u.id  # its checkpoint and world are under the pretraining run
+        if u.kind == "eval":  # an evaluation waits for the run it evaluates
+            assert next(t.id for t in units if str(t.path) == u.source) in deps[u.id]
+    splits = next(u.id for u in units if u.kind == "splits")
+    assert all(splits in deps[u.id] for u in units if u.id.startswith("rollouts/"))
+    assert set(deps["scaling/N/rl"]) == {"scaling/N/pretrain"}  # its own pretraining and world, not the study's
+    assert "pretrain" not in deps["scaling/N/base"] and "scaling/N/pretrain" in deps["scaling/N/base"]
+    assert set(deps[next(u for u in by_id if u.startswith("sft_rl/"))]) == {"pretrain"}  # its SFT stage is its own
+
+
+def test_ray_missing_is_a_clear_error(small_cfg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(UserError, match=r"--executor ray needs Ray: pip install 'excursions\[ray\]'"):
+        run_study(small_cfg, OUT, progress=False, executor="ray")
+
+
+@pytest.mark.slow
+def test_the_study_on_a_local_ray_cluster_gives_the_local_results(small_ref, small_cfg, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    run_study(small_cfg, OUT, progress=False, executor="ray", local_cpus=2, cpus=1)  # pretraining included
+    seconds = time.perf_counter() - t0
+    db = sqlite3.connect(Path(OUT) / DB)
+    assert {r[0] for r in db.execute("SELECT status FROM units")} == {"done"}
+    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == len(plan(small_cfg, Path(OUT)))
+    db.close()
+    got, want = _evaluations(Path(OUT)), _evaluations(small_ref)
+    with capsys.disabled():
+        print(f"\nray: {len(got)} numbers, {sum(got[k] == want.get(k) for k in got)} identical to the local run's, "
+              f"{seconds:.1f} s")
+    assert got.keys() == want.keys() and got == want
