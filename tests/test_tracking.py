@@ -52,6 +52,13 @@ def test_a_resumed_run_replaces_the_steps_it_logs_again(tmp_path):
         again.log({"step": step, "train/reward": 10.0 + step})
     again.close()
     assert events(tmp_path)["train/reward"] == {1: 1.0, 2: 2.0, 3: 13.0, 4: 14.0, 5: 15.0, 6: 16.0, 7: 17.0}
+    # Each writer marks the step it starts from (purge_step), so every reader drops the older events from there on,
+    # not only those that, like EventAccumulator above, also guess a restart from a step going back.
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    starts = [e.step for f in tmp_path.glob("events.out.tfevents.*") for e in EventFileLoader(str(f)).Load()
+              if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+    assert sorted(starts) == [1, 3]
 
 
 def test_tensorboard_can_be_turned_off(tmp_path):
