@@ -33,9 +33,9 @@ from test_posttrain import POST
 from test_study import _evaluations
 
 # A small study: one checkpoint, rl and sft from it, gsm evaluations only.
-SMALL = ["study.checkpoints=[2]", "study.seed_checkpoint=2", "study.recipes=['rl', 'sft']", "study.extra_seeds=[]", "study.experiments=['recipes']",
-         "study.tasks=['gsm']", "eval.problems=8", "eval.n=4", "eval.ks=[1, 2, 4]", "eval.bootstrap=20",
-         "eval.shots=1"]
+SMALL = ["study.checkpoints=[2]", "study.seed_checkpoint=2", "study.recipes=['rl', 'sft']", "study.extra_seeds=[]",
+         "study.experiments=['recipes']", "study.tasks=['gsm']", "eval.problems=8", "eval.n=4", "eval.ks=[1, 2, 4]",
+         "eval.bootstrap=20", "eval.shots=1"]
 OUT = "s"  # studies run with a relative --out, so a copied study is the same study (its digests name paths)
 
 
@@ -142,7 +142,8 @@ def test_pretraining_stops_at_an_infinite_learning_rate_and_keeps_its_good_state
     from excursions.train import pretrain as pt
 
     tokens_per_step, real = micro_cfg.pretrain.tokens_per_step, pt.cosine_lr
-    monkeypatch.setattr(pt, "cosine_lr", lambda tokens, *a: math.inf if tokens > 6 * tokens_per_step else real(tokens, *a))
+    infinite_from_step_7 = lambda tokens, *a: math.inf if tokens > 6 * tokens_per_step else real(tokens, *a)
+    monkeypatch.setattr(pt, "cosine_lr", infinite_from_step_7)
     with pytest.raises(Diverged, match=r"^pretrain: (loss|grad_norm|the weights) not finite at step (7|8)"):
         pt.pretrain(micro_cfg, tmp_path / "run", progress=False)
     saved = list((tmp_path / "run").glob("*/step*/model.safetensors"))
@@ -163,7 +164,8 @@ def test_a_damaged_checkpoint_is_reported_and_its_unit_rerun(small_ref, small_cf
     capfd.readouterr()
     run_study(small_cfg, OUT, progress=False)
     err = capfd.readouterr().err
-    assert f"excursions: {weights}: does not match its recorded checksum (truncated or corrupt); re-running {rl.id}" in err
+    assert f"excursions: {weights}: does not match its recorded checksum (truncated or corrupt); " \
+           f"re-running {rl.id}" in err
     runs = _completions(Path(OUT))
     assert runs[rl.id] == 2 and runs[f"eval/{rl.id}"] == 2  # rebuilt, then evaluated again (its results went with it)
     assert runs[_unit(small_cfg, "sft/").id] == 1
@@ -228,7 +230,7 @@ def test_a_full_disk_is_one_clear_line_and_leaves_nothing_half_written(small_ref
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1
     assert re.fullmatch(r"excursions: error: cannot write \S+/trainer_state.pt: No space left on device; free some "
-                        r"space or choose a writable --out.*", err)
+                        r"space, then run the same command again .*", err)
     assert not [p for p in out.rglob("*") if p.name.startswith((".tmp-", ".old-"))]  # no half-written state
     assert not (rl.path / "resume").exists() or not list((rl.path / "resume").iterdir())
     assert "No space left on device" in next(line for line in status_table(out).splitlines() if line.startswith(rl.id))
@@ -238,12 +240,23 @@ def test_a_full_disk_is_one_clear_line_and_leaves_nothing_half_written(small_ref
     assert _evaluations(out) == pytest.approx(_evaluations(small_ref))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories (the ENOSPC case covers this)")
-def test_an_unwritable_output_directory_is_one_clear_line(small_args, tmp_path, capsys):
-    (tmp_path / "ro").mkdir(mode=0o555)
-    code = cli.main(["study", "--preset", "smoke", "--out", str(tmp_path / "ro" / "s"), "--quiet", *small_args])
+def test_an_unwritable_output_directory_is_one_clear_line(small_args, tmp_path, monkeypatch, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes into it anyway (tests may run as root): it refuses as for anyone else
+        real_mkdir = Path.mkdir
+
+        def refuse(self, *args, **kwargs):
+            if ro in self.parents:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", refuse)
+    code = cli.main(["study", "--preset", "smoke", "--out", str(ro / "s"), "--quiet", *small_args])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "Permission denied" in err
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith(f"excursions: error: cannot write {ro / 's'}: Permission denied; choose a writable --out")
+    assert not (ro / "s").exists()
 
 
 # ------------------------------------------------------------------------------------------ kill -9

@@ -71,7 +71,8 @@ def test_tensorboard_can_be_turned_off(tmp_path):
 def test_wandb_configured_but_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     t = Tracker(tmp_path, TrackingConfig(tensorboard=False, wandb="offline"))
-    with pytest.raises(UserError, match=r"tracking.wandb is set but wandb is not installed; pip install 'excursions\[wandb\]'"):
+    with pytest.raises(UserError, match=r"tracking.wandb is set but wandb is not installed; pip install "
+                                        r"'excursions\[wandb\]'"):
         t.log({"step": 1, "loss": 1.0})
 
 

@@ -56,19 +56,25 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
 def write_error(err: BaseException) -> UserError | None:
     """A write that failed for lack of space or permission, as one clear line (None for any other error).
 
-    >>> str(write_error(OSError(errno.ENOSPC, "No space left on device", "runs/x/model.safetensors")))[:57]
-    'cannot write runs/x/model.safetensors: No space left on d'
+    >>> str(write_error(OSError(errno.ENOSPC, "No space left on device", "runs/x/model.safetensors"))).split(",")[0]
+    'cannot write runs/x/model.safetensors: No space left on device; free some space'
+    >>> str(write_error(PermissionError(errno.EACCES, "Permission denied", "/ro/s"))).split(",")[0]
+    'cannot write /ro/s: Permission denied; choose a writable --out'
+    >>> str(write_error(RuntimeError("I/O error: No space left on device (os error 28)"))).split(";")[0]
+    'cannot write I/O error: No space left on device (os error 28)'
     >>> write_error(ValueError("bug")) is None
     True
     """
     text = str(err)
     if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
         what = f"{err.filename}: {err.strerror}" if err.filename else err.strerror or first_line(err)
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
     elif isinstance(err, sqlite3.OperationalError) and ("disk is full" in text or "readonly" in text):
-        what = f"the study database: {first_line(err)}"
+        what, full = f"the study database: {first_line(err)}", "disk is full" in text
     elif "No space left on device" in text or "os error 28" in text:  # wrapped by a library (safetensors, torch.save)
-        what = first_line(err)
+        what, full = first_line(err), True
     else:
         return None
-    return UserError(f"cannot write {what}; free some space or choose a writable --out, then run the same command "
-                     "again (finished work is kept, nothing was left half-written)")
+    fix = "free some space" if full else "choose a writable --out"
+    return UserError(f"cannot write {what}; {fix}, then run the same command again (finished work is kept, nothing "
+                     "was left half-written)")
