@@ -71,6 +71,8 @@ CASES = [
     (["eval", "no-config", "--task", "gsm", "--world", "world", "--out", OUT], "no-config"),
     (["eval", "no-config", "--task", "nope", "--out", OUT], "unknown task 'nope'"),
     (["posttrain", "missing-ckpt", "--recipe", "rl", "--world", "world", "--out", OUT], "missing-ckpt"),
+    (["study", "--out", OUT, "study.external=['no/such-ckpt']", "study.world=no/such-world", "study.checkpoints=[0]",
+      "study.seed_checkpoint=0"], "study.world no/such-world has no gsm/test.jsonl"),  # overrides with a '/' in them
     (["status", "missing-study"], "holds no study"),
     (["export", "no-config"], "holds no study"),
     # the hub without a network (HF_HUB_OFFLINE=1, set below)

@@ -255,7 +255,7 @@ def cmd_calibrate(args) -> None:
 def cmd_study(args) -> None:
     from excursions.study import run_study
 
-    if args.file is not None and "=" in args.file.name and not args.file.exists():  # an override, not a file
+    if args.file is not None and "=" in str(args.file) and not args.file.exists():  # an override, not a file
         args.overrides, args.file = [str(args.file)] + list(args.overrides), None
     if args.file is not None:
         if args.config is not None or args.preset is not None:
