@@ -20,17 +20,11 @@ from typing import Callable
 
 from excursions.config import Config
 from excursions.errors import UserError, first_line, write_error
+from excursions.objectives import registrar
 from excursions.study import Store, Unit, execute
 
 EXECUTORS: dict[str, Callable] = {}
-
-
-def executor(name: str):
-    def register(fn):
-        EXECUTORS[name] = fn
-        return fn
-
-    return register
+executor = registrar(EXECUTORS)  # @executor("name") files a function under that name
 
 
 def settle(store: Store, unit: Unit, err: BaseException | None, seconds: float) -> bool:

@@ -26,6 +26,20 @@ def lookup(registry: dict, name: str, what: str):
     return registry[name]
 
 
+def registrar(registry: dict) -> Callable:
+    """A decorator factory that files functions in `registry` by name: `recipe = registrar(RECIPES)`, then
+    `@recipe("rl")` over a function."""
+
+    def named(name: str):
+        def register(fn):
+            registry[name] = fn
+            return fn
+
+        return register
+
+    return named
+
+
 # ------------------------------------------------------------------------------------ advantages
 
 

@@ -24,7 +24,7 @@ from excursions.config import Config, to_dict
 from excursions.data.problems import read_jsonl
 from excursions.errors import UserError
 from excursions.model import check_checkpoint, load_model, parse_checkpoint
-from excursions.objectives import lookup
+from excursions.objectives import lookup, registrar
 from excursions.optim import ParallelAveraging, adamw, constant_with_warmup, set_lr
 from excursions.progress import progress_bar
 from excursions.tokenizer import load_tokenizer
@@ -34,14 +34,7 @@ from excursions.train.rl import grpo_gradients, grpo_update, rollout, training_f
 from excursions.train.sft import SFTBatches, demonstrations, sft_gradients
 
 RECIPES: dict[str, Callable] = {}
-
-
-def recipe(name: str):
-    def register(fn):
-        RECIPES[name] = fn
-        return fn
-
-    return register
+recipe = registrar(RECIPES)  # @recipe("name") files a function under that name
 
 
 def posttrain(checkpoint: str, name: str, cfg: Config, out: Path, world: Path, progress: bool = True) -> Path:
