@@ -195,6 +195,25 @@ def test_study_writes_report_and_database(micro_study_dir):
     assert len(units_csv) == 1 + 43
 
 
+def test_rollouts_reading_with_one_rollout_count_says_so(micro_study_dir, tmp_path):
+    """A study whose rollouts runs have a single rollout count gets a reading that says why there is no figure,
+    not "no rollouts experiment"."""
+    import shutil
+
+    from excursions.report import Results, rollouts_experiment
+
+    shutil.copy(micro_study_dir / DB, tmp_path / DB)
+    db = sqlite3.connect(tmp_path / DB)
+    db.row_factory = sqlite3.Row  # as the store opens it
+    with db:
+        db.execute("UPDATE units SET status = 'stale' WHERE id LIKE 'rollouts/%/n4/%'")  # keep only G = 2
+    section = rollouts_experiment(Results(db, base_shots=1), tmp_path)
+    assert "one rollout count (2 per prompt)" in section.reading
+    with db:
+        db.execute("UPDATE units SET status = 'stale' WHERE id LIKE 'rollouts/%'")
+    assert "No rollouts experiment" in rollouts_experiment(Results(db, base_shots=1), tmp_path).reading
+
+
 def test_rerun_is_a_no_op_and_a_changed_setting_reruns_only_its_units(micro_study_dir, micro_overrides):
     out = micro_study_dir
     before = _evaluations(out)

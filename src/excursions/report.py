@@ -492,8 +492,11 @@ def rollouts_experiment(res: Results, figdir: Path) -> Section:
         runs[split, int(g[1:])] = u
     gs = sorted({g for _, g in runs})
     splits = [s for s in ("easy", "hard") if any((s, g) in runs for g in gs)]
-    if len(gs) < 2 or not splits:
+    if not splits:
         return Section(title, reading="No rollouts experiment in this study (add 'rollouts' to study.experiments).")
+    if len(gs) < 2:  # the runs are in the database; the figure compares rollout counts, and there is one
+        return Section(title, reading=f"The rollouts experiment ran with one rollout count ({gs[0]} per prompt); its "
+                                      "figure compares two: set study.rollouts to two counts, e.g. [4, 16].")
     task = res.math_tasks[0]
     metrics = [k for k in ("pass@1", "pass@8") if res.training(next(iter(runs.values())), "rl", f"eval/{task}/{k}")[0]]
     curves = {}  # (split, G, metric) -> (steps, flops, values)
