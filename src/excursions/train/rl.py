@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from excursions.config import RLConfig
 from excursions.data.problems import STOP_STRINGS, Problem, format_prompt
 from excursions.flops import generate_flops_per_token, model_dims, train_flops_per_token
-from excursions.objectives import (ADVANTAGES, chunk_share, grpo_loss, logprob_entropy, normaliser,
-                                   token_logprobs)
+from excursions.objectives import ADVANTAGES, chunk_share, grpo_loss, logprob_entropy, normaliser
 from excursions.rewards import math_rewards
 from excursions.sampling import (is_olmo2, olmo2_forward, olmo2_heads, olmo2_weights, position_ids, prompt_mask,
                                  sample)
@@ -170,6 +169,16 @@ def completion_logits(model, ids, attention, response_mask, prompt_width: int, t
     return (logits if temperature == 1.0 else logits / temperature), mask
 
 
+def completion_logprobs(model, ids, attention, response_mask, tokens, prompt_width: int, temperature: float,
+                        group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the completion `tokens` [n, T] (0 on padding) and the entropies at the real tokens [M],
+    from `completion_logits`: what both the old / reference log-probs and the GRPO loss need."""
+    logits, m = completion_logits(model, ids, attention, response_mask, prompt_width, temperature, group)
+    lp, ent = logprob_entropy(logits, tokens[:, : m.shape[1]][m])
+    real = F.pad(m, (0, response_mask.shape[1] - m.shape[1]))
+    return torch.zeros(response_mask.shape, device=lp.device).masked_scatter(real, lp), ent
+
+
 def micro_batches(rows: torch.Tensor, lengths: torch.Tensor, group: int, micro_batch: int) -> list[torch.Tensor]:
     """Split `rows` (whole groups of `group` consecutive rows) into micro-batches of whole groups, about
     `micro_batch` rows each, groups with shorter completions first (less padding per micro-batch).
@@ -189,10 +198,8 @@ def _logprobs(model, ids, attention, tokens, mask, prompt_width: int, cfg: RLCon
     model.eval()
     out = torch.zeros(tokens.shape, device=tokens.device)
     for c in micro_batches(torch.arange(len(ids), device=ids.device), mask.sum(-1), cfg.group_size, cfg.micro_batch):
-        logits, m = completion_logits(model, ids[c], attention[c], mask[c], prompt_width, cfg.temperature,
-                                      cfg.group_size)
-        lp = token_logprobs(logits, tokens[c, : m.shape[1]][m])
-        out[c, : m.shape[1]] = torch.zeros(m.shape, device=out.device).masked_scatter(m, lp)
+        out[c] = completion_logprobs(model, ids[c], attention[c], mask[c], tokens[c], prompt_width, cfg.temperature,
+                                     cfg.group_size)[0]
     model.train(was_training)
     return out
 
@@ -207,14 +214,11 @@ def grpo_gradients(policy, batch: Rollouts, rows: torch.Tensor, cfg: RLConfig, d
     """
     full_mask = batch.response_mask[rows]
     total = global_sum(normaliser(cfg.aggregation, full_mask), d)
-    T = full_mask.shape[1]
     stats: dict[str, float] = {}
     for chunk in micro_batches(rows, full_mask.sum(-1), cfg.group_size, cfg.micro_batch):
         mask = batch.response_mask[chunk]
-        logits, m = completion_logits(policy, batch.input_ids[chunk], batch.attention[chunk], mask,
-                                      batch.prompt_width, cfg.temperature, cfg.group_size)
-        lp, ent = logprob_entropy(logits, batch.responses[chunk, : m.shape[1]][m])  # [M] real tokens
-        logp = torch.zeros(mask.shape, device=lp.device).masked_scatter(F.pad(m, (0, T - m.shape[1])), lp)  # [n, T]
+        logp, ent = completion_logprobs(policy, batch.input_ids[chunk], batch.attention[chunk], mask,
+                                        batch.responses[chunk], batch.prompt_width, cfg.temperature, cfg.group_size)
         old = logp.detach() if batch.old_logp is None else batch.old_logp[chunk]
         loss, chunk_stats = grpo_loss(logp, old, None if batch.ref_logp is None else batch.ref_logp[chunk],
                                       batch.advantages[chunk], mask, cfg.clip_eps, cfg.kl_coef, cfg.kl, cfg.aggregation)
