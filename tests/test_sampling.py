@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from excursions.data.problems import STOP_STRINGS, format_prompt, read_jsonl
-from excursions.sampling import pick_tokens, sample
+from excursions.sampling import pick_tokens, rms_norm, sample
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,28 @@ def test_sampling_draws_from_the_tempered_truncated_softmax():
     freq = torch.bincount(ids, minlength=5).float() / len(ids)
     p = torch.softmax(logits[0], -1)[:2]
     assert torch.allclose(freq, torch.cat([p / p.sum(), torch.zeros(3)]), atol=0.01)
+
+
+def test_rms_norm_values_and_gradients():
+    # by hand: x = (3, 4): mean square 12.5, so x / rms = (3, 4) / sqrt(12.5) = (0.8485, 1.1314)
+    x, w = torch.tensor([[3.0, 4.0]], requires_grad=True), torch.tensor([1.0, 2.0], requires_grad=True)
+    y = rms_norm(x, w, 0.0)
+    assert torch.allclose(y, torch.tensor([[0.84853, 2.26274]]), atol=1e-5)
+    # d(sum y)/dw = x / rms; d(sum y)/dx = (w - n * mean(w * n)) / rms with n = x / rms
+    y.sum().backward()
+    n, rms = torch.tensor([3.0, 4.0]) / 12.5**0.5, 12.5**0.5
+    assert torch.allclose(w.grad, n, atol=1e-6)
+    assert torch.allclose(x.grad[0], (torch.tensor([1.0, 2.0]) - n * (torch.tensor([1.0, 2.0]) * n).mean()) / rms)
+    # against PyTorch's on a batch, forward (with and without autograd) and backward
+    torch.manual_seed(0)
+    x, w, gy = torch.randn(3, 5, 16, requires_grad=True), torch.randn(16, requires_grad=True), torch.randn(3, 5, 16)
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    rms_norm(x, w, 1e-5).backward(gy)
+    F.rms_norm(x2, (16,), w2, 1e-5).backward(gy)
+    assert torch.allclose(x.grad, x2.grad, atol=1e-5) and torch.allclose(w.grad, w2.grad, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(rms_norm(x, w, 1e-5), F.rms_norm(x, (16,), w, 1e-5), atol=1e-6)
+    assert torch.autograd.gradcheck(lambda a, b: rms_norm(a, b, 1e-5), (x[0, :2].double(), w.double()))
 
 
 def test_grouped_query_attention_decodes_like_the_full_forward(lm, prompts):

@@ -167,7 +167,7 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> 
 
 
 class _LogProbEntropy(torch.autograd.Function):
-    """log p(target) and the entropy of each row of logits [M, V], in two passes over the vocabulary.
+    """log p(target) and the entropy of each row of logits [M, V], in four passes over the vocabulary.
 
     `log_softmax` then `gather` then an entropy from the log-probs walks the [M, V] array ~8 times forward
     and backward (and allocates three copies of it); here one softmax is kept and the backward is
@@ -176,18 +176,20 @@ class _LogProbEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor):
-        lse = torch.logsumexp(logits, -1, keepdim=True)  # [M, 1]
-        logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse.squeeze(-1)
-        p = (logits - lse).exp_()
-        ent = lse.squeeze(-1) - torch.einsum("mv,mv->m", p, logits)  # H = lse - E_p[logit]
-        ctx.save_for_backward(p, targets)
+        top = logits.amax(-1, keepdim=True)  # [M, 1]
+        e = (logits - top).exp_()  # the softmax, unnormalised: four passes over [M, V] in all
+        total = e.sum(-1, keepdim=True)
+        lse = (top + total.log()).squeeze(-1)
+        logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
+        ent = lse - torch.einsum("mv,mv->m", e, logits) / total.squeeze(-1)  # H = lse - E_p[logit]
+        ctx.save_for_backward(e, total, targets)
         ctx.mark_non_differentiable(ent)
         return logp, ent
 
     @staticmethod
     def backward(ctx, g: torch.Tensor, _unused):
-        p, targets = ctx.saved_tensors
-        grad = p.mul_(-g[:, None])  # the kept softmax becomes the gradient: one backward per forward
+        e, total, targets = ctx.saved_tensors
+        grad = e.mul_(-g[:, None] / total)  # the kept softmax becomes the gradient: one backward per forward
         grad.scatter_add_(-1, targets[:, None], g[:, None])
         return grad, None
 
