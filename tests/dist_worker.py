@@ -1,5 +1,5 @@
-"""One GRPO update of a tiny OLMo-2 on a fixed synthetic rollout batch (random tokens, real advantages), run as
-one process (`python dist_worker.py none OUT`) or under torchrun (`... ddp OUT`, `... fsdp OUT`); rank 0 saves the
+"""GRPO updates, an SFT step and a parallel-averaging step of a tiny OLMo-2 on a fixed synthetic rollout batch
+(random tokens, real advantages), run as one process (`python dist_worker.py none OUT`) or under torchrun (`... ddp OUT`, `... fsdp OUT`); rank 0 saves the
 final weights to OUT. tests/test_dist.py compares them."""
 
 import sys
@@ -8,10 +8,12 @@ import torch
 from safetensors.torch import save_file
 from transformers import Olmo2Config, Olmo2ForCausalLM
 
-from excursions.config import RLConfig
+from excursions.config import RLConfig, SFTConfig
 from excursions.objectives import ADVANTAGES
+from excursions.optim import ParallelAveraging
 from excursions.train.sft import sft_gradients
 from excursions.train import dist
+from excursions.train.recipes import parallel_gradients
 from excursions.train.rl import Rollouts, _logprobs, grpo_update
 
 
@@ -50,8 +52,17 @@ def main(strategy: str, out: str) -> None:
     # an SFT batch of 5 rows: 3 on rank 0, 2 on rank 1, different token counts
     sft_ids = torch.randint(2, 64, (5, 7), generator=g)
     sft_mask = (torch.arange(7) < torch.tensor([7, 3, 5, 2, 6])[:, None]).float()
-    sft_gradients(module, (sft_ids, sft_mask.long(), torch.randint(2, 64, (5, 7), generator=g), sft_mask), d=d)
+    sft_batch = (sft_ids, sft_mask.long(), torch.randint(2, 64, (5, 7), generator=g), sft_mask)
+    sft_gradients(module, sft_batch, d=d)
     opt.step()
+    opt.zero_grad(set_to_none=True)
+    # parallel averaging: both gradients at the same weights, two AdamW states; a large eps keeps Adam from
+    # normalising float noise in near-zero gradients into full-size steps
+    avg = ParallelAveraging(module, rl_lr=1e-3, sft_lr=3e-3)
+    for group in avg.rl.param_groups + avg.sft.param_groups:
+        group["eps"] = 1e-2
+    g_rl, g_sft, _, _ = parallel_gradients(module, avg.params, local, sft_batch, cfg, SFTConfig(), d)
+    avg.step(g_rl, g_sft, 0.5)
     state = dist.full_state(module, d)
     if d.main:
         save_file({k: v.contiguous() for k, v in state.items()}, out)

@@ -1,4 +1,4 @@
-"""GRPO under torchrun: 2 gloo ranks (DDP, and FSDP2's fully_shard) end where one process ends."""
+"""GRPO, SFT and parallel averaging under torchrun: 2 gloo ranks (DDP, and FSDP2's fully_shard) end where one process ends."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 def test_grpo_update_on_two_ranks_equals_one_process(strategy, tmp_path):
     """Two GRPO updates with two mini-batches each (clipped ratio, KL, token-mean over micro-batches of uneven
     length) from a fixed rollout batch, each rank holding half of every mini-batch; then an SFT step whose rows
-    split 3 / 2 over the ranks. The engine reduces the gradients; the weights must be one process's."""
+    split 3 / 2 over the ranks; then a parallel-averaging step (both gradients, two AdamW states). The engine
+    reduces the gradients; the weights must be one process's."""
     one = subprocess.run([sys.executable, str(WORKER), "none", str(tmp_path / "one.safetensors")],
                          capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]

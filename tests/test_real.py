@@ -239,3 +239,89 @@ def test_problem_files_keep_unicode_line_separators(tmp_path):
     p = Problem("gsm-train-0", "gsm", "Ann has 2.\u2028How many?", "2", ("#### 2",))
     write_jsonl(tmp_path / "t.jsonl", [p, p])
     assert read_jsonl(tmp_path / "t.jsonl") == [p, p]
+
+
+CHATML = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+          "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_dir(hf_dir, tmp_path_factory):
+    """hf_dir's model with a chat template, and a tokenizer that prepends BOS (as Llama's and OLMo-2's do)."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("chat") / "tiny-olmo2-chat"
+    shutil.copytree(hf_dir, out)
+    tok = AutoTokenizer.from_pretrained(out)
+    tok._tokenizer.post_processor = TemplateProcessing(single=f"{tok.eos_token} $A",
+                                                       special_tokens=[(tok.eos_token, tok.eos_token_id)])
+    tok.chat_template = CHATML
+    tok.save_pretrained(out)
+    return out
+
+
+def test_chat_template_prompts_demos_and_tokens(chat_dir, hf_dir):
+    from excursions.data.problems import encode_prompt, format_demo, format_prompt
+    from excursions.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(chat_dir), chat=True)
+    eos = tok.eos_token
+    assert format_prompt("Q2", [("Q1", "S1")], tok) == (f"{eos}<|user|>\nQ1{eos}\n<|assistant|>\nS1{eos}\n"
+                                                        f"<|user|>\nQ2{eos}\n<|assistant|>\n")
+    # the completion is the assistant turn, cut before its EOS (SFTBatches appends the one EOS)
+    assert format_demo("Q", "1 + 2 = 3\n#### 3", tok) == (f"{eos}<|user|>\nQ{eos}\n<|assistant|>\n",
+                                                           "1 + 2 = 3\n#### 3")
+    # the rendered prompt holds its BOS: encoding adds no second one; plain prompts keep the tokenizer's own
+    ids = encode_prompt(tok, format_prompt("Q", tok=tok))
+    assert ids[0] == tok.eos_token_id and ids[1] != tok.eos_token_id
+    plain = load_tokenizer(str(chat_dir))
+    assert format_prompt("Q", tok=plain) == "Question: Q\nAnswer:" and format_demo("Q", "S", plain)[1] == " S"
+    assert encode_prompt(plain, "Question: Q")[:2] == [tok.eos_token_id, plain("Question: Q").input_ids[1]]
+    with pytest.raises(UserError, match="has no chat template; set prompt.chat_template=false"):
+        load_tokenizer(str(hf_dir), chat=True)
+
+
+def test_chat_template_sft_masks_the_prompt_and_ends_with_one_eos(chat_dir):
+    from excursions.data.problems import Problem
+    from excursions.tokenizer import load_tokenizer
+    from excursions.train.sft import SFTBatches, demonstrations
+
+    tok = load_tokenizer(str(chat_dir), chat=True)
+    problems = [Problem(id="p0", family="gsm", question="Ann has 2. She gets 3. How many?", answer="5",
+                        solutions=("2 + 3 = 5\n#### 5",))]
+    batches = SFTBatches(tok, demonstrations(problems, "one", 0, tok), batch_size=1, seed=0)
+    ids, attention, labels, mask = batches.batch(0)
+    target = labels[0][mask[0].bool()].tolist()
+    assert tok.decode(target) == "2 + 3 = 5\n#### 5" + tok.eos_token and target.count(tok.eos_token_id) == 1
+    assert tok.decode(ids[0][: int(attention[0].sum()) - len(target) + 1]).endswith("<|assistant|>\n")
+
+
+def test_chat_template_end_to_end_eval_and_rl(chat_dir, hf_dir, real_world, tmp_path):
+    """`prompt.chat_template=true` through the CLI: its own result files, and RL samples chat prompts."""
+    proc = _cli(["eval", str(chat_dir), "--task", "gsm", "--world", str(real_world), "--shots", "1", "--n", "2",
+                 "--k", "1", "--limit", "2", "--out", str(tmp_path / "ev"), "--quiet", "eval.max_new_tokens=4",
+                 "prompt.chat_template=true"])
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "ev" / "gsm-1shot-chat.json").is_file() and not (tmp_path / "ev" / "gsm-1shot.json").exists()
+    proc = _cli(["posttrain", str(chat_dir), "--recipe", "rl", "--world", str(real_world), "--out", str(tmp_path / "rl"),
+                 "--quiet", "prompt.chat_template=true", "rl.steps=1", "rl.prompts_per_step=2", "rl.group_size=2",
+                 "rl.minibatches=1", "rl.max_new_tokens=4", "rl.micro_batch=4", "eval.problems=2", "eval.n=2",
+                 "eval.ks=[1]", "eval.max_new_tokens=4", "rl.track_every=0"])
+    assert proc.returncode == 0, proc.stderr
+    bad = _cli(["eval", str(hf_dir), "--task", "gsm", "--world", str(real_world), "--out", str(tmp_path / "bad"),
+                "prompt.chat_template=true", "--quiet"])
+    assert bad.returncode == 2 and "has no chat template" in bad.stderr and "Traceback" not in bad.stderr
+    assert not list((tmp_path / "bad").glob("*.json"))
+
+
+def test_prompt_section_enters_digests_only_when_set(micro_cfg):
+    from dataclasses import replace
+
+    from excursions.config import PromptConfig
+    from excursions.study import recipe_settings
+
+    plain = recipe_settings(micro_cfg, "rl")
+    assert "prompt" not in plain  # results from before the section existed keep their directory names
+    chat = recipe_settings(replace(micro_cfg, prompt=PromptConfig(chat_template=True)), "rl")
+    assert chat == {**plain, "prompt": {"chat_template": True}}

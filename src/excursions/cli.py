@@ -215,7 +215,7 @@ def cmd_eval(args) -> None:
         print(f"curve: {Path(args.checkpoint) / 'eval' / 'curve.json'}  figure: {figure}")
         return
     rows = evaluate_checkpoint(args.checkpoint, tasks, cfg, args.shots, args.world, args.data_dir, args.out,
-                               progress=not args.quiet, runtime=full.distributed)
+                               progress=not args.quiet, runtime=full.distributed, chat=full.prompt.chat_template)
     print(summary_table(rows))
     if args.shots and len(args.shots) > 1:
         from excursions.figures import nshot_figure

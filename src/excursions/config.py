@@ -340,6 +340,16 @@ class ParallelConfig:
 
 
 @dataclass(frozen=True)
+class PromptConfig:
+    """How problems are shown to the model. Base checkpoints (the paper's, and the tiny ones) read plain
+    `Question: ... Answer:` text; an instruct model can be given its tokenizer's chat template instead: the
+    question as a user turn (exemplars as earlier user / assistant turns), the solution as the assistant's.
+    Enters a result's digest only when set (it came after results that did not have it)."""
+
+    chat_template: bool = False
+
+
+@dataclass(frozen=True)
 class DistributedConfig:
     """Where and how runs execute: devices, the split of a `torchrun` launch (one process ignores the strategy),
     and the sampler. Not part of any result's digest: the same settings on another device or sampler measure
@@ -445,6 +455,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -600,6 +611,11 @@ def to_dict(cfg: Any) -> dict:
         return v
 
     return plain(dataclasses.asdict(cfg))
+
+
+def prompt_settings(cfg: "Config") -> dict:
+    """The prompt section for a digest: empty at its default, so results from before it existed keep their names."""
+    return {} if cfg.prompt == PromptConfig() else {"prompt": to_dict(cfg.prompt)}
 
 
 def to_toml(cfg: Any) -> str:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from excursions.data.problems import STOP_STRINGS
+from excursions.data.problems import STOP_STRINGS, encode_prompt
 
 
 @dataclass(frozen=True)
@@ -415,7 +415,7 @@ def sample(model, tok, prompts: Sequence[str], n: int = 1, max_new_tokens: int =
     dev = next(model.parameters()).device  # prompts go to the model's device; results come back to the CPU
     ids = torch.tensor([i * n + j for i in index for j in range(n)], dtype=torch.long, device=dev)
     keys = sample_keys(seed, ids)
-    prompt_ids = [tok(p).input_ids for p in prompts]
+    prompt_ids = [encode_prompt(tok, p) for p in prompts]
     rows: list[tuple] = []
     per_chunk = max(1, max_batch // n)
     try:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from excursions.config import Config, digest, to_dict, to_toml
+from excursions.config import Config, digest, prompt_settings, to_dict, to_toml
 from excursions.errors import UnitsFailed, UserError
 from excursions.train.checkpoint import (MANIFEST, META, atomic_write_text, damaged, manifest, read_json,
                                          report_damage, write_json)
@@ -82,7 +82,7 @@ def recipe_settings(cfg: Config, recipe: str) -> dict:
     """The config sections a recipe's result depends on (what its directory digest covers)."""
     sections = {"rl": ("rl",), "sft": ("sft",), "sft_gold": ("sft",), "sft_rl": ("sft", "rl"),
                 "sft_gold_rl": ("sft", "rl"), "parallel": ("parallel", "rl", "sft")}[recipe]
-    return {"recipe": recipe, **{s: to_dict(getattr(cfg, s)) for s in sections}}
+    return {"recipe": recipe, **{s: to_dict(getattr(cfg, s)) for s in sections}, **prompt_settings(cfg)}
 
 
 def pretrain_dir(cfg: Config, out: Path) -> Path:
@@ -120,13 +120,13 @@ def plan(cfg: Config, out: Path) -> list[Unit]:
         raise UserError("config: study.seed_checkpoint must be one of study.checkpoints (the extra seeds branch "
                         "from a checkpoint the study already evaluates)")
     units = [] if s.external else [Unit("pretrain", "pretrain", pretrain_dir(cfg, out))]
-    ev = digest({"eval": to_dict(cfg.eval), "tasks": list(s.tasks)})
+    ev = digest({"eval": to_dict(cfg.eval), "tasks": list(s.tasks), **prompt_settings(cfg)})
     for name, tokens, source in chosen:
         units.append(Unit(f"base/{name}", "base_eval", out / "evals" / "base" / f"{name}-{ev}.json", name, tokens,
                           source=source))
     if "nshot" in s.experiments and s.nshot:
         name, tokens, source = chosen[-1]
-        shots = digest({"eval": to_dict(cfg.eval), "shots": sorted(s.nshot)})
+        shots = digest({"eval": to_dict(cfg.eval), "shots": sorted(s.nshot), **prompt_settings(cfg)})
         units.append(Unit(f"nshot/{name}", "nshot", out / "evals" / "nshot" / f"{name}-{shots}.json", name, tokens,
                           source=source))
     for ckpt in chosen:
@@ -216,7 +216,7 @@ def rollout_units(cfg: Config, out: Path, ckpt: tuple[str, int, str]) -> list[Un
     seed, steps, prompts = s.seeds[0], s.rollout_steps or cfg.rl.steps, rollout_prompts(cfg)
     split_settings = {"source": source, "world": str(world_dir(cfg, out)), "family": cfg.rl.family,
                       "problems": s.split_problems, "n": s.split_n, "temperature": cfg.rl.temperature,
-                      "max_new_tokens": cfg.rl.max_new_tokens, "min_size": prompts}
+                      "max_new_tokens": cfg.rl.max_new_tokens, "min_size": prompts, **prompt_settings(cfg)}
     split_dir = out / "splits" / f"{name}-{digest(split_settings)}"
     units = [Unit(f"splits/{name}", "splits", split_dir / "record.json", name, tokens, source=source)]
     for split in SPLITS:
@@ -264,7 +264,7 @@ def make_splits(unit: Unit, cfg: Config, world: Path, progress: bool) -> None:
     path, revision = parse_checkpoint(unit.source)
     ecfg = replace(cfg.eval, n=s.split_n, ks=(1,), temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens)
     model = load_model(path, revision, device=pick_device(cfg.distributed.device))
-    result = evaluate_math(model, load_tokenizer(path, revision), chosen, [], ecfg, shots=0,
+    result = evaluate_math(model, load_tokenizer(path, revision, chat=cfg.prompt.chat_template), chosen, [], ecfg, shots=0,
                            progress=progress, desc="difficulty splits")
     by_id = {p.id: p for p in chosen}
     groups = {k: [by_id[r["id"]] for r in result["per_problem"] if difficulty(r["c"], r["n"]) == k] for k in SPLITS}
@@ -332,7 +332,7 @@ def execute(unit: Unit, cfg: Config, out: Path, progress: bool) -> None:
             tasks, shots = [next(t for t in cfg.study.tasks if t != "general")], sorted(cfg.study.nshot)
         rows = evaluate_checkpoint(spec, tasks, cfg.eval, shots=shots, world_dir=world,
                                    out_dir=None if local else out / "evals" / "hub" / unit.checkpoint, progress=progress,
-                                   runtime=cfg.distributed)
+                                   runtime=cfg.distributed, chat=cfg.prompt.chat_template)
         write_json(unit.path, [r["path"] for r in rows])
 
 

@@ -41,8 +41,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     )
 
 
-def load_tokenizer(path: str, revision: str | None = None) -> PreTrainedTokenizerBase:
-    """Any HF tokenizer (local dir or hub id); one without a pad token gets EOS as pad."""
+def load_tokenizer(path: str, revision: str | None = None, chat: bool = False) -> PreTrainedTokenizerBase:
+    """Any HF tokenizer (local dir or hub id); one without a pad token gets EOS as pad. With `chat`, prompts
+    for it are rendered with its chat template (`data.problems.format_prompt`); it must have one."""
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as err:
@@ -50,4 +51,9 @@ def load_tokenizer(path: str, revision: str | None = None) -> PreTrainedTokenize
         raise UserError(f"cannot load a tokenizer from {path!r}: {first}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if chat:
+        if not getattr(tok, "chat_template", None):
+            raise UserError(f"prompt.chat_template is set but the tokenizer of {path!r} has no chat template; "
+                            "set prompt.chat_template=false for a base model")
+        tok.excursions_chat = True
     return tok

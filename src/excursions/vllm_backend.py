@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from excursions.data.problems import encode_prompt
 from excursions.errors import UserError
 from excursions.sampling import Samples, mix64, sample_keys, to_samples
 
@@ -60,7 +61,7 @@ class VLLMSampler:
         """`sample`'s contract: n completions per prompt, prompt-major, each prompt seeded by (seed, its index)
         so that a shard of a batch samples what the whole would; completions keep EOS / the stop string."""
         index = list(range(len(prompts))) if prompt_index is None else list(prompt_index)
-        prompt_ids = [tok(p).input_ids for p in prompts]
+        prompt_ids = [encode_prompt(tok, p) for p in prompts]
         keys = mix64(sample_keys(seed, torch.tensor(index)))  # one request seed per prompt
         params = [self.params(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, stop=list(stop),
                               include_stop_str_in_output=True, logprobs=0, seed=int(k) & 0x7FFFFFFF) for k in keys]

@@ -82,9 +82,46 @@ def format_example(question: str, solution: str | None = None) -> str:
     return head if solution is None else f"{head} {solution}"
 
 
-def format_prompt(question: str, shots: Sequence[tuple[str, str]] = ()) -> str:
-    """The prompt for `question`, preceded by worked (question, solution) exemplars for n-shot."""
-    return "\n\n".join([format_example(q, s) for q, s in shots] + [format_example(question)])
+def format_prompt(question: str, shots: Sequence[tuple[str, str]] = (), tok=None) -> str:
+    """The prompt for `question`, preceded by worked (question, solution) exemplars for n-shot. With a tokenizer
+    loaded for chat (`load_tokenizer(..., chat=True)`), its chat template renders them as turns instead."""
+    if not uses_chat(tok):
+        return "\n\n".join([format_example(q, s) for q, s in shots] + [format_example(question)])
+    return tok.apply_chat_template(_turns(question, shots), tokenize=False, add_generation_prompt=True)
+
+
+def format_demo(question: str, solution: str, tok=None) -> tuple[str, str]:
+    """(prompt, completion) of a worked solution, for SFT; the completion's EOS is added when it is tokenised.
+
+    Plain: the prompt and " " + solution. Chat: the template's assistant turn after the prompt, cut before the
+    first EOS (so that the appended one is the only one); a template whose rendered conversation does not
+    start with its rendered prompt cannot be split that way and is an error."""
+    if not uses_chat(tok):
+        return format_prompt(question), " " + solution
+    prompt = format_prompt(question, tok=tok)
+    full = tok.apply_chat_template(_turns(question) + [{"role": "assistant", "content": solution}], tokenize=False)
+    if not full.startswith(prompt):
+        raise UserError("the tokenizer's chat template renders a conversation that does not start with its prompt "
+                        "(with the generation prompt); SFT cannot mask the prompt. Use prompt.chat_template=false")
+    completion = full[len(prompt) :]
+    eos = tok.eos_token
+    return prompt, completion[: completion.index(eos)] if eos and eos in completion else completion
+
+
+def encode_prompt(tok, text: str) -> list[int]:
+    """A prompt's token ids. A chat-rendered prompt holds its special tokens (BOS too) already."""
+    return tok(text, add_special_tokens=not uses_chat(tok)).input_ids
+
+
+def uses_chat(tok) -> bool:
+    return tok is not None and getattr(tok, "excursions_chat", False)
+
+
+def _turns(question: str, shots: Sequence[tuple[str, str]] = ()) -> list[dict]:
+    turns = []
+    for q, s in shots:
+        turns += [{"role": "user", "content": q}, {"role": "assistant", "content": s}]
+    return turns + [{"role": "user", "content": question}]
 
 
 def write_jsonl(path: Path, problems: Iterable[Problem]) -> None:

@@ -34,14 +34,16 @@ def choose_exemplars(train: Sequence[Problem], shots: int, seed: int) -> list[Pr
     return rng.sample(list(train), min(len(train), shots + 1))
 
 
-def prompts_for(problems: Sequence[Problem], exemplars: Sequence[Problem], shots: int, seed: int) -> list[str]:
-    """n-shot prompts; an exemplar is never the problem itself (the spare one takes its place)."""
+def prompts_for(problems: Sequence[Problem], exemplars: Sequence[Problem], shots: int, seed: int,
+                tok=None) -> list[str]:
+    """n-shot prompts; an exemplar is never the problem itself (the spare one takes its place). In the
+    tokenizer's chat template when it was loaded for chat."""
     rng = random.Random(f"solutions/{seed}")
     solutions = {e.id: rng.choice(e.solutions) for e in exemplars}
     out = []
     for p in problems:
         chosen = [e for e in exemplars if e.question != p.question][:shots]
-        out.append(format_prompt(p.question, [(e.question, solutions[e.id]) for e in chosen]))
+        out.append(format_prompt(p.question, [(e.question, solutions[e.id]) for e in chosen], tok))
     return out
 
 
@@ -50,7 +52,7 @@ def evaluate_math(model, tok, problems: Sequence[Problem], train: Sequence[Probl
     """pass@k with bootstrap intervals, format and lenient rates, and per-problem (n, c)."""
     t0 = time.perf_counter()
     exemplars = choose_exemplars([p for p in train], shots, cfg.seed)
-    prompts = prompts_for(problems, exemplars, shots, cfg.seed)
+    prompts = prompts_for(problems, exemplars, shots, cfg.seed, tok)
     bar = progress_bar(total=len(prompts) * cfg.n, unit="sample", desc=desc, disable=not progress)
     out = sample(model, tok, prompts, n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                  top_p=cfg.top_p, seed=cfg.seed, progress=bar)
@@ -100,12 +102,15 @@ TASKS = MATH_TASKS + ("general",) + REAL_MC
 
 def evaluate_checkpoint(spec: str, tasks: Sequence[str], cfg: EvalConfig, shots: Sequence[int] | None = None,
                         world_dir: Path | None = None, data_dir: Path | None = None, out_dir: Path | None = None,
-                        progress: bool = True, runtime: DistributedConfig | None = None) -> list[dict]:
+                        progress: bool = True, runtime: DistributedConfig | None = None,
+                        chat: bool = False) -> list[dict]:
     """Evaluate one checkpoint (a directory or `hub/id@revision`) on `tasks`; write one JSON per result.
 
     Base checkpoints get `cfg.shots` exemplars, post-trained ones (their meta names a recipe) 0-shot,
     unless `shots` lists the shot counts to run (an n-shot sweep). `runtime.sampler` picks what samples
-    the math tasks: the HF model (builtin) or a vLLM engine over the same checkpoint.
+    the math tasks: the HF model (builtin) or a vLLM engine over the same checkpoint. `chat`: math prompts in
+    the tokenizer's chat template (results in their own `*-chat.json` files); multiple-choice items are scored
+    as plain continuations either way.
     """
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -132,7 +137,7 @@ def evaluate_checkpoint(spec: str, tasks: Sequence[str], cfg: EvalConfig, shots:
             else:
                 loaded[kind] = load_model(path, revision, device=pick_device(runtime.device if runtime else "auto"))
         if "tok" not in loaded:
-            loaded["tok"] = load_tokenizer(path, revision)
+            loaded["tok"] = load_tokenizer(path, revision, chat=chat)
         return loaded[kind], loaded["tok"]
 
     sampler = runtime.sampler if runtime else "builtin"
@@ -143,7 +148,7 @@ def evaluate_checkpoint(spec: str, tasks: Sequence[str], cfg: EvalConfig, shots:
             test = read_jsonl(Path(world) / task / "test.jsonl")[: cfg.problems or None]
             train = read_jsonl(Path(world) / task / "train.jsonl")
             for k in shots_list:
-                file = out_dir / f"{task}-{k}shot.json"
+                file = out_dir / f"{task}-{k}shot{'-chat' if chat else ''}.json"
                 rows.append(_cached(file, spec, cfg) or _save(file, spec, task, cfg, evaluate_math(
                     *model_and_tokenizer("vllm" if sampler == "vllm" else "model"), test, train, cfg, k, progress,
                     desc=f"{task} {k}-shot")))

@@ -91,7 +91,7 @@ class _Setup:
         path, revision = parse_checkpoint(src)
         self.policy = load_model(path, revision, device=device)
         self.ref = load_model(path, revision, device=device).eval().requires_grad_(False) if reference else None
-        self.tok = load_tokenizer(path, revision)
+        self.tok = load_tokenizer(path, revision, chat=cfg.prompt.chat_template)
         for split in ("train", "val", "test"):
             if not (world / family / f"{split}.jsonl").is_file():
                 raise UserError(f"{world} has no {family}/{split}.jsonl; pass the world/ of a pretraining run")
@@ -209,14 +209,6 @@ def _finish(run: RunDir, trainee: Trainee, src: str, name: str, world: Path, ste
     return run.final
 
 
-def _single_process_only(name: str, cfg: Config) -> dist.Dist:
-    d = dist.setup(cfg.distributed.strategy, cfg.distributed.device)
-    if d.active:
-        raise UserError(f"the {name} stage runs in one process so far; launch it without torchrun "
-                        "(distributed runs support the rl recipe)")
-    return d
-
-
 def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name: str) -> Path:
     c = cfg.rl
     d = dist.setup(cfg.distributed.strategy, cfg.distributed.device)
@@ -251,7 +243,7 @@ def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, demos
     t0 = time.perf_counter()
     setup = _Setup(src, cfg, world, c.family, reference=False, device=d.device)
     trainee = Trainee(run, setup, d)
-    batches = SFTBatches(setup.tok, demonstrations(setup.train, demos, c.seed), c.batch_size, c.seed)
+    batches = SFTBatches(setup.tok, demonstrations(setup.train, demos, c.seed, setup.tok), c.batch_size, c.seed)
     steps = c.epochs * batches.steps_per_epoch
     opt = adamw(trainee.module, c.lr, c.betas, c.weight_decay)
     trainee.attach({"opt": opt})
@@ -270,43 +262,50 @@ def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, demos
     return _finish(run, trainee, src, name, world, steps, t0)
 
 
+def parallel_gradients(module, params: list, batch, sft_batch, r, s, d: dist.Dist = dist.SINGLE):
+    """Algorithm 1's two gradients at the same weights, each clipped on its own: (g_rl, g_sft, RL stats, SFT
+    loss). The RL gradient covers the whole rollout batch (one update per step, mini-batches accumulated). Under
+    torchrun `batch` is this rank's shard and the SFT rows are split over the ranks; the engine reduces both."""
+
+    def take(clip: float) -> list[torch.Tensor]:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        out = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        module.zero_grad(set_to_none=True)
+        return out
+
+    rl_stats = grpo_gradients(module, batch, torch.arange(batch.rewards.numel(), device=batch.rewards.device), r, d)
+    g_rl = take(r.grad_clip)
+    sft_loss = sft_gradients(module, sft_batch, d=d)
+    return g_rl, take(s.grad_clip), rl_stats, sft_loss
+
+
 def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) -> Path:
     c, r, s = cfg.parallel, cfg.rl, cfg.sft
-    d = _single_process_only("parallel", cfg)
-    run = RunDir(out, {"stage": "parallel", "source": src, "parallel": to_dict(c), "rl": to_dict(r),
-                       "sft": to_dict(s), "eval": to_dict(cfg.eval)}, tracking=cfg.tracking)
+    d = dist.setup(cfg.distributed.strategy, cfg.distributed.device)
+    run = _claim(out, {"stage": "parallel", "source": src, "parallel": to_dict(c), "rl": to_dict(r),
+                       "sft": to_dict(s), "eval": to_dict(cfg.eval)}, d, cfg)
     if run.done:
         return run.final
     t0 = time.perf_counter()
     setup = _Setup(src, cfg, world, r.family, reference=r.kl_coef > 0, device=d.device)
     trainee = Trainee(run, setup, d, rollouts=True)
-    batches = SFTBatches(setup.tok, demonstrations(setup.train, "one", s.seed), s.batch_size, s.seed)
-    avg = ParallelAveraging(setup.policy, c.rl_lr, c.sft_lr, r.betas, r.weight_decay)
+    batches = SFTBatches(setup.tok, demonstrations(setup.train, "one", s.seed, setup.tok), s.batch_size, s.seed)
+    avg = ParallelAveraging(trainee.module, c.rl_lr, c.sft_lr, r.betas, r.weight_decay)
     trainee.attach({"rl": avg.rl, "sft": avg.sft})
-    params = avg.params
-
-    def grads(clip: float) -> list[torch.Tensor]:
-        torch.nn.utils.clip_grad_norm_(params, clip)
-        out = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
-        setup.policy.zero_grad(set_to_none=True)
-        return out
 
     def step_fn(step: int) -> dict:
-        problems = [setup.train[i] for i in _prompt_rows(step, len(setup.train), r.prompts_per_step, r.seed)]
-        batch = rollout(setup.policy, setup.ref, setup.tok, problems, r, seed=r.seed * 1_000_003 + step,
-                        sampler=trainee.sampler)
-        # Both gradients at the same snapshot; the RL one accumulates over mini-batches (one update per step).
-        rows = torch.arange(batch.rewards.numel(), device=batch.rewards.device)
-        rl_stats = grpo_gradients(setup.policy, batch, rows, r)
-        g_rl = grads(r.grad_clip)
+        rows = _prompt_rows(step, len(setup.train), r.prompts_per_step, r.seed)
+        mine = dist.shard(len(rows), d)  # this rank's prompts
+        batch = rollout(trainee.replica, setup.ref, setup.tok, [setup.train[rows[i]] for i in mine], r,
+                        seed=r.seed * 1_000_003 + step, prompt_index=mine, sampler=trainee.sampler)
         sft_batch = batches.batch(step)
-        sft_loss = sft_gradients(setup.policy, sft_batch)
-        g_sft = grads(s.grad_clip)
+        g_rl, g_sft, rl_stats, sft_loss = parallel_gradients(trainee.module, avg.params, batch, sft_batch, r, s, d)
         w = c.weight + (c.weight_end - c.weight) * step / max(1, c.steps - 1)
         avg.step(g_rl, g_sft, w)
-        flops = training_flops(setup.policy, batch.attention) + training_flops(setup.policy, sft_batch[1])
-        return {**batch.stats, **{f"train/{k}": v for k, v in rl_stats.items()}, "train/loss": sft_loss,
-                "parallel/weight": w, "train_flops": flops}
+        flops = dist.global_sum(training_flops(trainee.replica, batch.attention), d)
+        flops += training_flops(trainee.replica, sft_batch[1])  # every rank holds the whole SFT batch
+        return {**dist.mean_stats(batch.stats, d), **{f"train/{k}": v for k, v in rl_stats.items()},
+                "train/loss": sft_loss, "parallel/weight": w, "train_flops": flops}
 
     _loop(run, trainee, cfg, c.steps, step_fn, r.save_every, r.track_every, r.track_n, "parallel", progress)
     return _finish(run, trainee, src, "parallel", world, c.steps, t0)

@@ -114,7 +114,7 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
     """Sample G completions per problem, score them, and compute advantages and old / ref log-probs.
     `prompt_index`: the problems' places in the step's whole batch when this is a shard of it. `sampler`: a
     `VLLMSampler` holding the policy's weights, to sample with instead of the policy itself."""
-    prompts = [format_prompt(p.question) for p in problems]
+    prompts = [format_prompt(p.question, tok=tok) for p in problems]
     G = cfg.group_size
     t0 = time.perf_counter()
     s = sample(sampler or policy, tok, prompts, n=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,

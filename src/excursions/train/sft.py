@@ -14,18 +14,20 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from excursions.data.problems import Problem, format_prompt
+from excursions.data.problems import Problem, encode_prompt, format_demo
 from excursions.objectives import sft_loss
 from excursions.train.dist import SINGLE, Dist, global_sum
 
 
-def demonstrations(problems: Sequence[Problem], mode: Literal["one", "all"], seed: int) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs: one randomly chosen solution per problem (fixed by seed), or all."""
+def demonstrations(problems: Sequence[Problem], mode: Literal["one", "all"], seed: int,
+                   tok=None) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs: one randomly chosen solution per problem (fixed by seed), or all; in the
+    tokenizer's chat template when it was loaded for chat."""
     rng = random.Random(f"sft-demos/{seed}")
     pairs = []
     for p in problems:
         chosen = p.solutions if mode == "all" else [rng.choice(p.solutions)]
-        pairs += [(format_prompt(p.question), " " + s) for s in chosen]
+        pairs += [format_demo(p.question, s, tok) for s in chosen]
     return pairs
 
 
@@ -36,7 +38,7 @@ class SFTBatches:
         self.tok, self.batch_size, self.seed = tok, batch_size, seed
         self.items = []
         for prompt, completion in pairs:
-            p = tok(prompt).input_ids
+            p = encode_prompt(tok, prompt)
             c = tok(completion, add_special_tokens=False).input_ids + [tok.eos_token_id]
             self.items.append((p, c))
         self.steps_per_epoch = math.ceil(len(self.items) / batch_size)
