@@ -202,9 +202,9 @@ class Olmo2Engine:
     A decode step is ~40 small ops per layer, so their count is the cost at batch 64 on a CPU: the
     q/k/v and gate/up projections are fused into one matmul each, norms are one reduction and two
     multiplies (`rms_norm`), the softmax scale is folded into the q-norm gain, rotary embeddings rotate q
-    and k together. The prompt's keys are
-    cached transposed ([hd, L]) so that its scores are one contiguous batched matmul; generated keys are
-    cached as rows ([L, hd]): writing one column per step into a transposed cache cost more than it saved.
+    and k together. The prompt's keys are cached transposed ([hd, L]) so that its scores are one contiguous
+    batched matmul; generated keys are cached as rows ([L, hd]): writing one column per step into a
+    transposed cache cost more than it saved.
     """
 
     def __init__(self, model, max_new_tokens: int):

@@ -14,6 +14,7 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from excursions.data.problems import use_chat
 from excursions.errors import UserError, first_line
 
 EOS = "<|endoftext|>"
@@ -55,5 +56,5 @@ def load_tokenizer(path: str, revision: str | None = None, chat: bool = False) -
         if not getattr(tok, "chat_template", None):
             raise UserError(f"prompt.chat_template is set but the tokenizer of {path!r} has no chat template; "
                             "set prompt.chat_template=false for a base model")
-        tok.excursions_chat = True
+        use_chat(tok)
     return tok

@@ -113,6 +113,11 @@ def encode_prompt(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=not uses_chat(tok)).input_ids
 
 
+def use_chat(tok) -> None:
+    """Mark a tokenizer so that prompts for it are rendered with its chat template (`load_tokenizer(chat=True)`)."""
+    tok.excursions_chat = True
+
+
 def uses_chat(tok) -> bool:
     return tok is not None and getattr(tok, "excursions_chat", False)
 
