@@ -7,7 +7,8 @@ Needs TRL: pip install -e '.[bench]'.
 
 Both: one optimizer step per rollout batch, temperature 1, at most --max-new tokens, EOS as the only
 stop, no KL model (beta = 0), the same strict reward. Seconds per step exclude the first (warm-up) step;
-ours runs before and after TRL and both are averaged.
+ours runs before and after TRL and both are averaged. Each step is split into its rollout (generation and
+scoring: TRL's `_generate_and_score_completions`) and the rest (the update).
 """
 
 from __future__ import annotations
@@ -29,18 +30,19 @@ from excursions.rewards import math_rewards
 from excursions.train.rl import grpo_update, rollout
 
 
-def ours(ckpt: Path, problems, args) -> list[float]:
+def ours(ckpt: Path, problems, args) -> tuple[list[float], list[float]]:
     model, tok = AutoModelForCausalLM.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt)
     cfg = RLConfig(prompts_per_step=args.prompts, group_size=args.group, minibatches=1, lr=1e-5, kl_coef=0.0,
                    max_new_tokens=args.max_new)
     opt = adamw(model, cfg.lr, cfg.betas, cfg.weight_decay)
-    times = []
+    times, rollouts = [], []
     for step in range(args.steps + 1):
         t = time.perf_counter()
         batch = rollout(model, None, tok, problems, cfg, seed=step, stop=())
+        rollouts.append(time.perf_counter() - t)
         grpo_update(model, opt, batch, cfg)
         times.append(time.perf_counter() - t)
-    return times[1:]
+    return times[1:], rollouts[1:]
 
 
 class _Clock(TrainerCallback):
@@ -54,7 +56,7 @@ class _Clock(TrainerCallback):
         self.marks.append(time.perf_counter())
 
 
-def trl(ckpt: Path, problems, args) -> list[float]:
+def trl(ckpt: Path, problems, args) -> tuple[list[float], list[float]]:
     try:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
@@ -75,8 +77,18 @@ def trl(ckpt: Path, problems, args) -> list[float]:
     clock = _Clock()
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=Dataset.from_list(rows),
                           processing_class=tok, callbacks=[clock])
+    rollouts = []
+    generate_and_score = trainer._generate_and_score_completions
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        out = generate_and_score(*a, **k)
+        rollouts.append(time.perf_counter() - t)
+        return out
+
+    trainer._generate_and_score_completions = timed
     trainer.train()
-    return [b - a for a, b in zip(clock.marks[1:], clock.marks[2:])]
+    return [b - a for a, b in zip(clock.marks[1:], clock.marks[2:])], rollouts[1:]
 
 
 def main() -> None:
@@ -93,13 +105,16 @@ def main() -> None:
     print(f"model: {ckpt}; {args.prompts} prompts x {args.group} generations, <= {args.max_new} new tokens, "
           f"{torch.get_num_threads()} threads\n")
     # ours before and after TRL: this machine's speed drifts within minutes, so neither side gets a quiet spell
-    first = ours(ckpt, problems, args)
-    t_trl = trl(ckpt, problems, args)
-    t_ours = first + ours(ckpt, problems, args)
+    first, first_rollouts = ours(ckpt, problems, args)
+    t_trl, r_trl = trl(ckpt, problems, args)
+    again, again_rollouts = ours(ckpt, problems, args)
+    t_ours, r_ours = first + again, first_rollouts + again_rollouts
     mean = lambda xs: sum(xs) / len(xs)
-    print("| implementation | s / GRPO step | speed-up |\n|---|---:|---:|")
-    print(f"| TRL GRPOTrainer | {mean(t_trl):.2f} | 1.0x |")
-    print(f"| excursions | {mean(t_ours):.2f} | {mean(t_trl) / mean(t_ours):.1f}x |")
+    print("| implementation | s / GRPO step | rollout | update | speed-up (rollout, update) |\n|---|---:|---:|---:|---:|")
+    for name, t, r in (("TRL GRPOTrainer", t_trl, r_trl), ("excursions", t_ours, r_ours)):
+        step, roll = mean(t), mean(r)
+        print(f"| {name} | {step:.2f} | {roll:.2f} | {step - roll:.2f} | {mean(t_trl) / step:.1f}x "
+              f"({mean(r_trl) / roll:.1f}x, {(mean(t_trl) - mean(r_trl)) / (step - roll):.1f}x) |")
 
 
 if __name__ == "__main__":

@@ -58,14 +58,18 @@ def response_logits(model, input_ids: torch.Tensor, attention: torch.Tensor, pro
 def shared_prefix_hidden(model, input_ids: torch.Tensor, attention: torch.Tensor, prompt_width: int,
                          group: int) -> torch.Tensor:
     """The final (normed) hidden states that predict each completion token, for rows in groups of `group`
-    completions of one prompt, each prompt run once: [N, T, d]; `model.lm_head` of it is `response_logits`.
+    completions of one prompt, each prompt run once: [N, T, d] (zero where the completion is padding);
+    `model.lm_head` of it is `response_logits`. OLMo-2 only (`is_olmo2`).
 
     The prompt's layers run once per group and its keys / values are shared by the group's completions
     (gradients from all of them flow back through the one copy): with G = 16 completions of ~100 tokens
-    after a ~50-token prompt this skips a quarter of the forward and backward. OLMo-2 only (`is_olmo2`).
+    after a ~50-token prompt this skips a quarter of the forward and backward. The completions' real
+    tokens run packed ([1, M] instead of [N, T - 1]): everything but attention is per position, so only
+    attention sees the padded layout, and right padding (a sixth of a tiny GRPO batch, more where lengths
+    vary) costs no projection, MLP or norm, forward or backward.
     """
     P, (N, L) = prompt_width, input_ids.shape
-    T, (H, KVH, _) = L - P, olmo2_heads(model)
+    T, (H, KVH, hd) = L - P, olmo2_heads(model)
     pvalid = attention[::group, :P].bool()  # [g, P]
     ppos = position_ids(pvalid)
     R = T - 1  # completion tokens 0..T-2 predict 1..T-1; the prompt's last position predicts token 0
@@ -76,22 +80,30 @@ def shared_prefix_hidden(model, input_ids: torch.Tensor, attention: torch.Tensor
     # a completion token attends to its prompt's real tokens and causally to its own completion
     rmask = torch.cat([pvalid.repeat_interleave(group, 0)[:, None, :].expand(N, R, P),
                        torch.ones(R, R, dtype=torch.bool, device=dev).tril().expand(N, R, R)], -1)[:, None]
+    real = attention[:, P:-1].bool().flatten().nonzero().squeeze(-1)  # packed index of real inputs in [N * R]
     cache: list = []
 
     def attend_prompt(layer, q, k, v):
         cache.append((k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=pmask, scale=1.0, enable_gqa=H != KVH)
 
+    def unpack(x):  # packed [1, h, M, hd] -> [N, h, R, hd], zero on padding (no real query attends to it)
+        rows = x.new_zeros(N * R, x.shape[1], hd).index_copy(0, real, x[0].transpose(0, 1))
+        return rows.view(N, R, -1, hd).transpose(1, 2)
+
     def attend_response(layer, q, k, v):
         kp, vp = cache[layer]
-        return F.scaled_dot_product_attention(q, torch.cat([kp, k], 2), torch.cat([vp, v], 2), attn_mask=rmask,
-                                              scale=1.0, enable_gqa=H != KVH)
+        out = F.scaled_dot_product_attention(unpack(q), torch.cat([kp, unpack(k)], 2), torch.cat([vp, unpack(v)], 2),
+                                             attn_mask=rmask, scale=1.0, enable_gqa=H != KVH)
+        return out.transpose(1, 2).reshape(N * R, H, hd).index_select(0, real).transpose(0, 1)[None]  # packed
 
     last = olmo2_forward(model, weights, input_ids[::group, :P], ppos, attend_prompt, last_only=True, head=False)
     hidden = last.repeat_interleave(group, 0)  # [N, 1, d]
     if R > 0:
-        hidden = torch.cat([hidden, olmo2_forward(model, weights, input_ids[:, P:-1], rpos, attend_response,
-                                                  head=False)], 1)
+        packed = olmo2_forward(model, weights, input_ids[:, P:-1].flatten()[real][None], rpos.flatten()[real][None],
+                               attend_response, head=False)[0]  # [M, d]
+        body = packed.new_zeros(N * R, packed.shape[-1]).index_copy(0, real, packed).view(N, R, -1)
+        hidden = torch.cat([hidden, body], 1)
     return hidden
 
 
