@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from excursions.config import Config, to_dict
+from excursions.config import Config, RLConfig, to_dict
 from excursions.data.problems import read_jsonl
 from excursions.errors import UserError
 from excursions.model import check_checkpoint, load_model, parse_checkpoint
@@ -110,6 +110,15 @@ def _prompt_rows(step: int, n_items: int, per_step: int, seed: int) -> list[int]
     epoch, i = divmod(step, per_epoch)
     perm = np.random.default_rng([seed, epoch, 7]).permutation(n_items)
     return perm[i * per_step : (i + 1) * per_step].tolist()
+
+
+def _step_rollouts(setup: "_Setup", trainee: "Trainee", c: RLConfig, step: int, d: dist.Dist, parts: int = 1):
+    """This rank's share of step `step`'s rollout batch: its prompts (cut into `parts` mini-batches first, see
+    `dist.shard`), sampled with the step's seed, so every rank count draws the samples one process would."""
+    rows = _prompt_rows(step, len(setup.train), c.prompts_per_step, c.seed)
+    mine = dist.shard(len(rows), d, parts)
+    return rollout(trainee.replica, setup.ref, setup.tok, [setup.train[rows[i]] for i in mine], c,
+                   seed=c.seed * 1_000_003 + step, prompt_index=mine, sampler=trainee.sampler)
 
 
 class Trainee:
@@ -222,10 +231,7 @@ def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name
     trainee.attach({"opt": opt})
 
     def step_fn(step: int) -> dict:
-        rows = _prompt_rows(step, len(setup.train), c.prompts_per_step, c.seed)
-        mine = dist.shard(len(rows), d, c.minibatches)  # this rank's prompts, mini-batch by mini-batch
-        batch = rollout(trainee.replica, setup.ref, setup.tok, [setup.train[rows[i]] for i in mine], c,
-                        seed=c.seed * 1_000_003 + step, prompt_index=mine, sampler=trainee.sampler)
+        batch = _step_rollouts(setup, trainee, c, step, d, c.minibatches)  # mini-batch by mini-batch
         update = grpo_update(trainee.module, opt, batch, c, d, flops_model=trainee.replica)
         return {**dist.mean_stats(batch.stats, d), **update}
 
@@ -294,10 +300,7 @@ def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) 
     trainee.attach({"rl": avg.rl, "sft": avg.sft})
 
     def step_fn(step: int) -> dict:
-        rows = _prompt_rows(step, len(setup.train), r.prompts_per_step, r.seed)
-        mine = dist.shard(len(rows), d)  # this rank's prompts
-        batch = rollout(trainee.replica, setup.ref, setup.tok, [setup.train[rows[i]] for i in mine], r,
-                        seed=r.seed * 1_000_003 + step, prompt_index=mine, sampler=trainee.sampler)
+        batch = _step_rollouts(setup, trainee, r, step, d)  # one gradient over the whole batch
         sft_batch = batches.batch(step)
         g_rl, g_sft, rl_stats, sft_loss = parallel_gradients(trainee.module, avg.params, batch, sft_batch, r, s, d)
         w = c.weight + (c.weight_end - c.weight) * step / max(1, c.steps - 1)
