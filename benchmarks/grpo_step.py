@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from excursions import progress  # noqa: F401  (quiets transformers' loading bars)
-from excursions.cli import reuse_freed_memory
+from excursions import runtime  # noqa: F401  (quiets transformers' loading bars)
+from excursions.runtime import reuse_freed_memory
 from excursions.config import RLConfig
 from excursions.data.problems import format_prompt, read_jsonl
 from excursions.optim import adamw
 from excursions.rewards import math_rewards
-from excursions.train.rl import grpo_update, rollout
+from excursions.train.grpo import grpo_update, rollout
 
 
 def ours(ckpt: Path, problems, args) -> tuple[list[float], list[float]]:

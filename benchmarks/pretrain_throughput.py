@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from excursions.cli import reuse_freed_memory
+from excursions.runtime import reuse_freed_memory
 from excursions.config import ModelConfig
 from excursions.flops import model_dims, train_flops_per_token
 from excursions.model import build_model

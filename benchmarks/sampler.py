@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from excursions import progress  # noqa: F401  (quiets transformers' loading bars)
-from excursions.cli import reuse_freed_memory
+from excursions import runtime  # noqa: F401  (quiets transformers' loading bars)
+from excursions.runtime import reuse_freed_memory
 from excursions.data.problems import STOP_STRINGS, format_prompt, read_jsonl
 from excursions.sampling import sample
 

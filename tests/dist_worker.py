@@ -13,8 +13,9 @@ from excursions.objectives import ADVANTAGES
 from excursions.optim import ParallelAveraging
 from excursions.train.sft import sft_gradients
 from excursions.train import dist
-from excursions.train.recipes import parallel_gradients
-from excursions.train.rl import Rollouts, _logprobs, grpo_update
+from excursions.train.posttrain import parallel_gradients
+from excursions.train.grpo import Rollouts, grpo_update
+from excursions.train.logprobs import batch_logprobs
 
 
 def main(strategy: str, out: str) -> None:
@@ -36,7 +37,7 @@ def main(strategy: str, out: str) -> None:
             ids[r, W - plen : W], att[r, W - plen : W] = prompt, 1
             ids[r, W : W + n], att[r, W : W + n], mask[r, :n] = torch.randint(2, 64, (n,), generator=g), 1, 1
     rewards = torch.randint(0, 2, (P * G,), generator=g).float()
-    old = _logprobs(model, ids, att, ids[:, W:], mask, W, cfg)
+    old = batch_logprobs(model, ids, att, ids[:, W:], mask, W, cfg)
     ref = old + 0.1 * torch.randn(old.shape, generator=g) * mask
 
     rows = torch.tensor([i * G + j for i in dist.shard(P, d, cfg.minibatches) for j in range(G)])

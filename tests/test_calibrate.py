@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from excursions.calibrate import calibrate, calibration_table
+from excursions.study.calibrate import calibrate, calibration_table
 from excursions.config import load_config
 from excursions.cli import main
 

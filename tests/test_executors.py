@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from excursions.errors import UserError
-from excursions.study import DB, dependencies, plan, run_study
+from excursions.study.plan import dependencies
+from excursions.study.runner import plan, run_study
+from excursions.study.store import DB
 
 from test_faults import OUT, small_args, small_cfg, small_ref  # noqa: F401 (fixtures)
 from test_study import _evaluations, micro_study

@@ -25,9 +25,10 @@ from safetensors.torch import load_file
 from excursions import cli
 from excursions.config import load_config
 from excursions.errors import Diverged
-from excursions.study import DB, plan, run_study, status_table
-from excursions.train import recipes
-from excursions.train.checkpoint import MANIFEST, META, TRAINER_STATE, read_json, sha256
+from excursions.study.runner import plan, run_study, status_table
+from excursions.study.store import DB
+from excursions.train import posttrain
+from excursions.checkpoint import MANIFEST, META, TRAINER_STATE, read_json, sha256
 
 from test_posttrain import POST
 from test_study import _evaluations
@@ -89,14 +90,14 @@ def test_a_diverged_unit_fails_alone_and_the_study_goes_on(small_ref, small_cfg,
     monkeypatch.chdir(tmp_path)
     out = _copy_without(small_ref, small_cfg, "rl/")
     rl, rl_eval = _unit(small_cfg, "rl/"), _unit(small_cfg, "eval/rl/")
-    real, calls = recipes.grpo_update, []
+    real, calls = posttrain.grpo_update, []
 
     def nan_at_step_2(*args, **kwargs):
         stats = real(*args, **kwargs)
         calls.append(1)
         return {**stats, "train/pg_loss": math.nan} if len(calls) == 2 else stats
 
-    monkeypatch.setattr(recipes, "grpo_update", nan_at_step_2)
+    monkeypatch.setattr(posttrain, "grpo_update", nan_at_step_2)
     code = cli.main(["study", "--preset", "smoke", "--out", OUT, "--quiet", *small_args])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
@@ -113,7 +114,7 @@ def test_a_diverged_unit_fails_alone_and_the_study_goes_on(small_ref, small_cfg,
     assert sum("done" in line for line in lines.values()) == 4
     assert (out / "report" / "report.md").exists()
 
-    monkeypatch.setattr(recipes, "grpo_update", real)  # the fault gone, a rerun resumes the unit and finishes
+    monkeypatch.setattr(posttrain, "grpo_update", real)  # the fault gone, a rerun resumes the unit and finishes
     run_study(small_cfg, out, progress=False)
     assert _evaluations(out) == pytest.approx(_evaluations(small_ref))
 
@@ -121,7 +122,7 @@ def test_a_diverged_unit_fails_alone_and_the_study_goes_on(small_ref, small_cfg,
 @pytest.mark.parametrize("recipe, fault", [("sft", "inf gradient"), ("parallel", "nan loss")])
 def test_every_loop_stops_before_saving_a_diverged_step(recipe, fault, micro_run, small_cfg, tmp_path, monkeypatch):
     source = sorted((micro_run / "checkpoints").glob("step*"))[-1]
-    real, calls = recipes.sft_gradients, []
+    real, calls = posttrain.sft_gradients, []
 
     def faulty(model, *args, **kwargs):
         loss = real(model, *args, **kwargs)
@@ -130,10 +131,10 @@ def test_every_loop_stops_before_saving_a_diverged_step(recipe, fault, micro_run
             next(model.parameters()).grad.fill_(math.inf)
         return math.nan if len(calls) == 2 and fault == "nan loss" else loss
 
-    monkeypatch.setattr(recipes, "sft_gradients", faulty)
+    monkeypatch.setattr(posttrain, "sft_gradients", faulty)
     what = "the weights" if fault == "inf gradient" else "train/loss"
     with pytest.raises(Diverged, match=rf"^{recipe}: {what} not finite at step 2; stopped without saving"):
-        recipes.posttrain(str(source), recipe, small_cfg, tmp_path / "run", micro_run / "world", progress=False)
+        posttrain.posttrain(str(source), recipe, small_cfg, tmp_path / "run", micro_run / "world", progress=False)
     assert [p.name for p in (tmp_path / "run" / "resume").iterdir()] == ["step000001"]
     assert not (tmp_path / "run" / "final").exists()
 
@@ -201,7 +202,7 @@ def test_a_damaged_pretraining_checkpoint_is_written_again(micro_run, micro_cfg,
 
 def test_a_study_never_loads_a_damaged_source(small_ref, small_cfg, tmp_path, monkeypatch):
     from excursions.errors import UserError
-    from excursions.study import execute
+    from excursions.study.units import execute
 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(small_ref, OUT)

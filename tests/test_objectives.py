@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from excursions.objectives import (AGGREGATIONS, drgrpo_advantages, grpo_advantages, grpo_loss, kl_k1, kl_k2, kl_k3,
-                                   logprob_entropy, lookup, sft_loss)
+                                   logprob_entropy, sft_loss)
 from excursions.errors import UserError
 from excursions.optim import ParallelAveraging
+from excursions.registry import lookup
 
 
 def test_grpo_advantage_hand_values():

@@ -25,8 +25,8 @@ CASES = {  # name -> (preset, overrides)
 
 
 def planned(name: str) -> dict:
-    from excursions.study import plan
-    from excursions.study import dependencies
+    from excursions.study.runner import plan
+    from excursions.study.plan import dependencies
 
     preset, overrides = CASES[name]
     cfg = load_config(preset, overrides=overrides)

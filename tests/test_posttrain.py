@@ -19,8 +19,10 @@ from excursions.data.problems import format_prompt, read_jsonl
 from excursions.errors import UserError
 from excursions.objectives import token_logprobs
 from excursions.optim import adamw
-from excursions.train.recipes import RECIPES, posttrain
-from excursions.train.rl import Rollouts, grpo_update, response_logits
+from excursions.recipes import RECIPES
+from excursions.train.grpo import Rollouts, grpo_update
+from excursions.train.logprobs import response_logits
+from excursions.train.posttrain import posttrain
 from excursions.train.sft import SFTBatches, demonstrations
 
 from test_tracking import assert_events_match_metrics
@@ -82,7 +84,7 @@ def test_a_grpo_step_raises_the_probability_of_rewarded_completions(source):
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_micro_batched_gradients_equal_the_whole_batch(source, agg):
     """Chunks of different token counts, each weighted by its share: the same gradient as one big backward."""
-    from excursions.train.rl import grpo_gradients
+    from excursions.train.grpo import grpo_gradients
 
     model, tok = AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
     comps = [" 1 + 1 = 2\n#### 2", " 3", " 1 + 1 = 3 and then some more\n#### 3", " 2\n#### 2", " no", " 7 + 1"]
@@ -171,7 +173,7 @@ def test_rl_resumes_after_kill_9_to_the_same_weights(source, micro_run, micro_ov
 def test_shared_prefix_logits_and_gradients_equal_the_full_forward(source, micro_run):
     """Each prompt run once for its group (and the LM head on real tokens only) must give the same logits
     and gradients as every row run in full through the model's own forward."""
-    from excursions.train.rl import completion_logits
+    from excursions.train.logprobs import completion_logits
 
     model, tok = AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
     problems = read_jsonl(micro_run / "world/gsm/train.jsonl")[:3]
@@ -199,3 +201,14 @@ def test_shared_prefix_logits_and_gradients_equal_the_full_forward(source, micro
     assert torch.allclose(shared, full, atol=1e-4)
     for a, b in zip(g_full, g_shared):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
+
+
+def test_every_recipe_is_made_of_stages_that_exist():
+    """The recipe table (torch-free) and the stage functions agree: a recipe's stages run, and every stage says
+    which config sections it reads (what a result's directory digest covers)."""
+    from excursions.recipes import STAGE_SECTIONS
+    from excursions.train.posttrain import STAGES
+
+    assert set(STAGES) == set(STAGE_SECTIONS)
+    assert {stage for r in RECIPES.values() for stage in r.stages} == set(STAGES)
+    assert RECIPES["sft_gold_rl"].sections == ("sft", "rl") and RECIPES["parallel"].sections == ("parallel", "rl", "sft")

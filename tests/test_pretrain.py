@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from excursions.config import load_config
 from excursions.errors import UserError
-from excursions.train.pretrain import Batches, checkpoints, pretrain
+from excursions.checkpoint import checkpoints
+from excursions.train.pretrain import Batches, pretrain
 
 
 def test_run_directory_has_every_documented_output(micro_run, micro_cfg):
@@ -59,7 +60,7 @@ def test_rerunning_a_finished_run_changes_nothing(micro_run, micro_cfg, capsys):
 
 def test_a_different_config_in_the_same_directory_is_refused(micro_run):
     other = load_config("smoke", overrides=["pretrain.lr=1e-4"])
-    with pytest.raises(UserError, match="different config"):
+    with pytest.raises(UserError, match="different settings"):
         pretrain(other, micro_run, progress=False)
 
 

@@ -319,7 +319,7 @@ def test_prompt_section_enters_digests_only_when_set(micro_cfg):
     from dataclasses import replace
 
     from excursions.config import PromptConfig
-    from excursions.study import recipe_settings
+    from excursions.study.plan import recipe_settings
 
     plain = recipe_settings(micro_cfg, "rl")
     assert "prompt" not in plain  # results from before the section existed keep their directory names

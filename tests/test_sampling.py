@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from excursions.data.problems import STOP_STRINGS, format_prompt, read_jsonl
-from excursions.sampling import pick_tokens, rms_norm, sample
+from excursions.olmo2 import rms_norm
+from excursions.sampling import pick_tokens, sample
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import pytest
 
 from excursions.config import load_config
 from excursions.errors import ConfigError, UserError
-from excursions.study import DB, plan, run_study, status_table, study_lock
+from excursions.study.runner import plan, run_study, status_table, study_lock
+from excursions.study.store import DB
 
 from test_posttrain import POST
 
@@ -42,7 +43,7 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
     # + the scaling experiment: two more pretraining runs, and RL on hard from each of three final checkpoints
     assert sum(u.kind == "posttrain" for u in units) == 16 + 3 and sum(u.kind == "eval" for u in units) == 11 + 3
     assert [u.id for u in units if u.kind == "pretrain"] == ["pretrain", "scaling/N/pretrain", "scaling/D/pretrain"]
-    from excursions.study import configured
+    from excursions.study.plan import configured
 
     variant = {u.id.split("/")[1]: configured(cfg, 0, u.overrides) for u in units if u.id.endswith("/pretrain")}
     assert variant["N"].model.size == "olmo2_3M" and variant["N"].data == cfg.data
@@ -87,6 +88,19 @@ def test_bad_study_settings_fail_before_anything_is_written(micro_overrides, tmp
     with pytest.raises(UserError, match="seed_checkpoint must be one of study.checkpoints"):
         run_study(micro_study(micro_overrides, "study.seed_checkpoint=0"), tmp_path / "s", progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_every_experiment_file_is_one_registered_experiment():
+    """`study.experiments` is checked against the files of study/experiments/ without importing them; each file
+    registers the experiment it is named after, at its own place in the report."""
+    from excursions.config.runs import experiment_names
+    from excursions.study.experiments import EXPERIMENTS, active
+
+    assert sorted(EXPERIMENTS) == experiment_names()
+    assert len({e.order for e in EXPERIMENTS.values()}) == len(EXPERIMENTS)
+    assert [e.name for e in active(load_config("smoke", overrides=["study.experiments=['nshot', 'recipes']"]))] == \
+        ["nshot", "recipes"]
+    assert active(load_config("smoke"))[0].name == "recipes"  # () = all, in the paper's order
 
 
 def test_one_study_per_directory(tmp_path):
@@ -143,7 +157,7 @@ def test_study_writes_report_and_database(micro_study_dir):
 
     # difficulty splits: the last checkpoint's (n, c) on the sampled training problems; a split holds only
     # problems of its kind, and a split smaller than one RL step's prompts is skipped, not trained on
-    from excursions.study import difficulty
+    from excursions.evals.passk import difficulty
 
     counts = db.execute("SELECT p.problem, p.n, p.c FROM problems p JOIN evaluations e ON e.id = p.evaluation "
                         "WHERE e.unit LIKE 'splits/%'").fetchall()
@@ -188,30 +202,33 @@ def test_study_writes_report_and_database(micro_study_dir):
     table = status_table(out)
     assert "done: 43" in table and f"rl/{last}/s1" in table
 
-    from excursions.study import export
+    from excursions.study.runner import export
 
     files = export(out)
     units_csv = next(f for f in files if f.name == "units.csv").read_text().splitlines()
     assert len(units_csv) == 1 + 43
 
 
-def test_rollouts_reading_with_one_rollout_count_says_so(micro_study_dir, tmp_path):
+def test_rollouts_reading_with_one_rollout_count_says_so(micro_study_dir, micro_overrides, tmp_path):
     """A study whose rollouts runs have a single rollout count gets a reading that says why there is no figure,
     not "no rollouts experiment"."""
     import shutil
 
-    from excursions.report import Results, rollouts_experiment
+    from excursions.study.experiments.rollouts import rollouts_experiment
+    from excursions.study.results import Results
+    from excursions.study.store import Store
 
+    cfg = micro_study(micro_overrides)
     shutil.copy(micro_study_dir / DB, tmp_path / DB)
-    db = sqlite3.connect(tmp_path / DB)
-    db.row_factory = sqlite3.Row  # as the store opens it
-    with db:
-        db.execute("UPDATE units SET status = 'stale' WHERE id LIKE 'rollouts/%/n4/%'")  # keep only G = 2
-    section = rollouts_experiment(Results(db, base_shots=1), tmp_path)
-    assert "one rollout count (2 per prompt)" in section.reading
-    with db:
-        db.execute("UPDATE units SET status = 'stale' WHERE id LIKE 'rollouts/%'")
-    assert "No rollouts experiment" in rollouts_experiment(Results(db, base_shots=1), tmp_path).reading
+    store = Store(tmp_path / DB)
+    results = lambda: Results(store, cfg, micro_study_dir, plan(cfg, micro_study_dir))
+    with store.db:
+        store.db.execute("UPDATE units SET status = 'stale' WHERE id LIKE 'rollouts/%/n4/%'")  # keep only G = 2
+    assert "one rollout count (2 per prompt)" in rollouts_experiment(results(), tmp_path).reading
+    with store.db:
+        store.db.execute("UPDATE units SET status = 'stale' WHERE id LIKE 'rollouts/%'")
+    assert "No rollouts experiment" in rollouts_experiment(results(), tmp_path).reading
+    store.close()
 
 
 def test_rerun_is_a_no_op_and_a_changed_setting_reruns_only_its_units(micro_study_dir, micro_overrides):

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from excursions.cli import main
 from excursions.config import load_config
 from excursions.errors import UserError
-from excursions.train.recipes import posttrain
+from excursions.train.posttrain import posttrain
 
 from test_posttrain import POST
 

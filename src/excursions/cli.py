@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -15,6 +15,7 @@ from pathlib import Path
 from excursions import __version__
 from excursions.config import Config, load_config, preset_names, to_toml
 from excursions.errors import UserError, write_error
+from excursions.recipes import RECIPES
 
 MAIN_HELP = """\
 excursions: when and how should RL be used while training a language model?
@@ -35,137 +36,6 @@ examples:
   excursions revisions allenai/OLMo-2-0425-1B         # intermediate checkpoints of a real run, with tokens
 """
 
-PRETRAIN_HELP = """\
-Pretrain an OLMo-2 model from scratch on the synthetic worlds and keep checkpoints along the way.
-
-Writes into --out: config.toml (resolved), world/ (post-training and test splits), tokenizer/,
-corpus/, checkpoints/step*-tokens*/ (HF directories that AutoModelForCausalLM loads) and
-metrics.jsonl. Interrupted at any point (Ctrl-C, kill -9), the same command resumes and ends with
-the same weights as an uninterrupted run. A finished run prints its checkpoint table.
-
-examples:
-  excursions pretrain --preset smoke --out runs/smoke
-  excursions pretrain --preset tiny
-  excursions pretrain --config my.toml pretrain.tokens=8_000_000 pretrain.num_checkpoints=6
-"""
-
-EVAL_HELP = """\
-Evaluate a checkpoint the way every recipe is judged: pass@k (unbiased, with bootstrap intervals)
-on the math test sets, accuracy and bits-per-byte on general tasks. Writes one JSON per result with
-per-problem (n, c), so any k <= n can be recomputed later, and prints a table.
-
-CHECKPOINT is a directory (a pretraining checkpoint, a post-trained model) or a hub id with an
-optional revision (allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B). Given a whole pretraining
-run directory, every checkpoint is evaluated (finished results are reused, so a killed sweep
-resumes) and the base curve is written to RUN/eval/curve.json and base-curve.png. Base checkpoints are
-evaluated with eval.shots exemplars (8), post-trained ones 0-shot. Tasks: gsm, hard (the world's math
-families), general (world multiple choice + bpb), and arc_easy, arc_challenge, hellaswag, piqa, boolq,
-winogrande (real files in --data-dir, hub schemas).
-
-examples:
-  excursions eval runs/tiny/checkpoints/step001221-tokens10002432
-  excursions eval runs/tiny/checkpoints/step001221-tokens10002432 --task gsm,hard --n 32 --k 1,8,32
-  excursions eval runs/tiny --task gsm,general          # every checkpoint: the base pass@k curve
-  excursions eval runs/tiny/checkpoints/step001221-tokens10002432 --task gsm --shots 0,1,2,4,8,16 --limit 200
-  excursions eval runs/tiny/checkpoints/step001221-tokens10002432 --task arc_easy,piqa --data-dir ../shared/data/general
-"""
-
-POSTTRAIN_HELP = """\
-Branch a post-training excursion off a checkpoint: rl (GRPO), sft (one demonstration per problem),
-sft_gold (all demonstrations), sft_rl, sft_gold_rl, parallel (RL and SFT updates from two AdamW
-states, averaged). Settings come from the preset's [rl], [sft] and [parallel] sections.
-
-Writes into --out: config.toml, metrics.jsonl (reward, KL, entropy, clip fraction, FLOPs, tracked
-test pass@k), and final/ (an HF checkpoint whose excursions.json names the recipe and source).
-Two-stage recipes (sft_rl, sft_gold_rl) keep one such directory per stage; the result is rl/final.
-Interrupted, the same command resumes; a finished run is not redone.
-
-examples:
-  excursions posttrain runs/tiny/checkpoints/step000519-tokens4251648 --recipe rl
-  excursions posttrain runs/tiny/checkpoints/step000519-tokens4251648 --recipe sft_rl --out runs/tiny-post/sft_rl
-  excursions posttrain runs/tiny/checkpoints/step000519-tokens4251648 --recipe parallel parallel.weight=0.7
-"""
-
-CALIBRATE_HELP = """\
-Check that a pretraining setting can show the paper's effects: pretrain (or reuse the run in --out),
-evaluate every checkpoint on gsm, hard (--hard-problems) and general, run direct RL from two checkpoints with room for
-it (base pass@1 < 10%, pass@32 > 40%; or --rl-from), and print one table with issue 5's targets
-checked. Every stage writes where its own command would, so finished work is reused and a killed
-calibration resumes. The table lands in OUT/eval/calibration.md and .json.
-
-examples:
-  excursions calibrate --preset tiny                        # reuses runs/tiny where it is done
-  excursions calibrate --preset tiny --rl-from 4,5 rl.lr=2e-4 rl.steps=40
-  excursions calibrate --preset tiny data.math=0.8 --out runs/tiny-math80
-"""
-
-STUDY_HELP = """\
-Run the paper's experiments end to end: pretrain (or take the checkpoints listed in study.external),
-evaluate the chosen checkpoints, branch every recipe off each one for every seed, evaluate the
-results, and write a report with one figure per experiment and the paper's claims checked.
-
-The [study] section of the config says which checkpoints, recipes, seeds, tasks and experiments.
-Units that are done are skipped, an interrupted one resumes (kill -9 included: run the same command
-again), and a changed setting re-runs only what depends on it. Writes into --out: study.toml,
-study.db (SQLite: units, checkpoints, evaluations with per-problem c/n, training metrics), pretrain/,
-posttrain/, evals/ and report/ (report.html with figures embedded, report.md, figures/*.png).
-
-examples:
-  excursions study                                   # the tiny study into runs/study-tiny
-  excursions study --preset smoke --out runs/study-smoke
-  excursions study my-study.toml study.seeds=[0,1] rl.steps=40
-  excursions study study.scale_model=olmo2_3M study.scale_targeted=0.25   # + scaling N vs D (Fig. 4)
-  excursions study "study.experiments=['recipes','rollouts']"             # only some experiments
-  excursions study --preset smoke --executor ray     # units as Ray tasks on a local cluster (pip install '.[ray]')
-  excursions study --executor ray --ray-address auto --unit-gpus 1       # an existing cluster, one GPU per unit
-  excursions status runs/study-tiny                  # what is done, running, failed (with the error)
-  excursions export runs/study-tiny                  # CSV (and Parquet with pyarrow) of every table
-
-A unit that fails (a NaN loss, say) is marked failed, the units that read its output blocked, the rest runs,
-the report is written and the command exits non-zero naming the failed units. Checkpoints are checked
-against their recorded sha256 before they count as done or are loaded: a damaged one is reported and rebuilt.
-"""
-
-CONFIG_HELP = """\
-Print the resolved config (preset or file, plus overrides) as TOML, after validating it.
-
-examples:
-  excursions config --preset tiny
-  excursions config --preset smoke model.size=olmo2_1M pretrain.lr=1e-3
-"""
-
-
-DATA_HELP = """\
-Adapt a real math dataset to the project's problems and write WORLD/FAMILY/{train,val,test}.jsonl, the
-files every recipe and evaluation reads (a tiny run's world/ has the same layout). FAMILY gsm plays
-GSM8K's role, hard plays MATH's. Rows of one question are grouped into one problem with all their
-demonstrations (OpenMathInstruct-2: what makes sft_gold real). Rows that cannot be used are skipped,
-counted, and listed with file and line in WORLD/FAMILY/import.json; train problems that also occur in
-the test set are dropped (counted).
-
-Sources are ADAPTER:FILE (.jsonl, .json lines, .parquet) or ADAPTER:ID[:CONFIG]@SPLIT from the hub
-(needs `pip install datasets`). Adapters: gsm8k, math, openmath2.
-
-examples:
-  excursions data data/real --family gsm --train gsm8k:../shared/data/gsm8k/train.jsonl \\
-      --test gsm8k:../shared/data/gsm8k/test.jsonl
-  excursions data data/real --family hard --train math:MATH/algebra.jsonl math:MATH/geometry.jsonl \\
-      --test math:../shared/data/math/math500.jsonl
-  excursions data data/real --family gsm --train openmath2:nvidia/OpenMathInstruct-2@train_1M \\
-      --subset gsm8k,augmented_gsm8k --max-solutions 8 --test gsm8k:openai/gsm8k:main@test
-  excursions eval allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B --task gsm --world data/real --shots 8
-"""
-
-REVISIONS_HELP = """\
-List the branches of a hub model repository that match a pattern (OLMo-2 names its intermediate
-checkpoints stage1-step{N}-tokens{B}B), sorted by tokens, with the token count parsed from the name.
-Needs network access to the hub.
-
-examples:
-  excursions revisions allenai/OLMo-2-0425-1B
-  excursions revisions allenai/OLMo-2-0425-1B --pattern 'stage2-.*'
-"""
-
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
@@ -179,6 +49,18 @@ def _load(args) -> Config:
 
 
 def cmd_pretrain(args) -> None:
+    """Pretrain an OLMo-2 model from scratch on the synthetic worlds and keep checkpoints along the way.
+
+    Writes into --out: config.toml (resolved), world/ (post-training and test splits), tokenizer/,
+    corpus/, checkpoints/step*-tokens*/ (HF directories that AutoModelForCausalLM loads) and
+    metrics.jsonl. Interrupted at any point (Ctrl-C, kill -9), the same command resumes and ends with
+    the same weights as an uninterrupted run. A finished run prints its checkpoint table.
+
+    examples:
+      excursions pretrain --preset smoke --out runs/smoke
+      excursions pretrain --preset tiny
+      excursions pretrain --config my.toml pretrain.tokens=8_000_000 pretrain.num_checkpoints=6
+    """
     from excursions.train.pretrain import pretrain
 
     cfg = _load(args)  # validated before anything is written
@@ -194,9 +76,28 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_eval(args) -> None:
+    """Evaluate a checkpoint the way every recipe is judged: pass@k (unbiased, with bootstrap intervals)
+    on the math test sets, accuracy and bits-per-byte on general tasks. Writes one JSON per result with
+    per-problem (n, c), so any k <= n can be recomputed later, and prints a table.
+
+    CHECKPOINT is a directory (a pretraining checkpoint, a post-trained model) or a hub id with an
+    optional revision (allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B). Given a whole pretraining
+    run directory, every checkpoint is evaluated (finished results are reused, so a killed sweep
+    resumes) and the base curve is written to RUN/eval/curve.json and base-curve.png. Base checkpoints are
+    evaluated with eval.shots exemplars (8), post-trained ones 0-shot. Tasks: gsm, hard (the world's math
+    families), general (world multiple choice + bpb), and arc_easy, arc_challenge, hellaswag, piqa, boolq,
+    winogrande (real files in --data-dir, hub schemas).
+
+    examples:
+      excursions eval runs/tiny/checkpoints/step001221-tokens10002432
+      excursions eval runs/tiny/checkpoints/step001221-tokens10002432 --task gsm,hard --n 32 --k 1,8,32
+      excursions eval runs/tiny --task gsm,general          # every checkpoint: the base pass@k curve
+      excursions eval runs/tiny/checkpoints/step001221-tokens10002432 --task gsm --shots 0,1,2,4,8,16 --limit 200
+      excursions eval runs/tiny/checkpoints/step001221-tokens10002432 --task arc_easy,piqa --data-dir ../shared/data/general
+    """
     from excursions.config import EvalConfig, build, to_dict
     from excursions.evals.harness import curve_table, evaluate_checkpoint, evaluate_run, is_run_dir, summary_table
-    from excursions.figures import base_curve_figure
+    from excursions.evals.figures import base_curve_figure
 
     full = _load(args)
     cfg = full.eval
@@ -218,7 +119,7 @@ def cmd_eval(args) -> None:
                                progress=not args.quiet, runtime=full.distributed, chat=full.prompt.chat_template)
     print(summary_table(rows))
     if args.shots and len(args.shots) > 1:
-        from excursions.figures import nshot_figure
+        from excursions.evals.figures import nshot_figure
 
         for task in {r["task"] for r in rows if "metrics" in r}:
             path = Path(rows[0]["path"]).parent / f"nshot-{task}.png"
@@ -227,9 +128,23 @@ def cmd_eval(args) -> None:
 
 
 def cmd_posttrain(args) -> None:
+    """Branch a post-training excursion off a checkpoint: rl (GRPO), sft (one demonstration per problem),
+    sft_gold (all demonstrations), sft_rl, sft_gold_rl, parallel (RL and SFT updates from two AdamW
+    states, averaged). Settings come from the preset's [rl], [sft] and [parallel] sections.
+
+    Writes into --out: config.toml, metrics.jsonl (reward, KL, entropy, clip fraction, FLOPs, tracked
+    test pass@k), and final/ (an HF checkpoint whose excursions.json names the recipe and source).
+    Two-stage recipes (sft_rl, sft_gold_rl) keep one such directory per stage; the result is rl/final.
+    Interrupted, the same command resumes; a finished run is not redone.
+
+    examples:
+      excursions posttrain runs/tiny/checkpoints/step000519-tokens4251648 --recipe rl
+      excursions posttrain runs/tiny/checkpoints/step000519-tokens4251648 --recipe sft_rl --out runs/tiny-post/sft_rl
+      excursions posttrain runs/tiny/checkpoints/step000519-tokens4251648 --recipe parallel parallel.weight=0.7
+    """
     from excursions.model import parse_checkpoint
-    from excursions.objectives import lookup
-    from excursions.train.recipes import RECIPES, posttrain
+    from excursions.registry import lookup
+    from excursions.train.posttrain import posttrain
     from excursions.worlds.corpus import find_world
 
     lookup(RECIPES, args.recipe, "recipe")  # fail before loading anything
@@ -245,7 +160,18 @@ def cmd_posttrain(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from excursions.calibrate import calibrate, calibration_table
+    """Check that a pretraining setting can show the paper's effects: pretrain (or reuse the run in --out),
+    evaluate every checkpoint on gsm, hard (--hard-problems) and general, run direct RL from two checkpoints with room for
+    it (base pass@1 < 10%, pass@32 > 40%; or --rl-from), and print one table with issue 5's targets
+    checked. Every stage writes where its own command would, so finished work is reused and a killed
+    calibration resumes. The table lands in OUT/eval/calibration.md and .json.
+
+    examples:
+      excursions calibrate --preset tiny                        # reuses runs/tiny where it is done
+      excursions calibrate --preset tiny --rl-from 4,5 rl.lr=2e-4 rl.steps=40
+      excursions calibrate --preset tiny data.math=0.8 --out runs/tiny-math80
+    """
+    from excursions.study.calibrate import calibrate, calibration_table
 
     cfg = _load(args)
     out = args.out or Path("runs") / (args.config.stem if args.config else cfg.name)
@@ -253,7 +179,32 @@ def cmd_calibrate(args) -> None:
 
 
 def cmd_study(args) -> None:
-    from excursions.study import run_study
+    """Run the paper's experiments end to end: pretrain (or take the checkpoints listed in study.external),
+    evaluate the chosen checkpoints, branch every recipe off each one for every seed, evaluate the
+    results, and write a report with one figure per experiment and the paper's claims checked.
+
+    The [study] section of the config says which checkpoints, recipes, seeds, tasks and experiments.
+    Units that are done are skipped, an interrupted one resumes (kill -9 included: run the same command
+    again), and a changed setting re-runs only what depends on it. Writes into --out: study.toml,
+    study.db (SQLite: units, checkpoints, evaluations with per-problem c/n, training metrics), pretrain/,
+    posttrain/, evals/ and report/ (report.html with figures embedded, report.md, figures/*.png).
+
+    examples:
+      excursions study                                   # the tiny study into runs/study-tiny
+      excursions study --preset smoke --out runs/study-smoke
+      excursions study my-study.toml study.seeds=[0,1] rl.steps=40
+      excursions study study.scale_model=olmo2_3M study.scale_targeted=0.25   # + scaling N vs D (Fig. 4)
+      excursions study "study.experiments=['recipes','rollouts']"             # only some experiments
+      excursions study --preset smoke --executor ray     # units as Ray tasks on a local cluster (pip install '.[ray]')
+      excursions study --executor ray --ray-address auto --unit-gpus 1       # an existing cluster, one GPU per unit
+      excursions status runs/study-tiny                  # what is done, running, failed (with the error)
+      excursions export runs/study-tiny                  # CSV (and Parquet with pyarrow) of every table
+
+    A unit that fails (a NaN loss, say) is marked failed, the units that read its output blocked, the rest runs,
+    the report is written and the command exits non-zero naming the failed units. Checkpoints are checked
+    against their recorded sha256 before they count as done or are loaded: a damaged one is reported and rebuilt.
+    """
+    from excursions.study.runner import run_study
 
     if args.file is not None and "=" in str(args.file) and not args.file.exists():  # an override, not a file
         args.overrides, args.file = [str(args.file)] + list(args.overrides), None
@@ -273,38 +224,64 @@ def cmd_study(args) -> None:
 
 
 def cmd_status(args) -> None:
-    from excursions.study import status_table
+    """Print each unit of the study in DIR with its status and wall time.
+
+    example:
+      excursions status runs/study-tiny
+    """
+    from excursions.study.runner import status_table
 
     print(status_table(args.dir))
 
 
 def cmd_export(args) -> None:
-    from excursions.study import export
+    """Write every table of DIR/study.db as CSV (and Parquet where pyarrow is installed) for your own analysis.
+
+    example:
+      excursions export runs/study-tiny --to tables/
+    """
+    from excursions.study.runner import export
 
     for path in export(args.dir, args.to):
         print(path)
 
 
 def cmd_data(args) -> None:
-    from excursions.data.real import import_family
+    """Adapt a real math dataset to the project's problems and write WORLD/FAMILY/{train,val,test}.jsonl, the
+    files every recipe and evaluation reads (a tiny run's world/ has the same layout). FAMILY gsm plays
+    GSM8K's role, hard plays MATH's. Rows of one question are grouped into one problem with all their
+    demonstrations (OpenMathInstruct-2: what makes sft_gold real). Rows that cannot be used are skipped,
+    counted, and listed with file and line in WORLD/FAMILY/import.json; train problems that also occur in
+    the test set are dropped (counted).
+
+    Sources are ADAPTER:FILE (.jsonl, .json lines, .parquet) or ADAPTER:ID[:CONFIG]@SPLIT from the hub
+    (needs `pip install datasets`). Adapters: gsm8k, math, openmath2.
+
+    examples:
+      excursions data data/real --family gsm --train gsm8k:../shared/data/gsm8k/train.jsonl \\
+          --test gsm8k:../shared/data/gsm8k/test.jsonl
+      excursions data data/real --family hard --train math:MATH/algebra.jsonl math:MATH/geometry.jsonl \\
+          --test math:../shared/data/math/math500.jsonl
+      excursions data data/real --family gsm --train openmath2:nvidia/OpenMathInstruct-2@train_1M \\
+          --subset gsm8k,augmented_gsm8k --max-solutions 8 --test gsm8k:openai/gsm8k:main@test
+      excursions eval allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B --task gsm --world data/real --shots 8
+    """
+    from excursions.data.real import import_family, import_summary
 
     report = import_family(args.out, args.family, args.train, args.test, args.val or (), args.val_size,
                            tuple(x for x in (args.subset or "").split(",") if x), args.max_solutions, args.seed)
-    for split in ("train", "val", "test"):
-        r = report[split]
-        line = f"{args.family}/{split}: {r['problems']:>6} problems  from {r['source']}"
-        if "rows" in r:
-            line += f"  ({r['rows']} rows, {r['skipped']} skipped, {r['solutions']} solutions"
-            line += f", {r['outside_subset']} outside the subset" if r["outside_subset"] else ""
-            line += f", {r['overlap_with_test']} also in test, dropped" if r.get("overlap_with_test") else ""
-            line += ")"
-        print(line)
-        for row in r.get("skipped_rows", [])[:5]:
-            print(f"  skipped {row}")
-    print(f"written: {Path(args.out) / args.family}/{{train,val,test}}.jsonl and import.json (every skipped row)")
+    print(import_summary(report, args.family, args.out))
 
 
 def cmd_revisions(args) -> None:
+    """List the branches of a hub model repository that match a pattern (OLMo-2 names its intermediate
+    checkpoints stage1-step{N}-tokens{B}B), sorted by tokens, with the token count parsed from the name.
+    Needs network access to the hub.
+
+    examples:
+      excursions revisions allenai/OLMo-2-0425-1B
+      excursions revisions allenai/OLMo-2-0425-1B --pattern 'stage2-.*'
+    """
     from excursions.model import list_revisions
 
     for name, tokens in list_revisions(args.repo, args.pattern):
@@ -312,23 +289,31 @@ def cmd_revisions(args) -> None:
 
 
 def cmd_config(args) -> None:
+    """Print the resolved config (preset or file, plus overrides) as TOML, after validating it.
+
+    examples:
+      excursions config --preset tiny
+      excursions config --preset smoke model.size=olmo2_1M pretrain.lr=1e-3
+    """
     sys.stdout.write(to_toml(_load(args)))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="excursions", description=MAIN_HELP, formatter_class=fmt)
-    parser.add_argument("--version", action="version", version=f"excursions {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _command(sub, func, help: str, config: bool = True) -> argparse.ArgumentParser:
+    """A subcommand named after `func` (cmd_NAME), its --help the function's docstring."""
+    p = sub.add_parser(func.__name__[4:], help=help, description=inspect.cleandoc(func.__doc__),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    if config:
+        _config_args(p)
+    p.set_defaults(func=func)
+    return p
 
-    p = sub.add_parser("pretrain", help="pretrain a model from scratch, keeping checkpoints", description=PRETRAIN_HELP, formatter_class=fmt)
-    _config_args(p)
+
+def _training_commands(sub) -> None:
+    p = _command(sub, cmd_pretrain, "pretrain a model from scratch, keeping checkpoints")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<preset>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint: pass@k, general capability", description=EVAL_HELP,
-                       formatter_class=fmt)
+    p = _command(sub, cmd_eval, "evaluate a checkpoint: pass@k, general capability", config=False)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a directory, or hub id[@revision]")
     p.add_argument("--task", default="gsm", help="comma-separated tasks (default: gsm)")
     p.add_argument("--n", type=int, default=None, help="samples per problem (default: eval.n = 32)")
@@ -343,30 +328,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="a TOML config file instead of a preset")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. eval.max_new_tokens=200")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("posttrain", help="branch an excursion (rl, sft, sft_gold, sft_rl, parallel) off a checkpoint",
-                       description=POSTTRAIN_HELP, formatter_class=fmt)
+    p = _command(sub, cmd_posttrain, "branch an excursion (rl, sft, sft_gold, sft_rl, parallel) off a checkpoint",
+                 config=False)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a directory, or hub id[@revision]")
-    p.add_argument("--recipe", required=True, help="rl | sft | sft_gold | sft_rl | sft_gold_rl | parallel")
-    _config_args(p)
+    _config_args(p)  # after CHECKPOINT: the overrides come after it
+    p.add_argument("--recipe", required=True, help=" | ".join(RECIPES))
     p.add_argument("--world", type=Path, default=None, help="the world/ directory (default: found from the checkpoint)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: <run>/posttrain/<checkpoint>/<recipe>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_posttrain)
 
-    p = sub.add_parser("calibrate", help="pretrain, evaluate every checkpoint, RL from two: is the testbed fit?",
-                       description=CALIBRATE_HELP, formatter_class=fmt)
-    _config_args(p)
+    p = _command(sub, cmd_calibrate, "pretrain, evaluate every checkpoint, RL from two: is the testbed fit?")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<preset>)")
     p.add_argument("--rl-from", default="auto", help="checkpoint indices for direct RL, e.g. 4,5 (default: auto)")
     p.add_argument("--hard-problems", type=int, default=200,
                    help="hard test problems per checkpoint (default: 200; gsm uses eval.problems)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("study", help="run the paper's experiments end to end and write the report",
-                       description=STUDY_HELP, formatter_class=fmt)
+
+def _study_commands(sub) -> None:
+    p = _command(sub, cmd_study, "run the paper's experiments end to end and write the report", config=False)
     p.add_argument("file", nargs="?", type=Path, default=None, metavar="CONFIG", help="a study TOML (default: --preset tiny)")
     _config_args(p)
     p.add_argument("--out", type=Path, default=None, help="study directory (default: runs/study-<preset>)")
@@ -377,24 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit-cpus", type=float, default=1, help="CPUs each unit reserves on Ray (default 1)")
     p.add_argument("--unit-gpus", type=float, default=0, help="GPUs each unit reserves on Ray (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("status", help="what a study has done, is running, or failed", formatter_class=fmt,
-                       description="Print each unit of the study in DIR with its status and wall time.\n\n"
-                                   "example:\n  excursions status runs/study-tiny")
-    p.add_argument("dir", type=Path, metavar="DIR")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("export", help="write a study's database as CSV / Parquet", formatter_class=fmt,
-                       description="Write every table of DIR/study.db as CSV (and Parquet where pyarrow is "
-                                   "installed) for your own analysis.\n\nexample:\n  excursions export runs/study-tiny "
-                                   "--to tables/")
+    _command(sub, cmd_status, "what a study has done, is running, or failed", config=False).add_argument(
+        "dir", type=Path, metavar="DIR")
+    p = _command(sub, cmd_export, "write a study's database as CSV / Parquet", config=False)
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("--to", type=Path, default=None, help="output directory (default: DIR/export)")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("data", help="adapt a real math dataset (GSM8K, MATH, OpenMathInstruct-2) into a world/ dir",
-                       description=DATA_HELP, formatter_class=fmt)
+    p = _command(sub, cmd_data, "adapt a real math dataset (GSM8K, MATH, OpenMathInstruct-2) into a world/ dir",
+                 config=False)
     p.add_argument("out", type=Path, metavar="WORLD", help="the world directory to write FAMILY/ into")
     p.add_argument("--family", choices=("gsm", "hard"), required=True, help="gsm (the GSM8K role) or hard (MATH)")
     p.add_argument("--train", required=True, nargs="+", metavar="ADAPTER:SOURCE",
@@ -406,44 +378,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", default=None, help="keep train rows of these problem_source values (OpenMathInstruct-2)")
     p.add_argument("--max-solutions", type=int, default=0, help="demonstrations kept per problem (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation hold-out")
-    p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("revisions", help="list a hub model's revisions (intermediate checkpoints) and their tokens",
-                       formatter_class=fmt, description=REVISIONS_HELP)
+    p = _command(sub, cmd_revisions, "list a hub model's revisions (intermediate checkpoints) and their tokens",
+                 config=False)
     p.add_argument("repo", metavar="REPO", help="a hub model id, e.g. allenai/OLMo-2-0425-1B")
     p.add_argument("--pattern", default=r"stage1-step\d+-tokens\d+B",
                    help="regex the branch names must fully match; tokens are read from '-tokens{N}B' in the name")
-    p.set_defaults(func=cmd_revisions)
 
-    p = sub.add_parser("config", help="print a resolved, validated config", description=CONFIG_HELP, formatter_class=fmt)
-    _config_args(p)
-    p.set_defaults(func=cmd_config)
+    _command(sub, cmd_config, "print a resolved, validated config")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="excursions", description=MAIN_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"excursions {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _training_commands(sub)
+    _study_commands(sub)
     return parser
 
 
-def reuse_freed_memory() -> bool:
-    """Make big CPU tensors cheap to allocate: glibc keeps freed blocks of up to 32 MiB for reuse, and larger
-    ones are backed by 2 MiB pages.
-
-    PyTorch's CPU allocator passes every tensor to malloc; above glibc's default threshold (128 KiB, raised
-    on the fly only for blocks that get freed) each large activation is a fresh mmap, and the page faults
-    of touching it cost ~10% of a GRPO update on this machine. Blocks above 32 MiB (a micro-batch's logits)
-    are always mmapped: PyTorch's THP_MEM_ALLOC_ENABLE aligns them to 2 MiB and asks for transparent huge
-    pages, 512x fewer faults (a 220 MB elementwise op: 76 -> 36 ms). It is read at the first allocation, so
-    this runs before any tensor exists. Process-wide, so the CLI calls it once (and the benchmarks, for both
-    sides of a comparison). Returns whether the malloc setting took (glibc only)."""
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
-
-
 def main(argv: list[str] | None = None) -> int:
+    from excursions.runtime import reuse_freed_memory  # before any tensor exists (it sets the allocator)
+
     parser = build_parser()
     # Overrides may come after options (`eval CKPT --n 4 eval.top_p=0.9`), which argparse leaves over.
     args, extra = parser.parse_known_args(argv)

@@ -1,4 +1,4 @@
-"""Tiny OLMo-2 models: transformers' own `Olmo2ForCausalLM` at named sizes.
+"""Tiny OLMo-2 models: transformers' own `Olmo2ForCausalLM` at named sizes (`config.SIZES`); loading any HF causal LM.
 
 Using the HF class itself (not a look-alike) means every checkpoint is a standard HF directory:
 `AutoModelForCausalLM.from_pretrained(dir)` loads it, and the same code path serves real models.
@@ -11,20 +11,9 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, Olmo2Config, Olmo2ForCausalLM, PreTrainedModel
 
-from excursions import progress  # noqa: F401  (quiets transformers' own progress bars)
-from excursions.config import ModelConfig
+from excursions import runtime  # noqa: F401  (quiets transformers' own progress bars)
+from excursions.config import SIZES, ModelConfig
 from excursions.errors import UserError, first_line
-
-# Named sizes, OLMo-core style. The name is the approximate parameter count with a 2048-token vocab
-# (tied embeddings); d_ff is ~8/3 d_model rounded, as in SwiGLU models.
-SIZES: dict[str, dict[str, int]] = {
-    "olmo2_500K": dict(d_model=96, n_layers=4, n_heads=4, d_ff=256),
-    "olmo2_1M": dict(d_model=128, n_layers=4, n_heads=4, d_ff=352),
-    "olmo2_3M": dict(d_model=192, n_layers=6, n_heads=6, d_ff=512),
-    "olmo2_5M": dict(d_model=256, n_layers=6, n_heads=8, d_ff=688),
-    "olmo2_10M": dict(d_model=320, n_layers=8, n_heads=8, d_ff=864),
-    "olmo2_1B": dict(d_model=2048, n_layers=16, n_heads=16, d_ff=8192),  # OLMo-2 1B's shape (paper Table 4)
-}
 
 
 def resolve_dims(cfg: ModelConfig) -> dict[str, int]:

@@ -11,33 +11,13 @@ follows VeRL's semantics (the paper's Table 1): PPO-clipped ratio against the ro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from excursions.errors import UserError
-
-
-def lookup(registry: dict, name: str, what: str):
-    """registry[name], or a UserError listing the valid names."""
-    if name not in registry:
-        raise UserError(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
-    return registry[name]
-
-
-def registrar(registry: dict) -> Callable:
-    """A decorator factory that files functions in `registry` by name: `recipe = registrar(RECIPES)`, then
-    `@recipe("rl")` over a function."""
-
-    def named(name: str):
-        def register(fn):
-            registry[name] = fn
-            return fn
-
-        return register
-
-    return named
+from excursions.registry import lookup
 
 
 # ------------------------------------------------------------------------------------ advantages
@@ -102,18 +82,33 @@ def seq_mean_token_sum_norm(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return (x * mask).sum() / (mask.shape[0] * mask.shape[-1])
 
 
-AGGREGATIONS: dict[str, Callable] = {
-    "token-mean": token_mean,
-    "seq-mean-token-sum": seq_mean_token_sum,
-    "seq-mean-token-mean": seq_mean_token_mean,
-    "seq-mean-token-sum-norm": seq_mean_token_sum_norm,
+@dataclass(frozen=True)
+class Aggregation:
+    """A loss aggregation: a sum over response tokens divided by a normaliser, the batch's token count or its
+    sequence count (what `chunk_share` splits over micro-batches)."""
+
+    reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x [N, T], mask [N, T]) -> scalar
+    per: str  # "token" | "sequence": what the normaliser counts
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.reduce(x, mask)
+
+    def normaliser(self, mask: torch.Tensor) -> float:
+        return float(mask.sum()) if self.per == "token" else float(mask.shape[0])
+
+
+AGGREGATIONS: dict[str, Aggregation] = {
+    "token-mean": Aggregation(token_mean, "token"),
+    "seq-mean-token-sum": Aggregation(seq_mean_token_sum, "sequence"),
+    "seq-mean-token-mean": Aggregation(seq_mean_token_mean, "sequence"),
+    # every micro-batch keeps the batch's padded width, so the horizon cancels: a chunk's share is its rows'
+    "seq-mean-token-sum-norm": Aggregation(seq_mean_token_sum_norm, "sequence"),
 }
 
 
 def normaliser(agg: str, mask: torch.Tensor) -> float:
     """What an aggregation divides its token sum by: the token count (token-mean) or the sequence count."""
-    lookup(AGGREGATIONS, agg, "loss aggregation")
-    return float(mask.sum()) if agg == "token-mean" else float(mask.shape[0])
+    return lookup(AGGREGATIONS, agg, "loss aggregation").normaliser(mask)
 
 
 def chunk_share(agg: str, chunk_mask: torch.Tensor, full_mask: torch.Tensor, total: float | None = None) -> float:

@@ -58,10 +58,11 @@ class ParallelAveraging:
     (w = 1/2 in the paper). The two optimizers never share first or second moments.
     """
 
-    def __init__(self, model: torch.nn.Module, rl_lr: float, sft_lr: float, betas=(0.9, 0.999), weight_decay=0.01):
+    def __init__(self, model: torch.nn.Module, rl_lr: float, sft_lr: float, rl_betas=(0.9, 0.999),
+                 rl_weight_decay: float = 0.01, sft_betas=(0.9, 0.999), sft_weight_decay: float = 0.01):
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.rl = adamw(model, rl_lr, betas, weight_decay)
-        self.sft = adamw(model, sft_lr, betas, weight_decay)
+        self.rl = adamw(model, rl_lr, rl_betas, rl_weight_decay)
+        self.sft = adamw(model, sft_lr, sft_betas, sft_weight_decay)
 
     @torch.no_grad()
     def step(self, g_rl: list[torch.Tensor], g_sft: list[torch.Tensor], w: float = 0.5) -> None:

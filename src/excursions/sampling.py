@@ -10,8 +10,9 @@ Why it is faster than `model.generate` (benchmarks/sampler.py measures it):
 - OLMo-2 decoding keeps one copy of each prompt's cache, attended by all its samples at once;
 - sampling is inverse-CDF (one uniform per row and a binary search), not a noise draw per vocabulary entry;
 - for OLMo-2 models (the tiny ones and the paper's) a decode step runs the layers directly over a
-  preallocated cache: no per-step mask building or cache concatenation. Other architectures use
-  their HF forward with a `DynamicCache`. Tests check both against recomputing the full sequence.
+  preallocated cache (`olmo2.olmo2_forward`, the fast path training uses too): no per-step mask building or
+  cache concatenation. Other architectures use their HF forward with a `DynamicCache`. Tests check both
+  against recomputing the full sequence.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from excursions.data.problems import STOP_STRINGS, encode_prompt
+from excursions.olmo2 import is_olmo2, olmo2_forward, olmo2_heads, olmo2_weights, position_ids, prompt_mask
 
 
 @dataclass(frozen=True)
@@ -140,19 +142,6 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 64) -> torch.
 
 
 # ------------------------------------------------------------------------------------------ engines
-
-
-def position_ids(valid: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding: [N, L] (bool or 0/1) -> [N, L]."""
-    return (valid.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def prompt_mask(valid: torch.Tensor) -> torch.Tensor:
-    """Attention mask of left-padded prompts [P, L] -> [P, 1, L, L]: causal over real tokens; a padding
-    query also sees itself, so that no softmax row is empty (NaN)."""
-    L, dev = valid.shape[-1], valid.device
-    causal = torch.ones(L, L, dtype=torch.bool, device=dev).tril()
-    return ((causal & valid.bool()[:, None, :]) | torch.eye(L, dtype=torch.bool, device=dev))[:, None]
 
 
 class HFEngine:
@@ -279,104 +268,6 @@ class Olmo2Engine:
         logits = olmo2_forward(self.model, self.layers, ids[:, None], self.pos, attend)
         self.t, self.pos = t + 1, self.pos + 1
         return logits[:, -1]
-
-
-
-def olmo2_heads(model) -> tuple[int, int, int]:
-    """(query heads, key/value heads, head dim) of an OLMo-2 model."""
-    cfg = model.config
-    H = cfg.num_attention_heads
-    return H, cfg.num_key_value_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // H
-
-
-def olmo2_weights(model) -> list[dict]:
-    """Per layer, an OLMo-2 model's weights fused for `olmo2_forward` (differentiable outside no_grad)."""
-    out = []
-    for layer in model.model.layers:
-        a, mlp = layer.self_attn, layer.mlp
-        cat = lambda *ms: torch.cat([m.weight for m in ms])
-        out.append(dict(
-            qkv=cat(a.q_proj, a.k_proj, a.v_proj), o=a.o_proj.weight, gate_up=cat(mlp.gate_proj, mlp.up_proj),
-            down=mlp.down_proj.weight, q_norm=a.q_norm.weight * a.scaling, k_norm=a.k_norm.weight,
-            attn_norm=layer.post_attention_layernorm.weight, ff_norm=layer.post_feedforward_layernorm.weight,
-            eps=a.q_norm.variance_epsilon,
-        ))
-    return out
-
-
-def _inv_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """1 / sqrt(mean(x^2) + eps) over the last dimension, keepdim: one reduction pass over x."""
-    return torch.linalg.vector_norm(x, 2, -1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
-
-
-class _RMSNorm(torch.autograd.Function):
-    """x / rms(x) * w over the last dimension with the backward written out. F.rms_norm on a CPU runs as
-    six elementwise ops forward and about twice as many backward; this takes three and six (half the time).
-    With n = x / rms(x) and g = dy * w: dx = (g - n * mean(g * n)) / rms(x), dw = sum over rows of dy * n."""
-
-    @staticmethod
-    def forward(ctx, x, w, eps):
-        r = _inv_rms(x, eps)
-        xh = x * r
-        ctx.save_for_backward(xh, r, w)
-        return xh * w
-
-    @staticmethod
-    def backward(ctx, gy):
-        xh, r, w = ctx.saved_tensors
-        g = gy * w
-        gw = (gy * xh).reshape(-1, xh.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
-        dot = torch.linalg.vecdot(g, xh).unsqueeze(-1).div_(xh.shape[-1])
-        return torch.addcmul(g, xh, dot, value=-1.0).mul_(r), gw, None
-
-
-def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """`F.rms_norm(x, x.shape[-1:], w, eps)`, faster on a CPU (tested equal, values and gradients); other
-    devices have a fused kernel for it."""
-    if x.device.type != "cpu":
-        return F.rms_norm(x, x.shape[-1:], w, eps)
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
-        return _RMSNorm.apply(x, w, eps)
-    return (x * _inv_rms(x, eps)).mul_(w)
-
-
-def olmo2_forward(model, weights: list[dict], ids: torch.Tensor, pos: torch.Tensor, attend,
-                  last_only: bool = False, head: bool = True) -> torch.Tensor:
-    """The OLMo-2 stack over `ids` [B, T] at positions `pos`, attention done by `attend(layer, q, k, v)`
-    with q pre-scaled (the softmax scale is folded into the q-norm gain): logits [B, T or 1, V], or without
-    the LM `head` the final normed hidden states [B, T or 1, d]."""
-    B, T = ids.shape
-    H, KVH, hd = olmo2_heads(model)
-    h = model.model.embed_tokens(ids)  # [B, T, d]
-    cos, sin = model.model.rotary_emb(h, pos)
-    cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, hd]
-    # rotate_half(x) * sin = (x's halves swapped) * (sin with its first half negated): a flip and one
-    # multiply-add instead of a negation, a concatenation, a multiply and an add (and their backward)
-    sin = torch.cat([-sin[..., : hd // 2], sin[..., hd // 2 :]], -1)
-    for i, w in enumerate(weights):
-        q, k, v = F.linear(h, w["qkv"]).split([H * hd, KVH * hd, KVH * hd], -1)
-        q, k = rms_norm(q, w["q_norm"], w["eps"]), rms_norm(k, w["k_norm"], w["eps"])
-        qk = torch.cat([q, k], -1).view(B, T, H + KVH, hd).transpose(1, 2)  # rotate q and k together
-        qk = torch.addcmul(qk * cos, qk.unflatten(-1, (2, hd // 2)).flip(-2).flatten(-2), sin)
-        att = attend(i, qk[:, :H], qk[:, H:], v.view(B, T, KVH, hd).transpose(1, 2))
-        att = F.linear(att.transpose(1, 2).reshape(B, T, -1), w["o"])
-        h = h + rms_norm(att, w["attn_norm"], w["eps"])
-        gate, up = F.linear(h, w["gate_up"]).chunk(2, -1)
-        h = h + rms_norm(F.linear(F.silu(gate) * up, w["down"]), w["ff_norm"], w["eps"])
-    if last_only:
-        h = h[:, -1:]
-    norm = model.model.norm
-    h = rms_norm(h, norm.weight, norm.variance_epsilon)
-    return model.lm_head(h) if head else h
-
-
-def is_olmo2(model) -> bool:
-    """Whether `olmo2_forward` computes this model exactly (OLMo-2 without attention biases). Not for a
-    DDP wrapper or an FSDP2-sharded model: their forward must run through the engine's hooks."""
-    if type(model).__name__ != "Olmo2ForCausalLM":
-        return False
-    cfg = model.config
-    return cfg._attn_implementation in ("sdpa", "eager") and not getattr(cfg, "attention_bias", False)
 
 
 def make_engine(model, max_new_tokens: int, fast: bool = True):

@@ -130,7 +130,7 @@ def _turns(question: str, shots: Sequence[tuple[str, str]] = ()) -> list[dict]:
 
 
 def write_jsonl(path: Path, problems: Iterable[Problem]) -> None:
-    from excursions.train.checkpoint import atomic_write_text
+    from excursions.checkpoint import atomic_write_text
 
     atomic_write_text(path, "".join(p.to_json() + "\n" for p in problems))
 

@@ -268,7 +268,23 @@ def import_family(out: Path | str, family: str, train: str | Sequence[str], test
         write_jsonl(out / family / f"{split}.jsonl",
                     [replace(p, id=f"{family}-{split}-{i}") for i, p in enumerate(problems)])
     report["train"]["problems"] = len(splits["train"])
-    from excursions.train.checkpoint import write_json
+    from excursions.checkpoint import write_json
 
     write_json(out / family / "import.json", report)
     return report
+
+
+def import_summary(report: dict, family: str, out: Path | str) -> str:
+    """What `excursions data` prints: per split its problems, source and the rows skipped (the first five)."""
+    lines = []
+    for split in ("train", "val", "test"):
+        r = report[split]
+        line = f"{family}/{split}: {r['problems']:>6} problems  from {r['source']}"
+        if "rows" in r:
+            line += f"  ({r['rows']} rows, {r['skipped']} skipped, {r['solutions']} solutions"
+            line += f", {r['outside_subset']} outside the subset" if r["outside_subset"] else ""
+            line += f", {r['overlap_with_test']} also in test, dropped" if r.get("overlap_with_test") else ""
+            line += ")"
+        lines += [line] + [f"  skipped {row}" for row in r.get("skipped_rows", [])[:5]]
+    lines.append(f"written: {Path(out) / family}/{{train,val,test}}.jsonl and import.json (every skipped row)")
+    return "\n".join(lines)

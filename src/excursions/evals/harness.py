@@ -11,18 +11,17 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from excursions.checkpoint import checkpoints, read_json, write_json
 from excursions.config import DistributedConfig, EvalConfig, to_dict
 from excursions.data.problems import MCItem, Problem, format_prompt, read_jsonl
 from excursions.errors import UserError
 from excursions.evals.general import REAL_MC, bits_per_byte, load_mc, score_mc
 from excursions.evals.math import grade, strict_answer
 from excursions.evals.passk import pass_at_k_table
-from excursions.progress import progress_bar
 from excursions.model import load_model, parse_checkpoint, pick_device
+from excursions.runtime import progress_bar
 from excursions.sampling import sample
 from excursions.tokenizer import load_tokenizer
-from excursions.train.checkpoint import read_json, write_json
-from excursions.train.pretrain import checkpoints
 from excursions.worlds.corpus import find_world
 
 

@@ -1,4 +1,5 @@
-"""pass@k: the unbiased estimator of Chen et al. (2021), its mean over problems, and bootstrap intervals.
+"""pass@k: the unbiased estimator of Chen et al. (2021), its mean over problems, bootstrap intervals; and the
+paper's easy / hard split of problems by their (n, c).
 
 With n samples of which c are correct, pass@k = 1 - C(n - c, k) / C(n, k), computed as the product
 prod_{i = n-c+1}^{n} (1 - k / i), which never forms the huge binomials.
@@ -56,3 +57,16 @@ def pass_at_k_table(counts: Sequence[tuple[int, int]], ks: Sequence[int], iters:
         lo, hi = bootstrap_ci(per_problem, iters, seed=seed)
         out[f"pass@{k}"] = {"mean": sum(per_problem) / len(per_problem), "lo": lo, "hi": hi}
     return out
+
+
+SPLITS = ("easy", "hard")
+
+
+def difficulty(c: int, n: int) -> str | None:
+    """The paper's split of a problem by its base model's successes in n samples (App. D, n = 64): easy with
+    16..64 correct, hard with at most 8, neither in between; the same fractions at other n.
+
+    >>> [difficulty(c, 64) for c in (0, 8, 9, 15, 16, 64)]
+    ['hard', 'hard', None, None, 'easy', 'easy']
+    """
+    return "easy" if 4 * c >= n else "hard" if 8 * c <= n else None

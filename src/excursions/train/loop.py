@@ -1,9 +1,19 @@
-"""What every training run shares: its directory, resume states, metrics log, tracking and divergence check.
+"""The one training loop and what every training run shares: its directory (claimed for its settings, resumed,
+pruned), its metrics log and trackers, and the hooks the loop calls out to.
 
-A run directory holds `config.toml` (the settings it depends on), `metrics.jsonl` (one JSON line
-per step), TensorBoard event files of the same metrics, `resume/step*/` (the newest resume state)
-and, when done, `final/`: an HF checkpoint whose `excursions.json` names the recipe, the source
-checkpoint and the world it was trained on.
+    run = RunDir(out, settings, tracking=cfg.tracking)
+    start, optimizer_state = run.resume(model)          # the newest intact state's weights; (0, {}) when fresh
+    train_loop(start, steps, step_fn, [FiniteCheck("rl", model), Log(run), Progress(bar, postfix),
+                                       Save(lambda step: run.save(step, ...), every(10))])
+
+Pretraining and every post-training stage run through `train_loop`: `step_fn(step)` trains one step and returns
+its numbers; each hook then sees the step's row in order (a hook may add to it for the ones after it): the
+finite check comes before anything logs or saves, periodic evaluation before the log, saving last.
+
+A run directory holds `config.toml` (the settings it depends on), `metrics.jsonl` (one JSON line per step),
+TensorBoard event files of the same metrics, `resume/step*/` (the newest resume state; pretraining also keeps
+`checkpoints/`) and, when a post-training run is done, `final/`: an HF checkpoint whose `excursions.json` names
+the recipe, the source checkpoint and the world it was trained on.
 """
 
 from __future__ import annotations
@@ -12,17 +22,20 @@ import hashlib
 import json
 import math
 import shutil
+import time
 import tomllib
 from pathlib import Path
+from typing import Callable, Sequence
 
 import tomli_w
 import torch
 
+from excursions.checkpoint import (META, TRAINER_STATE, atomic_write_text, clean_temporaries, intact,
+                                   load_trainer_state, read_json, save_state)
 from excursions.config import EvalConfig, TrackingConfig, diff
 from excursions.data.problems import Problem
 from excursions.errors import Diverged, UserError
-from excursions.train.checkpoint import (META, atomic_write_text, clean_temporaries, intact, load_trainer_state,
-                                         read_json, save_state)
+from excursions.evals.harness import evaluate_math
 
 
 def check_finite(step: int, recipe: str, values: dict, model=None) -> None:
@@ -34,6 +47,131 @@ def check_finite(step: int, recipe: str, values: dict, model=None) -> None:
     if bad:
         raise Diverged(f"{recipe}: {', '.join(bad)} not finite at step {step}; stopped without saving it (the newest "
                        "resume state is the last good one); lower the learning rate, or rerun to retry from there")
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+class Hook:
+    """A place where the loop calls out: before a step, after it (with the step's row of numbers), at the end."""
+
+    def before(self, step: int) -> None:
+        pass
+
+    def after(self, row: dict) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+def train_loop(start: int, steps: int, step_fn: Callable[[int], dict], hooks: Sequence[Hook]) -> None:
+    """Steps `start` .. `steps - 1`: row = {"step": step + 1, **step_fn(step)}, then every hook's `after(row)` in
+    order; each hook's `end()` once the last step is done."""
+    for step in range(start, steps):
+        for hook in hooks:
+            hook.before(step)
+        row = {"step": step + 1, **step_fn(step)}
+        for hook in hooks:
+            hook.after(row)
+    for hook in hooks:
+        hook.end()
+
+
+def every(n: int, last: int | None = None) -> Callable[[int], bool]:
+    """A step predicate: every `n` steps (never for n = 0), and at step `last` when given.
+
+    >>> [s for s in range(1, 8) if every(3)(s)], [s for s in range(1, 8) if every(0, last=7)(s)]
+    ([3, 6], [7])
+    """
+    return lambda step: step == last or (n > 0 and step % n == 0)
+
+
+class FiniteCheck(Hook):
+    """Stop at a step whose numbers (`values`) or, at the steps `weights_at` picks, the model's weights are NaN / inf.
+    Placed before the hooks that log and save, so nothing of a diverged step is kept."""
+
+    def __init__(self, name: str, model=None, values: bool = True, weights_at: Callable[[int], bool] = every(1)):
+        self.name, self.model, self.values, self.weights_at = name, model, values, weights_at
+
+    def after(self, row: dict) -> None:
+        model = self.model if self.model is not None and self.weights_at(row["step"]) else None
+        check_finite(row["step"], self.name, row if self.values else {}, model)
+
+
+class Totals(Hook):
+    """Running totals of per-step counts: each `keys` entry leaves the row and `total_<key>` since the run's start
+    joins it (a resumed run continues from its last logged row)."""
+
+    def __init__(self, keys: Sequence[str], last_row: dict):
+        self.totals = {k: last_row.get(f"total_{k}", 0) for k in keys}
+
+    def after(self, row: dict) -> None:
+        for k in self.totals:
+            self.totals[k] += row.pop(k, 0)
+        row.update({f"total_{k}": v for k, v in self.totals.items()})
+
+
+class Timer(Hook):
+    """The step's wall time, as `seconds`."""
+
+    def before(self, step: int) -> None:
+        self.t0 = time.perf_counter()
+
+    def after(self, row: dict) -> None:
+        row["seconds"] = time.perf_counter() - self.t0
+
+
+class Evaluate(Hook):
+    """At the steps `when` picks, `evaluate()`'s numbers join the row (test pass@k along training)."""
+
+    def __init__(self, evaluate: Callable[[], dict], when: Callable[[int], bool]):
+        self.evaluate, self.when = evaluate, when
+
+    def after(self, row: dict) -> None:
+        if self.when(row["step"]):
+            row.update(self.evaluate())
+
+
+class Log(Hook):
+    """Each row to the run's metrics.jsonl and its trackers."""
+
+    def __init__(self, run: "RunDir"):
+        self.run = run
+
+    def after(self, row: dict) -> None:
+        self.run.log(row)
+
+    def end(self) -> None:
+        self.run.tracker.close()
+
+
+class Progress(Hook):
+    """A progress bar, one tick a step, with `postfix(row)` beside it."""
+
+    def __init__(self, bar, postfix: Callable[[dict], dict]):
+        self.bar, self.postfix = bar, postfix
+
+    def after(self, row: dict) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(self.postfix(row))
+
+    def end(self) -> None:
+        self.bar.close()
+
+
+class Save(Hook):
+    """`save(step)` at the steps `when` picks: a resume state (or a kept checkpoint)."""
+
+    def __init__(self, save: Callable[[int], None], when: Callable[[int], bool]):
+        self.save, self.when = save, when
+
+    def after(self, row: dict) -> None:
+        if self.when(row["step"]):
+            self.save(row["step"])
+
+
+# ------------------------------------------------------------------------------------------ tracking
 
 
 def tag(key: str) -> str:
@@ -95,10 +233,17 @@ def _wandb_run(out: Path, cfg: TrackingConfig, settings: dict):
                       dir=str(out), config=settings, reinit="create_new")
 
 
-class RunDir:
-    """One training run's directory: claim it for a config, resume, log, save, finish."""
+# ------------------------------------------------------------------------------------------ run directory
 
-    def __init__(self, out: Path | str, settings: dict, write: bool = True, tracking: TrackingConfig | None = None):
+
+class RunDir:
+    """One training run's directory: claim it for its settings, resume, log, save, finish.
+
+    `compared`: the top-level keys of `settings` a run with the same directory must share (default all);
+    pretraining writes its whole config but is the same run whatever its evaluation settings say."""
+
+    def __init__(self, out: Path | str, settings: dict, write: bool = True, tracking: TrackingConfig | None = None,
+                 compared: Sequence[str] | None = None):
         self.out, self.write = Path(out), write  # write=False: a distributed run's other ranks only read
         self.tracker = Tracker(self.out, tracking, settings)
         if write:
@@ -106,7 +251,8 @@ class RunDir:
             clean_temporaries(self.out)
         path = self.out / "config.toml"
         if path.exists():
-            changed = diff(tomllib.loads(path.read_text()), settings)
+            pick = (lambda d: {k: v for k, v in d.items() if k in compared}) if compared else (lambda d: d)
+            changed = diff(pick(tomllib.loads(path.read_text())), pick(settings))
             if changed:
                 raise UserError(f"{self.out} holds a run with different settings ({'; '.join(changed[:5])}); "
                                 "use another --out, or delete the directory to start over")
@@ -122,17 +268,22 @@ class RunDir:
     def done(self) -> bool:
         return (self.final / META).exists()
 
-    def latest(self) -> Path | None:
-        """The newest resume state; a damaged one is reported and removed (the run starts from the one before)."""
-        states = sorted((self.out / "resume").glob("step*")) if (self.out / "resume").exists() else []
-        while states and not intact(states[-1], "removed; the run resumes from an earlier state"):
-            states.pop()
-        return states[-1] if states else None
+    def latest(self, schedule: Sequence[int] = ()) -> Path | None:
+        """The newest state to continue from (`resume/`, and pretraining's `checkpoints/`). Damaged states are
+        reported and removed; with a checkpoint `schedule`, the state is older than the first scheduled checkpoint
+        that is missing, so every checkpoint gets written (again, identical: a run is a pure function of the step)."""
+        kept = [s.parent for s in sorted(self.out.glob(f"*/step*/{TRAINER_STATE}"))
+                if intact(s.parent, "removed; the run resumes from an earlier state and writes what came after again")]
+        step = {s: read_json(s / META)["step"] for s in kept}
+        have = {step[s] for s in kept if s.parent.name == "checkpoints"}
+        gap = min((st for st in schedule if st not in have), default=math.inf)
+        usable = sorted((s for s in kept if step[s] < gap), key=step.get)
+        return usable[-1] if usable else None
 
-    def resume(self, model) -> tuple[int, dict]:
-        """Load the newest resume state's weights into `model`: (the step to continue from, the optimizers'
-        states by name, empty when starting fresh)."""
-        latest = self.latest()
+    def resume(self, model, schedule: Sequence[int] = ()) -> tuple[int, dict]:
+        """Load the newest state's weights into `model` and the RNG: (the step to continue from, the optimizer
+        state it saved; (0, {}) when starting fresh). Metrics logged after that step are dropped (logged again)."""
+        latest = self.latest(schedule)
         if latest is None:
             self._truncate(0)
             return 0, {}
@@ -144,15 +295,18 @@ class RunDir:
         self._truncate(state["step"])
         return state["step"], state["optimizer"]
 
-    def save(self, step: int, model, tok, optimizer_states: dict) -> None:
-        class _Bundle:  # save_state takes one optimizer; several are saved as one dict
-            def state_dict(self):
-                return optimizer_states
-
-        save_state(self.out / "resume" / f"step{step:06d}", model, tok, _Bundle(), {"step": step}, {"step": step})
-        for old in sorted((self.out / "resume").glob("step*"))[:-1]:
-            shutil.rmtree(old, ignore_errors=True)
+    def save(self, step: int, model, tok, optimizer_state: dict) -> None:
+        """A resume state at `step` (the older ones go); what the trackers hold reaches the disk first."""
         self.tracker.flush()
+        save_state(self.out / "resume" / f"step{step:06d}", model, tok, _State(optimizer_state), {"step": step},
+                   {"step": step})
+        self.prune(keep=1)
+
+    def prune(self, keep: int) -> None:
+        """Keep the newest `keep` resume states (pretraining keeps none once a checkpoint holds the same step)."""
+        states = sorted((self.out / "resume").glob("step*")) if (self.out / "resume").exists() else []
+        for old in states[: max(0, len(states) - keep)]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def log(self, row: dict) -> None:
         with self.metrics.open("a") as f:
@@ -160,12 +314,8 @@ class RunDir:
         self.tracker.log(row)
 
     def finish(self, model, tok, meta: dict) -> Path:
-        class _NoOptimizer:
-            def state_dict(self):
-                return {}
-
         steps = meta.get("steps", 0)
-        save_state(self.final, model, tok, _NoOptimizer(), {"step": steps}, {"step": steps, **meta})
+        save_state(self.final, model, tok, _State({}), {"step": steps}, {"step": steps, **meta})
         shutil.rmtree(self.out / "resume", ignore_errors=True)
         self.tracker.close()
         return self.final
@@ -179,16 +329,18 @@ class RunDir:
             atomic_write_text(self.metrics, "".join(keep))
 
 
-def source_meta(checkpoint: Path) -> dict:
-    """The excursions.json of a local checkpoint (empty for hub models)."""
-    path = Path(checkpoint) / META
-    return read_json(path) if path.is_file() else {}
+class _State:
+    """An optimizer state as `save_state` takes it (one optimizer's, or several by name)."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def state_dict(self) -> dict:
+        return self.state
 
 
 def track(model, tok, test: list[Problem], eval_cfg: EvalConfig, n: int, family: str) -> dict:
     """Test pass@k (0-shot, k <= n) during training: the sharpening-vs-expansion curves."""
-    from excursions.evals.harness import evaluate_math  # imported here: the harness reads pretraining's checkpoints
-
     cfg = EvalConfig(**{**eval_cfg.__dict__, "n": n, "ks": tuple(k for k in eval_cfg.ks if k <= n) or (1,),
                         "bootstrap": 10})
     result = evaluate_math(model, tok, test, [], cfg, shots=0, progress=False)

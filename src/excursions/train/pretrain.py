@@ -10,53 +10,29 @@ weights equal those of an uninterrupted run (the data order and LR are pure func
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from excursions.config import Config, diff, to_dict, to_toml
+from excursions.checkpoint import (META, atomic_dir, atomic_write_text, checkpoint_name, checkpoints, read_json, save_state,
+                                   write_json)
+from excursions.config import PRETRAIN_SECTIONS, Config, to_dict
 from excursions.data.problems import format_prompt, write_jsonl
-from excursions.progress import progress_bar
 from excursions.errors import UserError
 from excursions.evals.math import is_correct
 from excursions.flops import model_dims, train_flops_per_token
 from excursions.model import build_model, count_params, pick_device
-from excursions.optim import adamw, cosine_lr
+from excursions.optim import adamw, cosine_lr, set_lr
+from excursions.runtime import progress_bar
 from excursions.sampling import generate
 from excursions.tokenizer import load_tokenizer, train_tokenizer
-from excursions.train.checkpoint import (META, TRAINER_STATE, atomic_dir, atomic_write_text, clean_temporaries,
-                                         intact, load_trainer_state, read_json, save_state, states, write_json)
-from excursions.train.loop import Tracker, check_finite
+from excursions.train.loop import FiniteCheck, Log, Progress, RunDir, Save, check_finite, train_loop
 from excursions.worlds.corpus import FAMILIES, SPLITS, build_world, tokenize_stream, tokenizer_sample
 
 # ------------------------------------------------------------------------------------------ prepare
-
-
-PRETRAIN_SECTIONS = ("seed", "world", "data", "tokenizer", "model", "pretrain")
-
-
-def claim_run_dir(cfg: Config, out: Path) -> None:
-    """Write the resolved config, or check that the directory's run used the same one.
-
-    Only the settings pretraining depends on count: changing `eval` does not invalidate a run.
-    """
-    path = out / "config.toml"
-    if path.exists():
-        import tomllib
-
-        pick = lambda d: {k: v for k, v in d.items() if k in PRETRAIN_SECTIONS}
-        changed = diff(pick(tomllib.loads(path.read_text())), pick(to_dict(cfg)))
-        if changed:
-            raise UserError(f"{out} holds a run with a different config ({'; '.join(changed[:5])}); "
-                            "use another --out, or delete the directory to start over")
-    else:
-        atomic_write_text(path, to_toml(cfg))
 
 
 def prepare_world(cfg: Config, out: Path):
@@ -142,87 +118,72 @@ def greedy_accuracy(model, tok, problems, exemplars, shots: int, max_new_tokens:
 # ---------------------------------------------------------------------------------------- the loop
 
 
-def checkpoint_name(step: int, tokens: int) -> str:
-    return f"step{step:06d}-tokens{tokens}"
-
-
 def pretrain(cfg: Config, out: Path | str, progress: bool = True) -> Path:
     """Run (or resume, or confirm finished) the pretraining of `cfg` in `out`; returns `out`."""
-    out = Path(out)
-    p = cfg.pretrain
+    out, p = Path(out), cfg.pretrain
     torch.set_num_threads(p.threads or os.cpu_count() or 1)
-    out.mkdir(parents=True, exist_ok=True)
-    clean_temporaries(out)
-    claim_run_dir(cfg, out)
+    # the whole config is written; only the sections pretraining reads must match a run already there
+    run = RunDir(out, to_dict(cfg), tracking=cfg.tracking, compared=PRETRAIN_SECTIONS)
     world = prepare_world(cfg, out)
     tok, train_ids, val_ids = prepare_data(cfg, out, world, progress)
-
     schedule = p.checkpoint_steps()
-    saved = resume_point(out, schedule)
-    if saved and read_json(saved / META)["step"] >= p.total_steps:
+    latest = run.latest(schedule)
+    if latest is not None and read_json(latest / META)["step"] >= p.total_steps:
         print(summary(out))
         return out
-    if saved:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
-        state = load_trainer_state(saved)
-    else:
-        model = build_model(cfg.model, len(tok), tok.eos_token_id, tok.eos_token_id, tok.pad_token_id, cfg.seed)
-        state = {"step": 0}
+    model = build_model(cfg.model, len(tok), tok.eos_token_id, tok.eos_token_id, tok.pad_token_id, cfg.seed)
+    start, opt_state = run.resume(model, schedule)
     dev = pick_device(cfg.distributed.device)
     model.to(dev).train()
     opt = adamw(model, p.lr, p.betas, p.weight_decay)
-    if saved:
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-    truncate_metrics(out / "metrics.jsonl", state["step"])
+    if opt_state:
+        opt.load_state_dict(opt_state)
 
+    def save(step: int) -> None:
+        if step in schedule:  # a kept checkpoint is also the newest resume state
+            run.tracker.flush()
+            _save_checkpoint(cfg, out, model, tok, opt, step, world, val_ids)
+            run.prune(keep=0)
+        else:
+            run.save(step, model, tok, opt.state_dict())
+
+    saving = lambda step: step in schedule or step % p.save_every == 0
+    bar = progress_bar(total=p.total_steps, initial=start, unit="step",
+                       desc=f"pretrain {count_params(model) / 1e6:.2f}M", disable=not progress)
+    postfix = lambda r: dict(loss=f"{r['loss']:.3f}", tok_s=f"{r['tok_per_s']:,.0f}", lr=f"{r['lr']:.2e}")
+    hooks = [Log(run), Progress(bar, postfix),
+             # an infinite step can leave a finite loss and broken weights: they are checked before every save
+             FiniteCheck("pretrain", model, values=False, weights_at=saving), Save(save, saving)]
+    step_fn = pretrain_step(cfg, model, opt, Batches(train_ids, p.seq_len, p.batch_size, cfg.seed), dev)
+    train_loop(start, p.total_steps, step_fn, hooks)
+    print(summary(out))
+    return out
+
+
+def pretrain_step(cfg: Config, model, opt, batches: "Batches", dev):
+    """One optimizer step of next-token prediction at the schedule's LR: the step's metrics row."""
+    p = cfg.pretrain
     n_params, n_layers, d_model = model_dims(model)
     flops_per_token = train_flops_per_token(n_params, n_layers, d_model, p.seq_len)
-    step_fn = torch.compile(model) if p.compile else model
-    batches = Batches(train_ids, p.seq_len, p.batch_size, cfg.seed)
-    bar = progress_bar(total=p.total_steps, initial=state["step"], unit="step",
-                       desc=f"pretrain {count_params(model) / 1e6:.2f}M", disable=not progress)
-    log = (out / "metrics.jsonl").open("a")
-    tracker = Tracker(out, cfg.tracking, to_dict(cfg))
-    for step in range(state["step"], p.total_steps):
+    forward = torch.compile(model) if p.compile else model
+
+    def step_fn(step: int) -> dict:
         t0 = time.perf_counter()
         lr = cosine_lr((step + 1) * p.tokens_per_step, p.lr, p.warmup_tokens, p.tokens, p.min_lr_ratio)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, lr)
         x = batches.batch(step).to(dev)
-        loss = step_fn(input_ids=x, labels=x).loss
+        loss = forward(input_ids=x, labels=x).loss
         check_finite(step + 1, "pretrain", {"loss": loss.item()})
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip).item()
         check_finite(step + 1, "pretrain", {"grad_norm": grad_norm})  # before the update: the weights stay good
         opt.step()
         opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        done = step + 1
-        tps = p.tokens_per_step / dt
-        row = {"step": done, "tokens": done * p.tokens_per_step, "loss": loss.item(), "lr": lr,
-               "grad_norm": grad_norm, "tok_per_s": tps, "tflops": tps * flops_per_token / 1e12}
-        log.write(json.dumps(row) + "\n")
-        tracker.log(row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}")
-        if done in schedule or done % p.save_every == 0:
-            check_finite(done, "pretrain", {}, model)  # an infinite step can leave finite loss, broken weights
-            log.flush()
-            tracker.flush()
-        if done in schedule:
-            _save_checkpoint(cfg, out, model, tok, opt, done, world, val_ids)
-            _prune(out / "resume", keep=0)
-        elif done % p.save_every == 0:
-            save_state(out / "resume" / f"step{done:06d}", model, tok, opt, {"step": done}, {"step": done})
-            _prune(out / "resume", keep=1)
-    log.close()
-    tracker.close()
-    bar.close()
-    print(summary(out))
-    return out
+        tps = p.tokens_per_step / (time.perf_counter() - t0)
+        return {"tokens": (step + 1) * p.tokens_per_step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
+                "tok_per_s": tps, "tflops": tps * flops_per_token / 1e12}
+
+    return step_fn
 
 
 def _save_checkpoint(cfg: Config, out: Path, model, tok, opt, step: int, world, val_ids) -> None:
@@ -233,38 +194,6 @@ def _save_checkpoint(cfg: Config, out: Path, model, tok, opt, step: int, world, 
         test = world.problems["gsm"]["test"][: p.eval_problems]
         meta["gsm_greedy"] = greedy_accuracy(model, tok, test, world.problems["gsm"]["train"], p.eval_shots)
     save_state(out / "checkpoints" / checkpoint_name(step, tokens), model, tok, opt, {"step": step}, meta)
-
-
-def _prune(root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` resume states."""
-    if root.exists():
-        for old in sorted(root.iterdir())[: max(0, len(list(root.iterdir())) - keep)]:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def resume_point(out: Path, schedule: list[int]) -> Path | None:
-    """The newest state to continue from such that every scheduled checkpoint gets written: damaged states are
-    reported and removed, and a missing checkpoint moves the resume point before it (the later ones are written
-    again, identical, as the run is a pure function of the step)."""
-    for state in [p.parent for p in out.glob(f"*/*/{TRAINER_STATE}")]:
-        intact(state, "removed; pretraining resumes from an earlier state and writes it again")
-    kept = [(read_json(s / META)["step"], s) for s in states(out)]
-    have = {step for step, s in kept if s.parent.name == "checkpoints"}
-    gap = min((step for step in schedule if step not in have), default=math.inf)
-    usable = [s for step, s in kept if step < gap]
-    return usable[-1] if usable else None
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop logged steps after `step` (a resumed run logs them again)."""
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        atomic_write_text(path, "".join(ln + "\n" for ln in lines))
-
-
-def checkpoints(out: Path) -> list[dict]:
-    """Metadata of the kept checkpoints of a run directory, oldest first, with their paths."""
-    return [{**read_json(d / META), "path": str(d)} for d in sorted((Path(out) / "checkpoints").glob("step*"))]
 
 
 def summary(out: Path) -> str:

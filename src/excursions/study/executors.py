@@ -4,9 +4,9 @@
     excursions study --preset smoke --out runs/study-smoke --executor ray        # a local Ray cluster
     excursions study --executor ray --ray-address auto --unit-gpus 1             # an existing cluster, a GPU per unit
 
-Either way a unit starts once every unit it reads has finished (`study.dependencies`), a unit that fails
+Either way a unit starts once every unit it reads has finished (`plan.dependencies`), a unit that fails
 blocks only the units that read it, and the driver alone writes the SQLite store: workers run a unit
-(`study.execute`, which writes only the unit's own directory) and return how long it took.
+(`units.execute`, which writes only the unit's own directory) and return how long it took.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ from typing import Callable
 
 from excursions.config import Config
 from excursions.errors import UserError, first_line, write_error
-from excursions.objectives import registrar
-from excursions.study import Store, Unit, execute
+from excursions.registry import registrar
+from excursions.runtime import progress_bar
+from excursions.study.plan import Unit
+from excursions.study.store import Store
+from excursions.study.units import execute, ingest
 
 EXECUTORS: dict[str, Callable] = {}
 executor = registrar(EXECUTORS)  # @executor("name") files a function under that name
@@ -31,7 +34,7 @@ def settle(store: Store, unit: Unit, err: BaseException | None, seconds: float) 
     """Record a unit's outcome; returns whether it succeeded. A full disk or an unwritable directory stops the
     study (every later unit would fail the same way); any other error fails the unit alone."""
     if err is None:
-        store.finish(unit, seconds)
+        store.finish(unit, seconds, ingest)
         return True
     stop = write_error(err)
     if stop is not None:
@@ -53,8 +56,6 @@ def blocker(unit: Unit, deps: dict[str, list[str]], failed: set[str]) -> str | N
 def run_local(work: list[Unit], deps: dict[str, list[str]], cfg: Config, out: Path, store: Store,
               progress: bool) -> None:
     """Each unit in plan order (every unit comes after the units it reads), in this process."""
-    from excursions.progress import progress_bar
-
     failed: set[str] = set()
     bar = progress_bar(total=len(work), unit="unit", desc="study", disable=not progress, position=0)
     for unit in work:
@@ -96,8 +97,6 @@ def run_ray(work: list[Unit], deps: dict[str, list[str]], cfg: Config, out: Path
         import ray
     except ImportError:
         raise UserError("--executor ray needs Ray: pip install 'excursions[ray]'") from None
-    from excursions.progress import progress_bar
-
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, num_cpus=local_cpus if address is None else None, include_dashboard=False,

@@ -1,4 +1,4 @@
-"""Atomic files and training states.
+"""Atomic files, training states and the checkpoints of a run.
 
 A training state is a standard HF model directory (safetensors + config + tokenizer), so every
 checkpoint loads with `AutoModelForCausalLM.from_pretrained`, plus `trainer_state.pt` (optimizer,
@@ -158,3 +158,17 @@ def states(root: Path) -> list[Path]:
     """Complete training states under `root` (any depth of one), oldest step first."""
     found = [p.parent for p in root.glob(f"*/*/{TRAINER_STATE}")] + [p.parent for p in root.glob(f"*/{TRAINER_STATE}")]
     return sorted(found, key=lambda p: json.loads((p / META).read_text())["step"])
+
+
+def checkpoint_name(step: int, tokens: int) -> str:
+    """A pretraining checkpoint's directory name.
+
+    >>> checkpoint_name(796, 6520832)
+    'step000796-tokens6520832'
+    """
+    return f"step{step:06d}-tokens{tokens}"
+
+
+def checkpoints(run: Path | str) -> list[dict]:
+    """Metadata of the kept checkpoints of a pretraining run directory, oldest first, with their paths."""
+    return [{**read_json(d / META), "path": str(d)} for d in sorted((Path(run) / "checkpoints").glob("step*"))]

@@ -1,20 +1,19 @@
-"""Post-training recipes, registered by name and composed from shared pieces (sampler, rewards, losses).
+"""Post-training: a recipe of the table (`excursions/recipes.py`) runs its stages, each a short function over the
+shared pieces (sampler, rewards, losses, the loop and its hooks).
 
     excursions posttrain runs/tiny/checkpoints/step000519-tokens4251648 --recipe rl
 
-| recipe        | what it does                                                        |
-| ------------- | ------------------------------------------------------------------- |
-| `rl`          | GRPO from the checkpoint                                            |
-| `sft`         | SFT on one demonstration per training problem (fixed by the seed)   |
-| `sft_gold`    | SFT on all demonstrations                                           |
-| `sft_rl`      | GRPO from the `sft` result, on the same problems                    |
-| `sft_gold_rl` | GRPO from the `sft_gold` result                                     |
-| `parallel`    | parallel averaging of RL and SFT updates (paper Algorithm 1)        |
+    final = posttrain(checkpoint, "sft_rl", cfg, out, world)    # out/sft/ then out/rl/; returns out/rl/final
+
+Stages: `rl` (GRPO), `sft` (one demonstration per problem), `sft_gold` (all of them), `parallel` (paper
+Algorithm 1). Each stage is a resumable run directory (`loop.RunDir`); under `torchrun` every rank trains its
+share and rank 0 writes (`dist.py`).
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -24,64 +23,36 @@ from excursions.config import Config, RLConfig, to_dict
 from excursions.data.problems import read_jsonl
 from excursions.errors import UserError
 from excursions.model import check_checkpoint, load_model, parse_checkpoint
-from excursions.objectives import lookup, registrar
 from excursions.optim import ParallelAveraging, adamw, constant_with_warmup, set_lr
-from excursions.progress import progress_bar
+from excursions.recipes import RECIPES
+from excursions.registry import lookup
+from excursions.runtime import progress_bar
 from excursions.tokenizer import load_tokenizer
 from excursions.train import dist
-from excursions.train.loop import RunDir, check_finite, track
-from excursions.train.rl import grpo_gradients, grpo_update, rollout, training_flops
+from excursions.train.grpo import grpo_gradients, grpo_update, rollout, training_flops
+from excursions.train.loop import (Evaluate, FiniteCheck, Log, Progress, RunDir, Save, Timer, Totals, every, track,
+                                  train_loop)
 from excursions.train.sft import SFTBatches, demonstrations, sft_gradients
-
-RECIPES: dict[str, Callable] = {}
-recipe = registrar(RECIPES)  # @recipe("name") files a function under that name
 
 
 def posttrain(checkpoint: str, name: str, cfg: Config, out: Path, world: Path, progress: bool = True) -> Path:
     """Run recipe `name` from `checkpoint` into `out`; returns the final HF checkpoint directory."""
-    run = lookup(RECIPES, name, "recipe")
+    recipe = lookup(RECIPES, name, "recipe")
     if not (Path(out) / "config.toml").exists():  # a new run: a bad source fails before its directory is made
         check_checkpoint(checkpoint)
     if cfg.distributed.sampler == "vllm":  # a missing extra fails here too, not after the model loaded
         from excursions.vllm_backend import require_vllm
 
         require_vllm()
-    return run(checkpoint, cfg, Path(out), Path(world), progress)
+    source = checkpoint
+    for i, stage in enumerate(recipe.stages):
+        last = i == len(recipe.stages) - 1  # the result is named by its recipe, earlier stages by their own
+        source = str(STAGES[stage](source, cfg, recipe.stage_dir(Path(out), stage), Path(world), progress,
+                                   name=name if last else stage))
+    return Path(source)
 
 
-@recipe("rl")
-def rl(src, cfg, out, world, progress):
-    return run_grpo(src, cfg, out, world, progress, name="rl")
-
-
-@recipe("sft")
-def sft(src, cfg, out, world, progress):
-    return run_sft(src, cfg, out, world, progress, demos="one", name="sft")
-
-
-@recipe("sft_gold")
-def sft_gold(src, cfg, out, world, progress):
-    return run_sft(src, cfg, out, world, progress, demos="all", name="sft_gold")
-
-
-@recipe("sft_rl")
-def sft_rl(src, cfg, out, world, progress):
-    mid = run_sft(src, cfg, out / "sft", world, progress, demos="one", name="sft")
-    return run_grpo(str(mid), cfg, out / "rl", world, progress, name="sft_rl")
-
-
-@recipe("sft_gold_rl")
-def sft_gold_rl(src, cfg, out, world, progress):
-    mid = run_sft(src, cfg, out / "sft_gold", world, progress, demos="all", name="sft_gold")
-    return run_grpo(str(mid), cfg, out / "rl", world, progress, name="sft_gold_rl")
-
-
-@recipe("parallel")
-def parallel(src, cfg, out, world, progress):
-    return run_parallel(src, cfg, out, world, progress)
-
-
-# ----------------------------------------------------------------------------------------- runners
+# ----------------------------------------------------------------------------------------- shared pieces
 
 
 class _Setup:
@@ -176,32 +147,28 @@ def _claim(out: Path, settings: dict, d: dist.Dist, cfg: Config) -> RunDir:
 
 def _loop(run: RunDir, trainee: Trainee, cfg: Config, steps: int, step_fn: Callable[[int], dict], save_every: int,
           track_every: int, track_n: int, desc: str, progress: bool) -> None:
-    """The shared loop: step, count FLOPs, track test pass@k, log, save (rank 0 writes)."""
+    """A stage's steps through the shared loop: check, count FLOPs, track test pass@k, log and save (rank 0)."""
     setup, d, start = trainee.setup, trainee.d, trainee.start
-    last = run.rows()[-1] if start else {}
-    totals = {k: last.get(f"total_{k}", 0) for k in ("train_flops", "rollout_flops", "rollout_tokens")}
     test = setup.test[: cfg.rl.track_problems]
-    bar = progress_bar(total=steps, initial=start, unit="step", desc=desc, disable=not progress or not d.main)
-    for step in range(start, steps):
-        t0 = time.perf_counter()
-        stats = step_fn(step)
+
+    def step(s: int) -> dict:
+        stats = step_fn(s)
         trainee.sync()
-        check_finite(step + 1, desc, stats, trainee.replica)  # every rank: the stats are reduced, the weights equal
-        for k in totals:
-            totals[k] += stats.pop(k, 0)
-        row = {"step": step + 1, **stats, **{f"total_{k}": v for k, v in totals.items()},
-               "seconds": time.perf_counter() - t0}
-        done = step + 1
-        if done == steps or (track_every and done % track_every == 0):
-            row.update(track(trainee.replica, setup.tok, test, cfg.eval, track_n, setup.family))
-            trainee.replica.train(trainee.replica is setup.policy)
-        if d.main:
-            run.log(row)
-        bar.update(1)
-        bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in row.items() if k in ("train/reward", "train/loss")})
-        if done % save_every == 0 and done < steps:
-            trainee.save(run, done)
-    bar.close()
+        return stats
+
+    def evaluate() -> dict:
+        numbers = track(trainee.replica, setup.tok, test, cfg.eval, track_n, setup.family)
+        trainee.replica.train(trainee.replica is setup.policy)
+        return numbers
+
+    bar = progress_bar(total=steps, initial=start, unit="step", desc=desc, disable=not progress or not d.main)
+    postfix = lambda row: {k.split("/")[-1]: f"{v:.3f}" for k, v in row.items() if k in ("train/reward", "train/loss")}
+    hooks = [FiniteCheck(desc, trainee.replica),  # every rank: the stats are reduced, the weights equal
+             Totals(("train_flops", "rollout_flops", "rollout_tokens"), run.rows()[-1] if start else {}),
+             Timer(), Evaluate(evaluate, every(track_every, last=steps)),
+             *([Log(run)] if d.main else []), Progress(bar, postfix),
+             Save(lambda done: trainee.save(run, done), lambda done: done % save_every == 0 and done < steps)]
+    train_loop(start, steps, step, hooks)
 
 
 def _finish(run: RunDir, trainee: Trainee, src: str, name: str, world: Path, steps: int, t0: float) -> Path:
@@ -218,7 +185,11 @@ def _finish(run: RunDir, trainee: Trainee, src: str, name: str, world: Path, ste
     return run.final
 
 
-def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name: str) -> Path:
+# ----------------------------------------------------------------------------------------- stages
+
+
+def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name: str = "rl") -> Path:
+    """GRPO from `src`: each step samples the step's prompts and takes `rl.minibatches` optimizer steps."""
     c = cfg.rl
     d = dist.setup(cfg.distributed.strategy, cfg.distributed.device)
     run = _claim(out, {"stage": "rl", "source": src, "rl": to_dict(c), "eval": to_dict(cfg.eval)}, d, cfg)
@@ -239,7 +210,9 @@ def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name
     return _finish(run, trainee, src, name, world, c.steps, t0)
 
 
-def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, demos: str, name: str) -> Path:
+def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, name: str = "sft",
+            demos: str = "one") -> Path:
+    """SFT from `src` on one demonstration per training problem (`demos="one"`) or on all of them."""
     c = cfg.sft
     d = dist.setup(cfg.distributed.strategy, cfg.distributed.device)
     settings = {"stage": "sft", "demos": demos, "source": src, "sft": to_dict(c), "eval": to_dict(cfg.eval)}
@@ -285,7 +258,9 @@ def parallel_gradients(module, params: list, batch, sft_batch, r, s, d: dist.Dis
     return g_rl, take(s.grad_clip), rl_stats, sft_loss
 
 
-def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) -> Path:
+def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool, name: str = "parallel") -> Path:
+    """Parallel averaging (Algorithm 1): per step an RL and an SFT gradient at the same weights, each through its own
+    AdamW, the two updates averaged with weight w."""
     c, r, s = cfg.parallel, cfg.rl, cfg.sft
     d = dist.setup(cfg.distributed.strategy, cfg.distributed.device)
     run = _claim(out, {"stage": "parallel", "source": src, "parallel": to_dict(c), "rl": to_dict(r),
@@ -296,7 +271,7 @@ def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) 
     setup = _Setup(src, cfg, world, r.family, reference=r.kl_coef > 0, device=d.device)
     trainee = Trainee(run, setup, d, rollouts=True)
     batches = SFTBatches(setup.tok, demonstrations(setup.train, "one", s.seed, setup.tok), s.batch_size, s.seed)
-    avg = ParallelAveraging(trainee.module, c.rl_lr, c.sft_lr, r.betas, r.weight_decay)
+    avg = ParallelAveraging(trainee.module, c.rl_lr, c.sft_lr, r.betas, r.weight_decay, s.betas, s.weight_decay)
     trainee.attach({"rl": avg.rl, "sft": avg.sft})
 
     def step_fn(step: int) -> dict:
@@ -310,5 +285,13 @@ def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool) 
         return {**dist.mean_stats(batch.stats, d), **{f"train/{k}": v for k, v in rl_stats.items()},
                 "train/loss": sft_loss, "parallel/weight": w, "train_flops": flops}
 
-    _loop(run, trainee, cfg, c.steps, step_fn, r.save_every, r.track_every, r.track_n, "parallel", progress)
-    return _finish(run, trainee, src, "parallel", world, c.steps, t0)
+    _loop(run, trainee, cfg, c.steps, step_fn, r.save_every, r.track_every, r.track_n, name, progress)
+    return _finish(run, trainee, src, name, world, c.steps, t0)
+
+
+STAGES: dict[str, Callable] = {  # the trainings recipes are made of (recipes.STAGE_SECTIONS: what each reads)
+    "rl": run_grpo,
+    "sft": partial(run_sft, demos="one"),
+    "sft_gold": partial(run_sft, demos="all"),
+    "parallel": run_parallel,
+}

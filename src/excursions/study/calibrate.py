@@ -16,14 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+from excursions.checkpoint import META, atomic_write_text, checkpoints, read_json, write_json
 from excursions.config import Config, digest, to_dict
 from excursions.data.problems import read_jsonl
 from excursions.errors import UserError
+from excursions.evals.figures import base_curve_figure
 from excursions.evals.harness import evaluate_checkpoint, evaluate_run
-from excursions.figures import base_curve_figure
-from excursions.train.checkpoint import META, atomic_write_text, read_json, write_json
-from excursions.train.pretrain import checkpoints, pretrain
-from excursions.train.recipes import posttrain
+from excursions.train.posttrain import posttrain
+from excursions.train.pretrain import pretrain
 
 ROOM_FOR_RL = (0.10, 0.40)  # base pass@1 below, pass@32 above
 

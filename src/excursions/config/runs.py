@@ -1,0 +1,217 @@
+"""The sections of how runs go: the post-training recipes (GRPO, SFT, parallel averaging), prompts, devices and
+processes, metric tracking, and what the study runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from excursions.config.loader import check
+from excursions.recipes import RECIPES
+
+def _check_optim(lr: float, betas: tuple, weight_decay: float, grad_clip: float, prefix: str = "") -> None:
+    check(lr > 0, f"{prefix}lr", "must be > 0")
+    check(len(betas) == 2 and all(0 <= b < 1 for b in betas), "betas", "must be two numbers in [0, 1)")
+    check(weight_decay >= 0, "weight_decay", "must be >= 0")
+    check(grad_clip > 0, "grad_clip", "must be > 0")
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """GRPO (paper Table 1, VeRL semantics), scaled to a tiny model on a CPU."""
+
+    family: Literal["gsm", "hard"] = "gsm"  # whose train problems are the prompts
+    steps: int = 40  # rollout batches
+    prompts_per_step: int = 32  # paper: 512
+    group_size: int = 8  # G rollouts per prompt; paper: 32
+    minibatches: int = 2  # optimizer steps per rollout batch (paper: 512 / 128 = 4)
+    micro_batch: int = 64  # rollouts per forward/backward; gradients accumulate to the same loss
+    lr: float = 5e-5  # paper: 1e-6 at 1B
+    betas: tuple[float, ...] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    temperature: float = 1.0
+    max_new_tokens: int = 128
+    clip_eps: float = 0.2
+    kl_coef: float = 1e-3
+    kl: str = "k3"  # k1 | k2 | k3 (low-variance)
+    advantage: str = "grpo"  # grpo | drgrpo
+    aggregation: str = "token-mean"
+    format_score: float = 0.1
+    shots: int = 0  # exemplars in the rollout prompts (the paper trains 0-shot)
+    track_every: int = 10  # steps between validation reward and test pass@k (0 = off)
+    track_problems: int = 100
+    track_n: int = 8
+    save_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        from excursions.objectives import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
+
+        for name in ("steps", "prompts_per_step", "group_size", "minibatches", "micro_batch", "max_new_tokens",
+                     "save_every"):
+            check(getattr(self, name) >= 1, name, "must be >= 1")
+        check(self.prompts_per_step % self.minibatches == 0, "minibatches",
+              f"must divide prompts_per_step ({self.prompts_per_step})")
+        _check_optim(self.lr, self.betas, self.weight_decay, self.grad_clip)
+        check(self.temperature > 0, "temperature", "must be > 0 for exploration")
+        check(0 <= self.clip_eps < 1, "clip_eps", "must be in [0, 1)")
+        check(self.kl_coef >= 0, "kl_coef", "must be >= 0")
+        check(self.kl in KL_ESTIMATORS, "kl", f"unknown KL estimator; choose one of {', '.join(KL_ESTIMATORS)}")
+        check(self.advantage in ADVANTAGES, "advantage", f"unknown estimator; choose one of {', '.join(ADVANTAGES)}")
+        check(self.aggregation in AGGREGATIONS, "aggregation", f"unknown mode; choose one of {', '.join(AGGREGATIONS)}")
+        check(0 <= self.format_score < 1, "format_score", "must be in [0, 1)")
+        for name in ("shots", "track_every", "track_problems"):
+            check(getattr(self, name) >= 0, name, "must be >= 0")
+        check(self.track_n >= 1, "track_n", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """SFT on demonstrations (paper Table 3): one per problem (`sft`) or all of them (`sft_gold`)."""
+
+    family: Literal["gsm", "hard"] = "gsm"
+    epochs: int = 3  # paper: 5
+    batch_size: int = 32
+    lr: float = 3e-4  # paper: 4e-5 at 1B
+    betas: tuple[float, ...] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    warmup_steps: int = 10
+    track_every: int = 0  # steps between test pass@k (0 = at the end only)
+    save_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "save_every"):
+            check(getattr(self, name) >= 1, name, "must be >= 1")
+        _check_optim(self.lr, self.betas, self.weight_decay, self.grad_clip)
+        check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        check(self.track_every >= 0, "track_every", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Parallel averaging (paper Algorithm 1): an RL and an SFT update from their own AdamW, averaged.
+
+    theta <- theta_bar + w * delta_RL + (1 - w) * delta_SFT, with w going linearly from `weight`
+    to `weight_end` over the run (the paper: w = 0.5 throughout). Rollouts follow [rl], the SFT
+    batches [sft] (one demonstration per problem).
+    """
+
+    steps: int = 40
+    rl_lr: float = 5e-5
+    sft_lr: float = 3e-4
+    weight: float = 0.5
+    weight_end: float = 0.5
+
+    def __post_init__(self):
+        check(self.steps >= 1, "steps", "must be >= 1")
+        check(self.rl_lr > 0, "rl_lr", "must be > 0")
+        check(self.sft_lr > 0, "sft_lr", "must be > 0")
+        check(0 <= self.weight <= 1, "weight", "must be between 0 and 1")
+        check(0 <= self.weight_end <= 1, "weight_end", "must be between 0 and 1")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How problems are shown to the model. Base checkpoints (the paper's, and the tiny ones) read plain
+    `Question: ... Answer:` text; an instruct model can be given its tokenizer's chat template instead: the
+    question as a user turn (exemplars as earlier user / assistant turns), the solution as the assistant's.
+    Enters a result's digest only when set (it came after results that did not have it)."""
+
+    chat_template: bool = False
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """Where and how runs execute: devices, the split of a `torchrun` launch (one process ignores the strategy),
+    and the sampler. Not part of any result's digest: the same settings on another device or sampler measure
+    the same thing (with other random draws)."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # DistributedDataParallel, or FSDP2's fully_shard per layer
+    device: str = "auto"  # where models train and sample: auto (a GPU when torch sees one), cpu, cuda
+    sampler: Literal["builtin", "vllm"] = "builtin"  # rollouts and math evaluation; vllm: CUDA, '.[vllm]'
+    vllm_memory: float = 0.3  # share of GPU memory a vLLM engine takes (the trainer keeps the rest)
+
+    def __post_init__(self):
+        check(self.device in ("auto", "cpu", "cuda"), "device", "choose auto, cpu or cuda")
+        check(0 < self.vllm_memory < 1, "vllm_memory", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where every training run's per-step metrics go besides its metrics.jsonl: TensorBoard event files in the
+    run directory (on by default), and Weights & Biases when `wandb` is online or offline (`pip install
+    'excursions[wandb]'`; offline writes to the run directory without a network, for `wandb sync` later)."""
+
+    tensorboard: bool = True
+    wandb: Literal["off", "online", "offline"] = "off"
+    wandb_project: str = "excursions"
+
+
+def experiment_names() -> list[str]:
+    """The experiments there are: one module each in study/experiments/, named by its file (read off the files, so
+    that checking a config imports none of them)."""
+    folder = Path(__file__).resolve().parent.parent / "study" / "experiments"
+    return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What `excursions study` runs: the checkpoints to branch from, the recipes, seeds and experiments.
+
+    Every recipe runs from every chosen checkpoint once per seed (the seed goes to [rl] and [sft]);
+    `seed_checkpoint` adds direct-RL runs with `extra_seeds` there, for the brittleness experiment.
+    """
+
+    checkpoints: tuple[int, ...] = ()  # indices into the pretraining checkpoints (negative from the end); () = all
+    external: tuple[str, ...] = ()  # checkpoint dirs or hub ids[@revision] to use instead of pretraining
+    world: str = ""  # the world/ directory the external checkpoints are evaluated and post-trained on
+    recipes: tuple[str, ...] = ("rl", "sft", "sft_gold", "sft_rl", "parallel")
+    seeds: tuple[int, ...] = (0,)
+    extra_seeds: tuple[int, ...] = ()  # more direct-RL seeds at `seed_checkpoint` (Fig. 13-14)
+    seed_checkpoint: int = -1
+    nshot: tuple[int, ...] = (0, 1, 2, 4, 8)  # exemplar counts swept on the last base checkpoint (Fig. 16)
+    sft_epochs: int = 0  # > 0: one more sft run at seed_checkpoint for this many epochs, tracked each epoch (Fig. 15)
+    tasks: tuple[str, ...] = ("gsm", "general")  # evaluated on every base checkpoint and every result
+    # Fig. 18: direct RL on easy / hard splits of the last checkpoint's training problems with each rollout count
+    rollouts: tuple[int, ...] = (4, 16)  # rollouts per prompt compared (paper: 5 and 64); () = off
+    split_problems: int = 400  # training problems sampled to make the splits (paper: all 80K)
+    split_n: int = 32  # samples per problem for the splits (paper: 64 at T = 1; here at rl.temperature)
+    rollout_steps: int = 0  # RL steps of these runs (0 = rl.steps)
+    rollout_prompts: int = 0  # prompts per RL step of these runs (0 = rl.prompts_per_step)
+    # Fig. 4, 10-12: RL on `hard` from the final checkpoint of the study's run, of a bigger model on the same data
+    # (scaling N), and of the same model with extra targeted `hard` math (scaling D). Each is a pretraining run.
+    scale_model: str = ""  # scaling N: this model size (e.g. olmo2_3M); "" = no N variant
+    scale_targeted: float = 0.0  # scaling D: extra targeted math tokens, as a share of pretrain.tokens; 0 = no D variant
+    # the experiments to run and report (study/experiments/, one file each; checked when the study plans);
+    # () = every one, in the paper's order
+    experiments: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        for i, name in enumerate(self.experiments):
+            check(name in experiment_names(), f"experiments[{i}]",
+                  f"unknown experiment {name!r}; choose from {', '.join(experiment_names())}")
+        for i, name in enumerate(self.recipes):
+            check(name in RECIPES, f"recipes[{i}]", f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+        known = ("gsm", "hard", "general")
+        for i, task in enumerate(self.tasks):
+            check(task in known, f"tasks[{i}]", f"unknown task {task!r}; choose from {', '.join(known)}")
+        check(any(t != "general" for t in self.tasks), "tasks", "needs a math task (gsm or hard): every experiment reads one")
+        check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
+        check(all(k >= 0 for k in self.nshot), "nshot", "exemplar counts must be >= 0")
+        check(self.sft_epochs >= 0, "sft_epochs", "must be >= 0 (0 = no SFT epochs sweep)")
+        check(all(g >= 2 for g in self.rollouts), "rollouts", "rollout counts must be >= 2 (GRPO compares a group)")
+        check(self.split_problems >= 1, "split_problems", "must be >= 1")
+        check(self.split_n >= 8, "split_n", "must be >= 8 (hard means at most n / 8 correct)")
+        check(self.rollout_steps >= 0, "rollout_steps", "must be >= 0 (0 = rl.steps)")
+        check(self.rollout_prompts >= 0, "rollout_prompts", "must be >= 0 (0 = rl.prompts_per_step)")
+        check(self.scale_targeted >= 0, "scale_targeted", "must be >= 0 (0 = no scaling-D variant)")
+        check(not (self.external and (self.scale_model or self.scale_targeted)), "scale_model",
+              "the scaling variants pretrain from scratch; they need the study's own pretraining (no study.external)")
+        check(len(set(self.seeds + self.extra_seeds)) == len(self.seeds) + len(self.extra_seeds), "extra_seeds",
+              "must not repeat a seed of `seeds`")
+        check(not self.external or bool(self.world), "world",
+              "external checkpoints need the world/ directory they are evaluated on")

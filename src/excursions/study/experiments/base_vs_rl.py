@@ -1,0 +1,51 @@
+"""Fig. 5: is the base checkpoint's pass@k a predictor of what RL reaches?"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from excursions.evals.figures import plt
+from excursions.study.experiments import experiment
+from excursions.study.report import COLORS, Section, save
+from excursions.study.results import Results
+
+
+@experiment(order=2)
+def base_vs_rl_experiment(res: Results, figdir: Path) -> Section:
+    """Fig. 5: is the base checkpoint's pass@k a predictor of what RL reaches?"""
+    task = res.math_tasks[0]
+    fig, axes = plt.subplots(1, len(res.ks), figsize=(3.6 * len(res.ks), 3.4), squeeze=False)
+    corr = {}
+    for ax, k in zip(axes[0], res.ks):
+        pts = [(res.get(task, "base", c, k), res.get(task, "rl", c, k), c) for c in res.checkpoints]
+        pts = [p for p in pts if p[0] and p[1]]
+        xs, ys = [100 * p[0].mean for p in pts], [100 * p[1].mean for p in pts]
+        ax.scatter(xs, ys, color=COLORS["rl"], zorder=3)
+        for x, y, p in zip(xs, ys, pts):
+            ax.annotate(f"{res.tokens[p[2]] / 1e6:.1f}M", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.plot([0, 100], [0, 100], color="#999", linestyle="--", linewidth=1)
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel(f"base {k} (%)")
+        ax.set_ylabel(f"after RL {k} (%)")
+        ax.set_title(f"{task} {k}")
+        if len(pts) >= 3:
+            corr[k] = pearson(xs, ys)
+    save(fig, figdir / "base-vs-rl.png")
+    reading = ("Each point is one checkpoint: its base pass@k (x) against the pass@k after direct RL (y); above the "
+               "diagonal RL helped. " + (" ".join(f"Pearson r for {k}: {v:.2f}." for k, v in corr.items())
+                                         if corr else "Fewer than three checkpoints: no correlation reported."))
+    return Section("Base pass@k as a predictor of RL (paper Fig. 5)", "base-vs-rl.png", reading)
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    """Pearson correlation of two equal-length lists.
+
+    >>> round(pearson([1, 2, 3], [2, 4, 7]), 3)
+    0.993
+    """
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx and syy else float("nan")

@@ -1,0 +1,59 @@
+"""Fig. 2-3: pass@k along pretraining for each recipe, on each math task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from excursions.evals.figures import plt, tokens_axis
+from excursions.recipes import RECIPES
+from excursions.study.experiments import experiment
+from excursions.study.report import Section, line, save
+from excursions.study.results import Results, Stat, compare, verdict
+
+
+@experiment(order=1)
+def recipes_experiment(res: Results, figdir: Path) -> Section:
+    """Fig. 2-3: pass@k along pretraining for each recipe, on each math task."""
+    tasks, ks = res.math_tasks, res.ks
+    fig, axes = plt.subplots(len(tasks), len(ks), figsize=(4 * len(ks), 3.3 * len(tasks)), squeeze=False)
+    x = [res.tokens[c] for c in res.checkpoints]
+    for row, task in zip(axes, tasks):
+        for ax, k in zip(row, ks):
+            for recipe in res.recipes:
+                dashed = recipe in RECIPES and RECIPES[recipe].dashed
+                line(ax, x, [res.get(task, recipe, c, k) for c in res.checkpoints], recipe,
+                     linestyle="--" if dashed else "-")
+            line(ax, x, [res.get(task, "base", c, k, shots=0) for c in res.checkpoints], "base 0-shot", linestyle=":")
+            ax.set_title(f"{task} {k}")
+            tokens_axis(ax, x)
+            ax.set_ylabel(f"{k} (%)")
+    axes[0][-1].legend(fontsize=7)
+    save(fig, figdir / "recipes.png")
+    task = tasks[0]
+    head = ["checkpoint"] + [f"{r} pass@1" for r in res.recipes] + [f"{r} {ks[-1]}" for r in res.recipes]
+    table = [head] + [[f"{res.tokens[c] / 1e6:.2f}M"] + [str(res.get(task, r, c, "pass@1") or "-") for r in res.recipes]
+                      + [str(res.get(task, r, c, ks[-1]) or "-") for r in res.recipes] for c in res.checkpoints]
+    claims = []
+    for name, a, b, ties in (("RL beats SFT with one demonstration per problem (pass@1)", "rl", "sft", False),
+                             ("With all demonstrations (SFT-Gold), SFT matches or beats RL (pass@1)", "sft_gold", "rl",
+                              True)):
+        pairs = [(c, res.get(task, a, c, "pass@1"), res.get(task, b, c, "pass@1")) for c in res.checkpoints]
+        pairs = [(c, sa, sb) for c, sa, sb in pairs if sa and sb]
+        signs = [compare(sa, sb) for _, sa, sb in pairs]
+        wins = signs.count(1) + (signs.count(0) if ties else 0)
+        claims.append((name, verdict(wins, signs.count(-1), len(pairs)),
+                       "; ".join(f"{res.tokens[c] / 1e6:.1f}M: {a} {sa} vs {b} {sb}" for c, sa, sb in pairs)))
+    early = res.checkpoints[: max(1, len(res.checkpoints) // 2)]
+    pairs = [(c, res.get(task, "rl", c, "pass@1"), res.get(task, "base", c, "pass@1")) for c in early]
+    pairs = [(c, r, b) for c, r, b in pairs if r and b]
+    signs = [compare(r, b) for _, r, b in pairs]
+    claims.insert(0, ("RL is effective early in pretraining (pass@1 above the base checkpoint's)",
+                      verdict(signs.count(1), signs.count(-1), len(pairs)),
+                      "; ".join(f"{res.tokens[c] / 1e6:.1f}M: rl {r} vs base {b}" for c, r, b in pairs)))
+    best = {c: max(res.recipes, key=lambda r: (res.get(task, r, c, "pass@1") or Stat(-1, -1, -1)).mean)
+            for c in res.checkpoints}
+    reading = (f"pass@k on the {', '.join(tasks)} test set after each recipe, from each checkpoint (base: "
+               f"{res.base_shots}-shot, dotted: base 0-shot; post-trained models 0-shot; bands are 95% bootstrap "
+               f"intervals). The recipe with the highest {task} pass@1 is "
+               + ", ".join(f"{best[c]} at {res.tokens[c] / 1e6:.1f}M" for c in res.checkpoints) + ".")
+    return Section("Recipes along pretraining (paper Fig. 2-3)", "recipes.png", reading, table, claims)

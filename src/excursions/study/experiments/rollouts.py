@@ -1,0 +1,169 @@
+"""Fig. 18: direct RL on easy / hard training splits with few and many rollouts, per FLOP and per step.
+
+The last chosen checkpoint's training problems are split by its own success rate (a `splits` unit: App. D's
+easy and hard sets, equal in size), then direct RL runs on each split with each rollout count of `study.rollouts`,
+test pass@k tracked along training against the FLOPs spent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.ticker import NullFormatter
+
+from excursions.config import Config, digest, prompt_settings
+from excursions.evals.figures import plt
+from excursions.evals.passk import SPLITS, difficulty
+from excursions.study.experiments import experiment
+from excursions.study.plan import (Checkpoint, Unit, chosen_checkpoints, configured, posttrain_dir, recipe_settings,
+                                   rollout_prompts, world_dir)
+from excursions.study.report import Section, save
+from excursions.study.results import Results, separate, verdict
+
+TITLE = "Rollouts per prompt, per FLOP, on difficulty splits (paper Fig. 18)"
+
+
+def splits_unit(cfg: Config, out: Path, ckpt: Checkpoint) -> Unit:
+    """The checkpoint's training problems sampled and split by difficulty: its record and the two worlds beside it."""
+    s, (name, tokens, source) = cfg.study, ckpt
+    settings = {"source": source, "world": str(world_dir(cfg, out)), "family": cfg.rl.family,
+                "problems": s.split_problems, "n": s.split_n, "temperature": cfg.rl.temperature,
+                "max_new_tokens": cfg.rl.max_new_tokens, "min_size": rollout_prompts(cfg), **prompt_settings(cfg)}
+    return Unit(f"splits/{name}", "splits", out / "splits" / f"{name}-{digest(settings)}" / "record.json", name,
+                tokens, source=source)
+
+
+def runs(cfg: Config, out: Path) -> dict[tuple[str, int], Unit]:
+    """The RL runs, by (split, rollouts per prompt)."""
+    s = cfg.study
+    name, tokens, source = ckpt = chosen_checkpoints(cfg, out)[0][-1]
+    seed, steps, prompts = s.seeds[0], s.rollout_steps or cfg.rl.steps, rollout_prompts(cfg)
+    split_dir = splits_unit(cfg, out, ckpt).path.parent
+    found = {}
+    for split in SPLITS:
+        for g in s.rollouts:
+            overrides = (("rl", "group_size", g), ("rl", "steps", steps), ("rl", "prompts_per_step", prompts),
+                         ("rl", "track_every", max(1, steps // 4)))
+            world = split_dir / split
+            settings = {**recipe_settings(configured(cfg, seed, overrides), "rl"), "source": source, "world": str(world)}
+            run = posttrain_dir(out, name, f"rollouts-{split}-n{g}", settings)
+            found[split, g] = Unit(f"rollouts/{split}/n{g}/{name}", "posttrain", run, name, tokens, "rl", seed, source,
+                                   overrides, str(world))
+    return found
+
+
+def rollout_units(cfg: Config, out: Path) -> list[Unit]:
+    if not cfg.study.rollouts:
+        return []
+    return [splits_unit(cfg, out, chosen_checkpoints(cfg, out)[0][-1]), *runs(cfg, out).values()]
+
+
+@experiment(order=9, units=rollout_units)
+def rollouts_experiment(res: Results, figdir: Path) -> Section:
+    planned = runs(res.cfg, res.out) if res.cfg.study.rollouts else {}
+    done = {u.id for u in res.done(list(planned.values()))}
+    trained = {key: u.id for key, u in planned.items()  # a skipped run (its split too small) has no FLOPs logged
+               if u.id in done and res.training(u.id, "rl", "total_rollout_flops")[0]}
+    gs = sorted({g for _, g in trained})
+    splits = [s for s in SPLITS if any((s, g) in trained for g in gs)]
+    if not splits:
+        return Section(TITLE, reading="No rollouts experiment in this study (add 'rollouts' to study.experiments).")
+    if len(gs) < 2:  # the runs are in the database; the figure compares rollout counts, and there is one
+        return Section(TITLE, reading=f"The rollouts experiment ran with one rollout count ({gs[0]} per prompt); its "
+                                      "figure compares two: set study.rollouts to two counts, e.g. [4, 16].")
+    task = res.math_tasks[0]
+    first = min(trained.values())  # every run tracks the same metrics on the same problems
+    metrics = [k for k in ("pass@1", "pass@8") if res.training(first, "rl", f"eval/{task}/{k}")[0]]
+    curves = {}  # (split, G, metric) -> (steps, flops, values)
+    for (split, g), u in trained.items():
+        flops = dict(zip(*res.training(u, "rl", "total_train_flops")))
+        rflops = dict(zip(*res.training(u, "rl", "total_rollout_flops")))
+        for m in metrics:
+            steps, vals = res.training(u, "rl", f"eval/{task}/{m}")
+            curves[split, g, m] = (steps, [flops.get(st, 0) + rflops.get(st, 0) for st in steps], vals)
+    _figure(curves, splits, gs, metrics, figdir / "rollouts.png")
+    problems = res.training(first, "rl", f"eval/{task}/problems")[1]
+    tracked = int(problems[0]) if problems else 100  # the runs' rl.track_problems, or fewer
+    table, claim = _equal_flops(curves, splits, gs, metrics, tracked)
+    counts = res.store.problem_counts(splits_unit(res.cfg, res.out, chosen_checkpoints(res.cfg, res.out)[0][-1]).id)
+    return Section(TITLE, "rollouts.png", _reading(counts, gs, tracked), table, [claim])
+
+
+def _figure(curves: dict, splits: list[str], gs: list[int], metrics: list[str], path: Path) -> None:
+    """Per split: each tracked pass@k against FLOPs, and the first against RL steps, a line per rollout count."""
+    colors = dict(zip(gs, ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e")))
+    fig, axes = plt.subplots(len(splits), len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3.2 * len(splits)),
+                             squeeze=False)
+    for row, split in zip(axes, splits):
+        for ax, m in zip(row, metrics):
+            for g in gs:
+                if (split, g, m) in curves:
+                    _, fl, vals = curves[split, g, m]
+                    ax.plot(fl, [100 * v for v in vals], marker="o", color=colors[g], label=f"n = {g}")
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^11, 3x10^11, ... overlap at this width
+            ax.set_xlabel("RL FLOPs (training + rollouts)")
+            ax.set_ylabel(f"test {m} (%)")
+            ax.set_title(f"{split} split: {m} per FLOP", fontsize=9)
+            ax.legend(fontsize=7)
+        ax = row[-1]
+        for g in gs:
+            if (split, g, metrics[0]) in curves:
+                steps, _, vals = curves[split, g, metrics[0]]
+                ax.plot(steps, [100 * v for v in vals], marker="o", color=colors[g], label=f"n = {g}")
+        ax.set_xlabel("RL step (same prompts per step)")
+        ax.set_ylabel(f"test {metrics[0]} (%)")
+        ax.set_title(f"{split} split: {metrics[0]} per step", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def _equal_flops(curves: dict, splits: list[str], gs: list[int], metrics: list[str], tracked: int):
+    """At equal FLOPs: the fewest rollouts' final value against the most rollouts' curve at that budget."""
+    few, many = gs[0], gs[-1]
+    table, wins, losses, total = [["split", "metric", f"n = {few} at its end", f"n = {many} at the same FLOPs",
+                                   "FLOPs"]], 0, 0, 0
+    for split in splits:
+        for m in metrics:
+            if (split, few, m) not in curves or (split, many, m) not in curves:
+                continue
+            _, fl_few, v_few = curves[split, few, m]
+            _, fl_many, v_many = curves[split, many, m]
+            a, b = v_few[-1], value_at(fl_many, v_many, fl_few[-1])
+            sign = separate(a, b, tracked)
+            wins, losses, total = wins + (sign > 0), losses + (sign < 0), total + 1
+            table.append([split, m, f"{100 * a:.1f}", f"{100 * b:.1f}", f"{fl_few[-1]:.2e}"])
+    claim = ("Fewer rollouts per problem are more FLOP-efficient (Fig. 18)", verdict(wins, losses, total),
+             f"n = {few} vs n = {many} at n = {few}'s final FLOPs, {tracked} tracked test problems: "
+             + "; ".join(f"{r[0]} {r[1]} {r[2]} vs {r[3]}" for r in table[1:]))
+    return table, claim
+
+
+def _reading(counts: list[tuple[int, int]], gs: list[int], tracked: int) -> str:
+    kinds = [difficulty(c, n) for n, c in counts]
+    few, many = gs[0], gs[-1]
+    return (f"The last checkpoint's training problems split by its own 0-shot success rate in "
+            f"{counts[0][0] if counts else '?'} samples each (easy: at least a quarter correct, {kinds.count('easy')} "
+            f"of {len(kinds)} sampled; hard: at most an eighth, {kinds.count('hard')}; both splits cut to the smaller's "
+            f"size), then direct RL on each split with n = {', '.join(map(str, gs))} rollouts per prompt and otherwise "
+            f"equal settings. Test pass@k (0-shot, {tracked} test problems) is tracked along training against the "
+            f"FLOPs spent (6N per trained token, 2N per generated one) and against RL steps. The claim compares "
+            f"n = {few} at the end of its run with n = {many} at the same FLOPs (interpolated; where n = {many}'s "
+            f"first point already cost more, that point: the comparison then favours n = {many}); a difference counts "
+            "where it exceeds 1.96 binomial standard errors over the tracked problems.")
+
+
+def value_at(xs: list[float], ys: list[float], x: float) -> float:
+    """A tracked curve's value at `x`, linearly between its points; before its first point, the first value
+    (which had more compute than `x`: a comparison at `x` then favours this curve).
+
+    >>> value_at([10, 20], [0.2, 0.4], 15), value_at([10, 20], [0.2, 0.4], 5), value_at([10, 20], [0.2, 0.4], 30)
+    (0.30000000000000004, 0.2, 0.4)
+    """
+    if x <= xs[0]:
+        return ys[0]
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[-1]

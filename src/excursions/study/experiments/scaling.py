@@ -1,0 +1,116 @@
+"""Fig. 4, 10-12: RL on `hard` from the final checkpoints of the study's run, a bigger model (N) and the same
+model with extra targeted math (D). Opt-in: each variant is a pretraining run of its own
+(`study.scale_model`, `study.scale_targeted`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from excursions.config import Config
+from excursions.evals.figures import plt
+from excursions.study.experiments import experiment
+from excursions.study.plan import (Unit, all_checkpoints, configured, eval_digest, posttrain_dir, pretrain_dir,
+                                   recipe_settings)
+from excursions.study.report import COLORS, Section, save
+from excursions.study.results import Results, Stat, compare, verdict
+
+TITLE = "Scaling N vs D for RL on hard problems (paper Fig. 4, 10-12)"
+CLAIM = "Targeted data beats model scale for RL gains on hard problems (Fig. 4, 10-12)"
+LABEL = {"base": "study's run", "N": "bigger\nmodel (N)", "D": "+ targeted\nmath (D)"}
+WHATS = ("base", "base 0-shot", "rl")  # the base few-shot and 0-shot, and after RL
+
+
+def scaling_variants(cfg: Config) -> dict[str, tuple]:
+    """The pretraining runs compared, as overrides of the study's config: the study's own, a bigger model (N), and
+    the same model with `scale_targeted` x tokens more, all of it targeted math (D)."""
+    s, d, t = cfg.study, cfg.data, cfg.study.scale_targeted
+    variants: dict[str, tuple] = {"base": ()}
+    if s.scale_model:
+        variants["N"] = (("model", "size", s.scale_model),)
+    if t:
+        variants["D"] = (("pretrain", "tokens", round(cfg.pretrain.tokens * (1 + t))),
+                         ("data", "general", d.general / (1 + t)), ("data", "math", d.math / (1 + t)),
+                         ("data", "targeted", (d.targeted + t) / (1 + t)))
+    return variants
+
+
+def variant_units(cfg: Config, out: Path) -> dict[str, dict[str, Unit]]:
+    """Per variant: its pretraining (the study's own for `base`), its final checkpoint evaluated on `hard`, direct RL
+    on `hard` problems from it, and that result evaluated: {variant: {pretrain, base, rl, eval}}."""
+    found, ev = {}, eval_digest(cfg)
+    for v, overrides in scaling_variants(cfg).items():
+        vcfg = configured(cfg, 0, overrides)
+        run = pretrain_dir(vcfg, out)
+        name, tokens, source = all_checkpoints(vcfg, out)[-1]  # the variant's final checkpoint
+        world, seed = str(run / "world"), cfg.study.seeds[0]
+        units = {} if v == "base" else {"pretrain": Unit(f"scaling/{v}/pretrain", "pretrain", run, overrides=overrides)}
+        units["base"] = Unit(f"scaling/{v}/base", "base_eval", out / "evals" / "scaling" / f"{v}-{name}-{ev}.json",
+                             name, tokens, source=source, world=world, tasks=("hard",))
+        rl_overrides = overrides + (("rl", "family", "hard"),)
+        settings = {**recipe_settings(configured(cfg, seed, rl_overrides), "rl"), "source": source}
+        post = posttrain_dir(out, f"scaling-{v}", f"rl-hard-s{seed}", settings)
+        units["rl"] = Unit(f"scaling/{v}/rl", "posttrain", post, name, tokens, "rl", seed, source, rl_overrides, world)
+        units["eval"] = Unit(f"scaling/{v}/eval", "eval", out / "evals" / "scaling" / f"{v}-rl-{post.name}-{ev}.json",
+                             name, tokens, "rl", seed, str(post), world=world, tasks=("hard",))
+        found[v] = units
+    return found
+
+
+def scaling_units(cfg: Config, out: Path) -> list[Unit]:
+    if not (cfg.study.scale_model or cfg.study.scale_targeted):
+        return []
+    return [u for units in variant_units(cfg, out).values() for u in units.values()]
+
+
+@experiment(order=10, units=scaling_units)
+def scaling_experiment(res: Results, figdir: Path) -> Section:
+    stats: dict[tuple, Stat] = {}  # (variant, what, metric): what = base (few-shot) | base 0-shot | rl
+    tokens: dict[str, int] = {}
+    planned = variant_units(res.cfg, res.out) if res.cfg.study.scale_model or res.cfg.study.scale_targeted else {}
+    for v, units in planned.items():
+        for r in res.store.evaluations([units["base"].id, units["eval"].id], task="hard"):
+            if r["metric"] is None:
+                continue
+            what = "rl" if r["unit"] == units["eval"].id else "base" if r["shots"] == res.base_shots else "base 0-shot"
+            stats[v, what, r["metric"]] = Stat(r["mean"], r["lo"], r["hi"])
+            tokens[v] = r["tokens"]
+    variants = [v for v in ("base", "N", "D") if any(k[0] == v for k in stats)]
+    if len(variants) < 2:
+        why = ("opt-in (a bigger model's and a targeted-data pretraining run): set study.scale_model and "
+               "study.scale_targeted")
+        return Section(TITLE, reading=f"Not run in this study: {why}.", claims=[(CLAIM, "not run", why)])
+    ks = sorted({k[2] for k in stats}, key=lambda m: int(m.split("@")[1]))
+    _figure(stats, variants, ks, figdir / "scaling.png")
+    table = [["variant", "tokens"] + [f"{w} {k}" for k in ks for w in WHATS]]
+    for v in variants:
+        table.append([LABEL[v].replace("\n", " "), f"{tokens.get(v, 0) / 1e6:.1f}M"]
+                     + [str(stats.get((v, w, k), "-")) for k in ks for w in WHATS])
+    both = [k for k in ks if ("D", "rl", k) in stats and ("N", "rl", k) in stats]
+    if "N" in variants and "D" in variants:
+        signs = [compare(stats[("D", "rl", k)], stats[("N", "rl", k)]) for k in both]
+        outcome = verdict(signs.count(1), signs.count(-1), len(signs))
+        evidence = "; ".join(f"after RL, {k}: D {stats[('D', 'rl', k)]} vs N {stats[('N', 'rl', k)]}" for k in both)
+    else:
+        outcome, evidence = "not run", "needs both variants: study.scale_model and study.scale_targeted"
+    reading = ("Direct RL on the hard family from the final checkpoint of each pretraining run: the study's own, a "
+               "bigger model on the same data (scaling N) and the same model with extra targeted hard-family math "
+               "(scaling D). Bars: the base few-shot and 0-shot, and after RL (0-shot), with 95% intervals. The "
+               "paper finds that targeted data helps RL on hard problems more than a bigger model does.")
+    return Section(TITLE, "scaling.png", reading, table, [(CLAIM, outcome, evidence)])
+
+
+def _figure(stats: dict, variants: list[str], ks: list[str], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(ks), figsize=(4 * len(ks), 3.4), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        for j, what in enumerate(WHATS):
+            xs = [i + (j - 1) * 0.27 for i in range(len(variants))]
+            got = [stats.get((v, what, k)) for v in variants]
+            ax.bar(xs, [100 * g.mean if g else 0 for g in got], width=0.27, label=what, color=COLORS.get(what),
+                   yerr=[[100 * (g.mean - g.lo) if g else 0 for g in got],
+                         [100 * (g.hi - g.mean) if g else 0 for g in got]], capsize=2)
+        ax.set_xticks(range(len(variants)), [LABEL[v] for v in variants], fontsize=8)
+        ax.set_ylabel(f"hard {k} (%)")
+        ax.set_title(f"hard {k}", fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, path)

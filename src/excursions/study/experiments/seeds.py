@@ -1,0 +1,54 @@
+"""Fig. 13-14: RL training dynamics across seeds, and how far the final results spread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from excursions.evals.figures import plt
+from excursions.study.experiments import experiment
+from excursions.study.report import COLORS, Section, save
+from excursions.study.results import Results, compare
+
+
+@experiment(order=6)
+def seeds_experiment(res: Results, figdir: Path) -> Section:
+    """Fig. 13-14: RL training dynamics across seeds, and how far the final results spread."""
+    task = res.math_tasks[0]
+    ckpt = max(res.checkpoints, key=lambda c: len(res.seeds("rl", c)))
+    seeds = res.seeds("rl", ckpt)
+    if len(seeds) < 2:
+        return Section("RL seed brittleness (paper Fig. 13-14)",
+                       reading="One seed per checkpoint: set study.extra_seeds to measure the spread.")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
+    keys = ("train/reward", f"eval/{task}/pass@1")
+    for ax, key in zip(axes[:2], keys):
+        for s in seeds:
+            steps, vals = res.run_curve("rl", ckpt, s, "rl", key)
+            ax.plot(steps, [100 * v for v in vals], marker="." if key.startswith("eval") else None, label=f"seed {s}")
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(f"{key} (%)")
+        ax.set_title(key)
+    finals = [res.seed_stats.get((task, "rl", 0, ckpt, "pass@1", s)) for s in seeds]
+    base = res.get(task, "base", ckpt, "pass@1", shots=0)
+    ax = axes[2]
+    ax.errorbar(range(len(seeds)), [100 * f.mean for f in finals],
+                yerr=[[100 * (f.mean - f.lo) for f in finals], [100 * (f.hi - f.mean) for f in finals]],
+                fmt="o", capsize=3, color=COLORS["rl"], label="after RL")
+    if base:
+        ax.axhspan(100 * base.lo, 100 * base.hi, color=COLORS["base 0-shot"], alpha=0.3, label="base 0-shot")
+    ax.set_xticks(range(len(seeds)), [str(s) for s in seeds])
+    ax.set_xlabel("seed")
+    ax.set_ylabel("pass@1 (%)")
+    ax.set_title(f"final {task} pass@1")
+    ax.legend(fontsize=7)
+    axes[0].legend(fontsize=7)
+    save(fig, figdir / "seeds.png")
+    means = [f.mean for f in finals]
+    disjoint = any(compare(a, b) != 0 for a in finals for b in finals)
+    claims = [("RL outcomes are seed-brittle (final pass@1 intervals of some seeds do not overlap)",
+               "reproduced" if disjoint else "not reproduced",
+               f"{len(seeds)} seeds at {res.tokens[ckpt] / 1e6:.1f}M: " + ", ".join(str(f) for f in finals))]
+    reading = (f"Direct RL from the {res.tokens[ckpt] / 1e6:.1f}M-token checkpoint with {len(seeds)} seeds (rollout "
+               f"sampling and problem order): training reward, tracked test pass@1, and the final pass@1 with 95% "
+               f"intervals. Final pass@1 ranges from {100 * min(means):.1f}% to {100 * max(means):.1f}%.")
+    return Section("RL seed brittleness (paper Fig. 13-14)", "seeds.png", reading, claims=claims)

@@ -1,0 +1,61 @@
+"""Fig. 15: SFT's test pass@k after each epoch of one longer run; has it converged by the study's epochs?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from excursions.config import Config
+from excursions.evals.figures import plt
+from excursions.study.experiments import experiment
+from excursions.study.report import Section, save
+from excursions.study.plan import Unit, chosen_checkpoints, configured, posttrain_dir, recipe_settings, train_size
+from excursions.study.results import Results
+
+
+def sft_epochs_units(cfg: Config, out: Path) -> list[Unit]:
+    """One sft run of `study.sft_epochs` epochs from the extra seeds' checkpoint (else the first chosen one),
+    test pass@k tracked after every epoch."""
+    s = cfg.study
+    if not s.sft_epochs:
+        return []
+    chosen, seed_ckpt = chosen_checkpoints(cfg, out)
+    name, tokens, source = seed_ckpt or chosen[0]
+    seed, per_epoch = s.seeds[0], -(-train_size(cfg) // cfg.sft.batch_size)
+    overrides = (("sft", "epochs", s.sft_epochs), ("sft", "track_every", per_epoch))
+    settings = recipe_settings(configured(cfg, seed, overrides), "sft")
+    run = posttrain_dir(out, name, f"sft-epochs-s{seed}", {**settings, "source": source})
+    return [Unit(f"sft_epochs/{name}/s{seed}", "posttrain", run, name, tokens, "sft", seed, source, overrides)]
+
+
+@experiment(order=8, units=sft_epochs_units)
+def sft_epochs_experiment(res: Results, figdir: Path) -> Section:
+    """Fig. 15: SFT's test pass@k after each epoch of one longer run; has it converged by the study's epochs?"""
+    title = "SFT epochs (paper Fig. 15)"
+    done = res.done(sft_epochs_units(res.cfg, res.out))
+    if not done:
+        return Section(title, reading="No SFT epochs run in this study (study.sft_epochs = 0).")
+    unit, task = done[0].id, res.math_tasks[0]
+    keys = sorted(res.store.training_keys(f"eval/{task}/pass@", unit), key=lambda k: int(k.split("@")[1]))
+    at = dict(zip(*res.training(unit, "sft", "epoch")))  # step -> epoch
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    table = [["epoch"] + [k.split("/")[-1] for k in keys]]
+    curves = {}
+    for key in keys:
+        steps, vals = res.training(unit, "sft", key)
+        xs = [round(at.get(st, 0)) for st in steps]
+        curves[key] = dict(zip(xs, vals))
+        ax.plot(xs, [100 * v for v in vals], marker="o", label=key.split("/")[-1])
+    tracked = sorted({e for c in curves.values() for e in c})
+    for e in tracked:
+        table.append([str(e)] + [f"{100 * curves[k][e]:.1f}" if e in curves[k] else "-" for k in keys])
+    ax.set_xticks(tracked)  # whole epochs, not 1.25, 1.5, ...
+    ax.set_xlabel("SFT epoch")
+    ax.set_ylabel("test pass@k (%)")
+    ckpt = done[0].checkpoint
+    ax.set_title(f"sft from the {res.tokens.get(ckpt, 0) / 1e6:.1f}M-token checkpoint", fontsize=9)
+    ax.legend(fontsize=7)
+    save(fig, figdir / "sft_epochs.png")
+    reading = (f"Test {', '.join(k.split('/')[-1] for k in keys)} (0-shot, tracked on a subset of the {task} test "
+               f"problems) after each epoch of one SFT run on one demonstration per problem, {max(at.values(), default=0):.0f} "
+               "epochs. Where the curve has flattened by the study's SFT epochs, its sft results are converged.")
+    return Section(title, "sft_epochs.png", reading, table)

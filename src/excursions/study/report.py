@@ -1,0 +1,144 @@
+"""The study's report, rendered: sections (a figure, a reading, a table, the paper's claims with verdicts) as
+`report/report.md` and a self-contained `report/report.html` (figures embedded, readable offline), and the plot
+helpers every experiment's figure uses. What the sections say is the experiments' (study/experiments/).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from excursions.checkpoint import atomic_write_text
+from excursions.config import Config
+from excursions.evals.figures import save_figure
+from excursions.recipes import RECIPES
+from excursions.study.results import Results
+from excursions.study.store import Store
+
+# Every figure draws a recipe in its colour; the base checkpoint (few-shot, and 0-shot) in greys.
+COLORS = {"base": "#555555", "base 0-shot": "#999999", **{name: r.color for name, r in RECIPES.items()}}
+
+
+@dataclass
+class Section:
+    title: str
+    figure: str = ""  # file name under report/figures/
+    reading: str = ""
+    table: list[list[str]] = field(default_factory=list)  # first row is the header
+    claims: list[tuple[str, str, str]] = field(default_factory=list)  # (claim, verdict, evidence)
+
+
+def save(fig, path: Path) -> None:
+    save_figure(fig, path, dpi=110, svg=False)  # PNG only: the HTML report embeds it
+
+
+def line(ax, x, stats, label, **kw) -> None:
+    """A line of stats (None where missing) with its 95% band, in the label's colour where it has one."""
+    pts = [(xi, s) for xi, s in zip(x, stats) if s is not None]
+    if not pts:
+        return
+    xs = [p[0] for p in pts]
+    drawn, = ax.plot(xs, [100 * p[1].mean for p in pts], marker="o", label=label, color=COLORS.get(label), **kw)
+    ax.fill_between(xs, [100 * p[1].lo for p in pts], [100 * p[1].hi for p in pts], alpha=0.15,
+                    color=drawn.get_color())  # the band in its line's colour (pass@k lines have no fixed one)
+
+
+def setup_section(cfg: Config, store: Store, res: Results) -> Section:
+    """The study's settings in a paragraph, and the wall time of its work by kind of unit."""
+    units = store.unit_times()
+    table = [["unit kind", "count", "wall time"]]
+    total = 0.0
+    for kind, count, secs, timed in units:
+        total += secs or 0
+        note = "" if timed == count else f" (+ {count - timed} reused from an earlier run, not timed)"
+        table.append([kind, str(count), (f"{secs / 60:.1f} min" if timed else "-") + note])
+    table.append(["all timed", str(sum(u[3] for u in units)), f"{total / 60:.1f} min"])
+    m, p, r = cfg.model, cfg.pretrain, cfg.rl
+    reading = (f"Study {cfg.name}: an OLMo-2 model (size {m.size}) pretrained on {p.tokens / 1e6:.1f}M tokens of the "
+               f"synthetic worlds (math share {cfg.data.math:g}), {len(res.checkpoints)} checkpoints, recipes "
+               f"{', '.join(cfg.study.recipes)}, seeds {', '.join(map(str, cfg.study.seeds))}. RL: GRPO, "
+               f"{r.steps} steps of {r.prompts_per_step} prompts x {r.group_size} rollouts, lr {r.lr:.0e}, KL {r.kl_coef:.0e}; "
+               f"SFT: {cfg.sft.epochs} epochs at lr {cfg.sft.lr:.0e}; parallel: {cfg.parallel.steps} steps, w = "
+               f"{cfg.parallel.weight:g}. "
+               f"Evaluation: {cfg.eval.problems} test problems, n = {cfg.eval.n} samples at T = {cfg.eval.temperature}, "
+               f"unbiased pass@k with 95% bootstrap intervals; base checkpoints {res.base_shots}-shot, post-trained "
+               f"models 0-shot. Wall time of the work recorded in the database (reused units count their first run):")
+    return Section("Setup", reading=reading, table=table)
+
+
+VERDICTS = ("Each claim is checked at every evaluated checkpoint (named by its pretraining tokens, e.g. 6.5M) by "
+            "comparing 95% intervals: reproduced where they separate in the claim's favour at most checkpoints and "
+            "never against it, not reproduced where the opposite holds, inconclusive otherwise. Post-trained models "
+            "are evaluated 0-shot, base checkpoints few-shot.")
+
+
+def write_report(cfg: Config, out: Path, sections: list[Section]) -> Path:
+    """report/report.md and report/report.html (figures embedded) of these sections, the claims table first."""
+    rdir = out / "report"
+    figdir = rdir / "figures"
+    claims = [c for s in sections for c in s.claims]
+    atomic_write_text(rdir / "report.md", to_markdown(cfg, sections, claims))
+    atomic_write_text(rdir / "report.html", to_html(cfg, sections, claims, figdir))
+    return rdir / "report.html"
+
+
+def _md_table(rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return []
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return out + ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
+
+
+def to_markdown(cfg: Config, sections: list[Section], claims: list) -> str:
+    lines = [f"# excursions study: {cfg.name}", "", "## Findings", "", VERDICTS, ""]
+    lines += _md_table([["claim (paper)", "verdict at this scale", "evidence (pass@k %, 95% intervals)"]]
+                       + [[c, v, e] for c, v, e in claims])
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        if s.figure:
+            lines += [f"![{s.title}](figures/{s.figure})", ""]
+        if s.reading:
+            lines += [s.reading, ""]
+        lines += _md_table(s.table)
+    return "\n".join(lines)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0;font-size:0.85em}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
+th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}.reproduced{color:#1a7f37;font-weight:600}
+.not-reproduced{color:#c0392b;font-weight:600}.inconclusive{color:#b7791f;font-weight:600}.not-run{color:#888}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}"""
+
+
+def _html_table(rows: list[list[str]], verdict_col: int | None = None) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in rows[0])
+    body = []
+    for r in rows[1:]:
+        cells = []
+        for i, v in enumerate(r):
+            cls = f' class="{v.replace(" ", "-")}"' if i == verdict_col else ""
+            cells.append(f"<td{cls}>{html.escape(v)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def to_html(cfg: Config, sections: list[Section], claims: list, figdir: Path) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>excursions study: {html.escape(cfg.name)}"
+             f"</title><style>{CSS}</style></head><body><h1>excursions study: {html.escape(cfg.name)}</h1>",
+             "<h2>Findings</h2>", f"<p>{html.escape(VERDICTS)}</p>",
+             _html_table([["claim (paper)", "verdict at this scale", "evidence (pass@k %, 95% intervals)"]]
+                         + [[c, v, e] for c, v, e in claims], verdict_col=1)]
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        if s.figure:
+            data = base64.b64encode((figdir / s.figure).read_bytes()).decode()
+            parts.append(f"<img alt='{html.escape(s.title)}' src='data:image/png;base64,{data}'>")
+        if s.reading:
+            parts.append(f"<p>{html.escape(s.reading)}</p>")
+        parts.append(_html_table(s.table))
+    parts.append("</body></html>")
+    return "\n".join(parts)

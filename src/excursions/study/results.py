@@ -1,0 +1,130 @@
+"""The study's numbers as the report reads them: every result with its 95% interval, and the rule that turns
+intervals into a verdict on a claim.
+
+    res = Results(store, cfg, out, units)
+    res.get("gsm", "rl", checkpoint, "pass@1")     # Stat(mean, lo, hi), averaged over seeds; None if not run
+    verdict(wins, losses, total)                    # reproduced | not reproduced | inconclusive | not run
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from excursions.config import Config
+from excursions.recipes import RECIPES
+from excursions.study.plan import Unit, recipe_unit_id
+from excursions.study.store import Store
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    lo: float
+    hi: float
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.1f} [{100 * self.lo:.1f}, {100 * self.hi:.1f}]"
+
+
+def compare(a: Stat, b: Stat) -> int:
+    """+1 if a's interval lies above b's, -1 if below, 0 if they overlap.
+
+    >>> compare(Stat(0.5, 0.4, 0.6), Stat(0.3, 0.2, 0.35)), compare(Stat(0.5, 0.4, 0.6), Stat(0.45, 0.3, 0.5))
+    (1, 0)
+    """
+    return 1 if a.lo > b.hi else -1 if a.hi < b.lo else 0
+
+
+def verdict(wins: int, losses: int, total: int) -> str:
+    """A claim holds where intervals separate in its favour at most checkpoints and never against it.
+
+    >>> verdict(2, 0, 3), verdict(2, 1, 3), verdict(0, 2, 3), verdict(0, 0, 0)
+    ('reproduced', 'inconclusive', 'not reproduced', 'not run')
+    """
+    if total == 0:
+        return "not run"
+    if wins > total / 2 and losses == 0:
+        return "reproduced"
+    if losses > total / 2 and wins == 0:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> Stat:
+    """An accuracy with its 95% Wilson interval (general multiple choice has no bootstrap of its own).
+
+    >>> s = wilson(0.5, 100); round(s.lo, 3), round(s.hi, 3)
+    (0.404, 0.596)
+    """
+    if n == 0:
+        return Stat(p, 0.0, 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Stat(p, centre - half, centre + half)
+
+
+def separate(a: float, b: float, problems: int) -> int:
+    """+1 / -1 where two rates on `problems` problems differ by more than 1.96 standard errors, else 0.
+
+    >>> separate(0.5, 0.3, 100), separate(0.32, 0.3, 100), separate(0.1, 0.3, 100)
+    (1, 0, -1)
+    """
+    se = math.sqrt((a * (1 - a) + b * (1 - b)) / max(problems, 1))
+    return 0 if abs(a - b) <= 1.96 * se else 1 if a > b else -1
+
+
+class Results:
+    """The study's results on its own checkpoints as lookups: evaluation stats by (task, recipe, checkpoint), and
+    the training curves and units behind them. Units on a world of their own (the scaling experiment's other
+    pretraining runs) are not the study's checkpoints: their experiments read them from `store` themselves."""
+
+    def __init__(self, store: Store, cfg: Config, out: Path, units: list[Unit]):
+        self.store, self.cfg, self.out = store, cfg, Path(out)
+        self.base_shots = cfg.eval.shots  # base checkpoints are compared at this exemplar count
+        self.stats: dict[tuple, list[Stat]] = {}  # (task, recipe, shots, checkpoint, metric) -> one per seed
+        self.seed_stats: dict[tuple, Stat] = {}  # (task, recipe, shots, checkpoint, metric, seed) -> stat
+        self.tokens: dict[str, int] = {}
+        for r in store.evaluations([u.id for u in units if not u.world]):
+            self.tokens[r["checkpoint"]] = r["tokens"]
+            if r["metric"] is not None:
+                items = [(r["metric"], Stat(r["mean"], r["lo"], r["hi"]))]
+            else:
+                items = [(k, wilson(r[k], r["n"])) for k in ("acc", "acc_norm") if r[k] is not None]
+            for metric, stat in items:
+                key = (r["task"], r["recipe"], r["shots"], r["checkpoint"], metric)
+                self.stats.setdefault(key, []).append(stat)
+                self.seed_stats[key + (r["seed"],)] = stat
+        self.checkpoints = sorted(self.tokens, key=lambda c: (self.tokens[c], c))
+        self.recipes = [r for r in ("base", *RECIPES) if any(k[1] == r for k in self.stats)]
+        self.tasks = sorted({k[0] for k in self.stats})
+        self.math_tasks = [t for t in self.tasks if any(k[0] == t and k[4].startswith("pass@") for k in self.stats)]
+        self.ks = sorted({k[4] for k in self.stats if k[4].startswith("pass@")}, key=lambda m: int(m.split("@")[1]))
+
+    def get(self, task: str, recipe: str, ckpt: str, metric: str, shots: int | None = None) -> Stat | None:
+        """The stat averaged over seeds (mean of means and of bounds); base defaults to its few-shot result."""
+        if task not in self.math_tasks:
+            shots = None  # general tasks have no exemplars
+        elif shots is None:
+            shots = self.base_shots if recipe == "base" else 0
+        found = self.stats.get((task, recipe, shots, ckpt, metric))
+        if not found:
+            return None
+        return Stat(*(sum(getattr(s, f) for s in found) / len(found) for f in ("mean", "lo", "hi")))
+
+    def training(self, unit: str, stage: str, key: str) -> tuple[list[int], list[float]]:
+        """One metric of one training stage of a unit along its steps: (steps, values)."""
+        return self.store.training(unit, stage, key)
+
+    def run_curve(self, recipe: str, ckpt: str, seed: int, stage: str, key: str) -> tuple[list[int], list[float]]:
+        """A metric along the training of a recipe's run from a checkpoint (a stage of it, for two-stage recipes)."""
+        return self.store.training(recipe_unit_id(recipe, ckpt, seed), stage, key)
+
+    def seeds(self, recipe: str, ckpt: str) -> list[int]:
+        return sorted({k[5] for k in self.seed_stats if k[1] == recipe and k[3] == ckpt})
+
+    def done(self, units: list[Unit]) -> list[Unit]:
+        """The units of this list whose results are in (finished with the settings they have now)."""
+        finished = self.store.done_ids()
+        return [u for u in units if u.id in finished]

@@ -1,0 +1,204 @@
+"""The study: the paper's experiments planned as units, run in order, every number kept in one SQLite file.
+
+    excursions study                                  # the tiny study into runs/study-tiny
+    excursions study --preset smoke --out runs/study-smoke
+    excursions status runs/study-tiny
+
+`plan` lists the units (the backbone of `plan.py`, then each experiment's own); the runner skips what is done,
+runs what is not with an executor (`executors.py`), and writes the report. Each unit is resumable on its own
+(pretraining and recipes keep resume states, evaluations write one JSON per result and reuse it), and a changed
+setting gets a new directory, so only what depends on it runs again.
+
+Faults: a unit that fails (a diverged loss, a bug) is marked failed and the units that read its output are
+marked blocked; the others run, the report is written, and the command ends with an error naming the failed
+units. A finished unit whose checkpoint files no longer match their checksums is reported and run again.
+A full disk or an unwritable directory stops the study with one line; every write is atomic.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from excursions.checkpoint import atomic_write_text, report_damage
+from excursions.config import Config, load_config, to_toml
+from excursions.errors import UnitsFailed, UserError
+from excursions.registry import lookup
+from excursions.study.executors import EXECUTORS
+from excursions.study.experiments import active
+from excursions.study.plan import Unit, backbone, dependencies, world_dir
+from excursions.study.report import setup_section, write_report
+from excursions.study.results import Results
+from excursions.study.store import DB, TABLES, Store
+from excursions.study.units import damaged_states, ingest, is_done
+
+LOCK = "study.lock"
+
+
+def plan(cfg: Config, out: Path) -> list[Unit]:
+    """Every unit of the study, in the order they run (each after the units it reads): the backbone, then what
+    each experiment adds, in the experiments' order."""
+    units = backbone(cfg, out)
+    for experiment in active(cfg):
+        units += experiment.units(cfg, out) if experiment.units else []
+    return units
+
+
+@contextmanager
+def study_lock(out: Path) -> Iterator[None]:
+    """One study per directory: an OS lock, released by the kernel however the process ends (kill -9 too)."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = (out / LOCK).open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise UserError(f"another study is running in {out} (pid {pid}); wait for it to finish, or pass another --out")
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def is_locked(out: Path) -> bool:
+    if not (out / LOCK).exists():
+        return False
+    with (out / LOCK).open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def run_study(cfg: Config, out: Path | str, progress: bool = True, executor: str = "local", **options) -> Path:
+    """Run every unit that is not done with `executor` (local: here, one at a time; ray: as Ray tasks), then write
+    the report; returns its path. Raises UnitsFailed, after writing the report, when some units failed."""
+    run_units = lookup(EXECUTORS, executor, "executor")
+    out = Path(out)
+    units = plan(cfg, out)  # a bad study section fails here, before anything is written
+    if cfg.study.external and not (world_dir(cfg, out) / "gsm" / "test.jsonl").is_file():
+        raise UserError(f"study.world {cfg.study.world} has no gsm/test.jsonl; point it at a pretraining run's world/")
+    if cfg.study.external:  # a missing revision or unreadable directory fails now, not an hour in
+        from excursions.model import check_checkpoint
+
+        for spec in cfg.study.external:
+            check_checkpoint(spec)
+    with study_lock(out):
+        atomic_write_text(out / "study.toml", to_toml(cfg))
+        store = Store(out / DB)
+        try:
+            store.retire(units)
+            run_units(to_run(units, cfg, store), dependencies(units, cfg, out), cfg, out, store, progress, **options)
+            report = report_study(cfg, out, store, units)
+            failed = store.failures(units)
+        finally:
+            store.close()
+    if failed:
+        names = [r["id"] for r in failed if r["status"] == "failed"]
+        raise UnitsFailed(f"{len(names)} unit(s) failed: {', '.join(names)} ({len(failed) - len(names)} more blocked "
+                          f"behind them); the other units are done and the report is written ({report}); "
+                          f"`excursions status {out}` shows each error")
+    return report
+
+
+def report_study(cfg: Config, out: Path, store: Store, units: list[Unit]) -> Path:
+    """The report of what the store holds: the setup, then each experiment's section."""
+    res = Results(store, cfg, out, units)
+    sections = [setup_section(cfg, store, res)]
+    if res.math_tasks:
+        sections += [e.section(res, out / "report" / "figures") for e in active(cfg)]
+    return write_report(cfg, out, sections)
+
+
+def to_run(units: list[Unit], cfg: Config, store: Store) -> list[Unit]:
+    """The units that are not done, in plan order. A unit done on disk but not recorded (finished before a kill) is
+    recorded; a finished unit whose checkpoints fail their checksums is reported, loses them, and runs again."""
+    status, todo = store.status(), []
+    for unit in units:
+        row = status.get(unit.id)
+        recorded = row is not None and row["status"] == "done" and row["path"] == str(unit.path)
+        on_disk = is_done(unit, cfg)
+        broken = damaged_states(unit, store.files(unit) if recorded else {}) if on_disk else {}
+        for state, files in broken.items():
+            for file in files:
+                report_damage(file, f"re-running {unit.id}")
+            shutil.rmtree(state, ignore_errors=True)
+        if broken or not on_disk:
+            todo.append(unit)
+        elif not recorded:
+            store.finish(unit, None, ingest)
+    return todo
+
+
+def status_table(out: Path) -> str:
+    """What `excursions status DIR` prints: each unit of the study's plan with its state and wall time, then a
+    count by state. A unit whose settings changed since it ran is pending again (its old result is stale)."""
+    out = _require_study(out)
+    store = Store(out / DB)
+    try:
+        rows = store.status()
+    finally:
+        store.close()
+    running = is_locked(out)
+    lines = [f"{'unit':<52} {'status':<12} {'time':>8}"]
+    counts: dict[str, int] = {}
+    for unit in plan(load_config(path=out / "study.toml"), out):
+        r = rows.get(unit.id)
+        state, secs, error = "pending", "", ""
+        if r is not None and r["path"] == str(unit.path):
+            state = r["status"] if r["status"] != "running" or running else "interrupted"
+            secs = f"{r['seconds'] / 60:.1f} min" if r["seconds"] is not None else ""
+            error = f"  {r['error']}" if r["error"] else ""
+        counts[state] = counts.get(state, 0) + 1
+        lines.append(f"{unit.id:<52} {state:<12} {secs:>8}{error}")
+    lines.append("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) +
+                 ("  (a study is running in this directory)" if running else ""))
+    return "\n".join(lines)
+
+
+def _require_study(out: Path | str) -> Path:
+    out = Path(out)
+    if not (out / DB).exists() or not (out / "study.toml").exists():
+        raise UserError(f"{out} holds no study (no {DB}); run `excursions study --out {out}` first")
+    return out
+
+
+def export(out: Path, dest: Path | None = None) -> list[Path]:
+    """Every table of the study database as CSV (and Parquet where pyarrow is installed)."""
+    out = _require_study(out)
+    dest = Path(dest) if dest else out / "export"
+    dest.mkdir(parents=True, exist_ok=True)
+    store = Store(out / DB)
+    written = []
+    try:
+        for table in TABLES:
+            cols, rows = store.dump(table)
+            text = io.StringIO()
+            csv.writer(text).writerows([cols, *rows])
+            atomic_write_text(dest / f"{table}.csv", text.getvalue())
+            written.append(dest / f"{table}.csv")
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:
+                continue
+            pq.write_table(pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)}), dest / f"{table}.parquet")
+            written.append(dest / f"{table}.parquet")
+    finally:
+        store.close()
+    return written

@@ -1,0 +1,148 @@
+"""GRPO, the paper's RL (Table 1, VeRL semantics): rollout -> rewards -> advantages -> clipped loss -> update.
+
+    batch = rollout(policy, ref, tok, problems, cfg.rl, seed=step)       # sample G per prompt, score, advantages
+    stats = grpo_update(policy, opt, batch, cfg.rl)                       # one optimizer step per mini-batch
+
+The maths are pure functions in `objectives.py` (advantages, KL estimators, aggregations, the clipped loss);
+the log-probs come from `logprobs.py` (the OLMo-2 fast path where it applies); the sampler is the evaluator's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from excursions.config import RLConfig
+from excursions.data.problems import STOP_STRINGS, Problem, format_prompt
+from excursions.flops import generate_flops_per_token, model_dims, train_flops_per_token
+from excursions.objectives import ADVANTAGES, chunk_share, grpo_loss, normaliser
+from excursions.rewards import math_rewards
+from excursions.sampling import Samples, sample
+from excursions.train.dist import SINGLE, Dist, global_sum, sum_stats
+from excursions.train.logprobs import batch_logprobs, completion_logprobs, micro_batches
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """One rollout batch, G completions per prompt grouped contiguously (N = prompts * G)."""
+
+    input_ids: torch.Tensor  # [N, P + T] left-padded prompt, then the completion (right-padded)
+    attention: torch.Tensor  # [N, P + T] 1 on real tokens
+    response_mask: torch.Tensor  # [N, T] 1 on completion tokens
+    prompt_width: int  # P
+    rewards: torch.Tensor  # [N]
+    advantages: torch.Tensor  # [N]
+    old_logp: torch.Tensor | None  # [N, T] under the policy that sampled them (None: on-policy, one update)
+    ref_logp: torch.Tensor | None  # [N, T] under the frozen reference (None without KL)
+    stats: dict
+
+    @property
+    def responses(self) -> torch.Tensor:  # [N, T]
+        return self.input_ids[:, self.prompt_width :]
+
+
+@torch.no_grad()
+def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
+            stop: Sequence[str] = STOP_STRINGS, prompt_index: Sequence[int] | None = None, sampler=None) -> Rollouts:
+    """Sample G completions per problem, score them, and compute advantages and old / ref log-probs.
+    `prompt_index`: the problems' places in the step's whole batch when this is a shard of it. `sampler`: a
+    `VLLMSampler` holding the policy's weights, to sample with instead of the policy itself."""
+    G, t0 = cfg.group_size, time.perf_counter()
+    s = sample(sampler or policy, tok, [format_prompt(p.question, tok=tok) for p in problems], n=G,
+               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed, stop=stop,
+               prompt_index=prompt_index)
+    sample_seconds = time.perf_counter() - t0
+    answers = [p.answer for p in problems for _ in range(G)]
+    rewards = torch.tensor(math_rewards(s.texts, answers, [f != "length" for f in s.finish], cfg.format_score))
+    dev = next(policy.parameters()).device  # assembled on the CPU, trained on the policy's device
+    ids, attention, P = pack(s, tok.pad_token_id)
+    ids, attention, response_mask, tokens, rewards = (t.to(dev) for t in (ids, attention, s.mask, s.tokens, rewards))
+    # With one update per rollout batch the policy that sampled is the one being updated: the ratio is
+    # exactly 1 and the old log-probs are the current ones, detached (no extra forward pass).
+    old = batch_logprobs(policy, ids, attention, tokens, response_mask, P, cfg) if cfg.minibatches > 1 else None
+    use_ref = ref is not None and cfg.kl_coef > 0
+    ref_lp = batch_logprobs(ref, ids, attention, tokens, response_mask, P, cfg) if use_ref else None
+    adv = ADVANTAGES[cfg.advantage](rewards, G)
+    return Rollouts(ids, attention, response_mask, P, rewards, adv, old, ref_lp,
+                    rollout_stats(s, rewards, G, sample_seconds, policy, P))
+
+
+def pack(s: Samples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Prompts left-padded to one width P, each followed by its completions: (ids [N, P + T], attention, P)."""
+    P = max(len(p) for p in s.prompt_ids)
+    N, T = s.tokens.shape
+    ids = torch.full((N, P + T), pad_id, dtype=torch.long)
+    attention = torch.zeros(N, P + T, dtype=torch.long)
+    for i in range(N):
+        p = s.prompt_ids[i // s.n]
+        ids[i, P - len(p) : P], attention[i, P - len(p) : P] = torch.tensor(p), 1
+    ids[:, P:], attention[:, P:] = s.tokens, s.mask.long()
+    return ids, attention, P
+
+
+def rollout_stats(s: Samples, rewards: torch.Tensor, G: int, sample_seconds: float, policy, P: int) -> dict:
+    """What a step logs of its rollouts, and the tokens and FLOPs they cost."""
+    n_params, layers, d = model_dims(policy)
+    gen_tokens, T = int(s.mask.sum()), s.tokens.shape[1]
+    return {
+        "train/reward": rewards.mean().item(),
+        "train/accuracy": (rewards == 1.0).float().mean().item(),
+        "train/format_rate": (rewards > 0).float().mean().item(),
+        "train/response_length": s.lengths.float().mean().item(),
+        "train/solved_groups": (rewards.view(-1, G).max(-1).values == 1.0).float().mean().item(),
+        "train/sample_seconds": sample_seconds,  # generation alone (with the step's seconds: tokens / s)
+        "rollout_tokens": gen_tokens,
+        "rollout_flops": gen_tokens * generate_flops_per_token(n_params, layers, d, P + T // 2),
+    }
+
+
+def grpo_gradients(policy, batch: Rollouts, rows: torch.Tensor, cfg: RLConfig, d: Dist = SINGLE) -> dict:
+    """Backpropagate the GRPO loss of `rows` of the batch (gradients accumulate); returns its stats.
+
+    `rows` are whole groups. Runs about `cfg.micro_batch` rows at a time, each chunk's loss weighted by its
+    share of the aggregation's normaliser, so the gradient equals that of the whole `rows` at once (tested)
+    at a fraction of the memory. Sharded over `d.world` processes, the normaliser is the global one and the
+    loss is scaled by the world size, which the engine's gradient averaging divides out again.
+    """
+    full_mask = batch.response_mask[rows]
+    total = global_sum(normaliser(cfg.aggregation, full_mask), d)
+    stats: dict[str, float] = {}
+    for chunk in micro_batches(rows, full_mask.sum(-1), cfg.group_size, cfg.micro_batch):
+        mask = batch.response_mask[chunk]
+        logp, ent = completion_logprobs(policy, batch.input_ids[chunk], batch.attention[chunk], mask,
+                                        batch.responses[chunk], batch.prompt_width, cfg.temperature, cfg.group_size)
+        old = logp.detach() if batch.old_logp is None else batch.old_logp[chunk]
+        loss, chunk_stats = grpo_loss(logp, old, None if batch.ref_logp is None else batch.ref_logp[chunk],
+                                      batch.advantages[chunk], mask, cfg.clip_eps, cfg.kl_coef, cfg.kl, cfg.aggregation)
+        share = chunk_share(cfg.aggregation, mask, full_mask, total)
+        (loss * share * d.world).backward()
+        chunk_stats["entropy"] = ent.sum() / max(1, ent.numel())  # the token mean (a statistic)
+        for k, v in chunk_stats.items():
+            stats[k] = stats.get(k, 0.0) + share * float(v)
+    return sum_stats(stats, d)  # shares of the global normaliser add up over the ranks
+
+
+def grpo_update(policy, opt, batch: Rollouts, cfg: RLConfig, d: Dist = SINGLE, flops_model=None) -> dict:
+    """One optimizer step per mini-batch (whole groups each), as VeRL's actor update. `policy` may be a DDP
+    or FSDP2 module holding this rank's shard of the batch (`dist.shard` cuts it mini-batch by mini-batch)."""
+    groups = batch.rewards.numel() // cfg.group_size
+    per = groups // cfg.minibatches
+    collected: list[dict] = []
+    for m in range(cfg.minibatches):
+        rows = torch.arange(m * per * cfg.group_size, (m + 1) * per * cfg.group_size, device=batch.rewards.device)
+        collected.append(grpo_gradients(policy, batch, rows, cfg, d))
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    stats = {f"train/{k}": sum(c[k] for c in collected) / len(collected) for k in collected[0]}
+    stats["train_flops"] = global_sum(training_flops(flops_model or policy, batch.attention), d)
+    return stats
+
+
+def training_flops(model, attention: torch.Tensor) -> int:
+    """FLOPs of one forward + backward over the real tokens of a padded batch [N, L]."""
+    n_params, layers, d = model_dims(model)
+    return int(attention.sum()) * train_flops_per_token(n_params, layers, d, attention.shape[1])
