@@ -76,6 +76,15 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
                if u.id.startswith(("pretrain", "base/", "sft/", "sft_gold/", "sft_epochs/")))
 
 
+def test_sft_digests_cover_the_tracking_settings_sft_reads(micro_overrides, tmp_path):
+    """SFT tracks test pass@k with [rl]'s track_problems and track_n: a change there moves the SFT runs too (a new
+    directory, tracked again), not only the RL ones."""
+    units = {u.id: u.path for u in plan(micro_study(micro_overrides), tmp_path)}
+    other = {u.id: u.path for u in plan(micro_study(micro_overrides, "rl.track_n=7"), tmp_path)}
+    moved = {uid.split("/")[0] for uid in units if other[uid] != units[uid]}
+    assert {"sft", "sft_gold", "sft_epochs", "rl", "sft_rl", "parallel"} <= moved
+
+
 def test_bad_study_settings_fail_before_anything_is_written(micro_overrides, tmp_path):
     with pytest.raises(ConfigError, match=r"study.recipes\[0\].*unknown recipe 'grpo'"):
         micro_study(micro_overrides, "study.recipes=['grpo']")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from excursions.checkpoint import checkpoint_name
-from excursions.config import PRETRAIN_SECTIONS, Config, digest, prompt_settings, to_dict
+from excursions.config import PRETRAIN_SECTIONS, Config, RLConfig, digest, prompt_settings, to_dict
 from excursions.errors import UserError
 from excursions.recipes import RECIPES
 
@@ -62,7 +62,17 @@ def seeded(cfg: Config, seed: int) -> Config:
 def recipe_settings(cfg: Config, recipe: str) -> dict:
     """The config sections a recipe's result depends on (what its directory digest covers)."""
     return {"recipe": recipe, **{s: to_dict(getattr(cfg, s)) for s in RECIPES[recipe].sections},
-            **prompt_settings(cfg)}
+            **tracking_settings(cfg, recipe), **prompt_settings(cfg)}
+
+
+def tracking_settings(cfg: Config, recipe: str) -> dict:
+    """What a recipe's tracked test pass@k reads outside its sections: SFT tracks on [rl]'s `track_problems` with
+    `track_n` samples. Enters the digest only where they differ from the defaults, so that results from before
+    it did keep their names (as `prompt_settings`)."""
+    if "rl" in RECIPES[recipe].sections:
+        return {}
+    track, default = {"problems": cfg.rl.track_problems, "n": cfg.rl.track_n}, RLConfig()
+    return {} if track == {"problems": default.track_problems, "n": default.track_n} else {"track": track}
 
 
 def eval_digest(cfg: Config) -> str:
