@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from excursions import runtime  # noqa: F401  (quiets transformers' loading bars)
-from excursions.runtime import reuse_freed_memory
+from excursions.runtime import quiet_libraries, reuse_freed_memory
 from excursions.config import RLConfig
 from excursions.data.problems import format_prompt, read_jsonl
 from excursions.optim import adamw
@@ -100,6 +99,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args()
     reuse_freed_memory()  # as the CLI does; process-wide, so both sides of the comparison get it
+    quiet_libraries()  # no loading bars between the timings
     ckpt = args.checkpoint or sorted(Path("runs/tiny/checkpoints").glob("step*"))[-1]
     problems = read_jsonl(ckpt.parent.parent / "world/gsm/train.jsonl")[: args.prompts]
     print(f"model: {ckpt}; {args.prompts} prompts x {args.group} generations, <= {args.max_new} new tokens, "

@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from excursions import runtime  # noqa: F401  (quiets transformers' loading bars)
-from excursions.runtime import reuse_freed_memory
+from excursions.runtime import quiet_libraries, reuse_freed_memory
 from excursions.data.problems import STOP_STRINGS, format_prompt, read_jsonl
 from excursions.sampling import sample
 
@@ -57,6 +56,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     reuse_freed_memory()  # as the CLI does; process-wide, so both sides of the comparison get it
+    quiet_libraries()  # no loading bars between the timings
     ckpt = args.checkpoint or sorted(Path("runs/tiny/checkpoints").glob("step*"))[-1]
     run = ckpt.parent.parent
     model, tok = AutoModelForCausalLM.from_pretrained(ckpt).eval(), AutoTokenizer.from_pretrained(ckpt)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, Olmo2Config, Olmo2ForCausalLM, PreTrainedModel
 
-from excursions import runtime  # noqa: F401  (quiets transformers' own progress bars)
 from excursions.config import SIZES, ModelConfig
 from excursions.errors import UserError, first_line
+from excursions.runtime import quiet_libraries
+
+quiet_libraries()
 
 
 def resolve_dims(cfg: ModelConfig) -> dict[str, int]:

@@ -10,12 +10,16 @@ import os
 import sys
 
 from tqdm.auto import tqdm
-from transformers.utils import logging as hf_logging
 
-# transformers' own bars ("Writing model shards") would interleave with ours at every checkpoint.
-hf_logging.disable_progress_bar()
-# torch.compile on a CPU-only machine with a CUDA build of torch warns once per process; harmless.
-logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+def quiet_libraries() -> None:
+    """Silence what would interleave with our own output (model.py calls it once, on import)."""
+    from transformers.utils import logging as hf_logging
+
+    # transformers' own bars ("Writing model shards") would interleave with ours at every checkpoint.
+    hf_logging.disable_progress_bar()
+    # torch.compile on a CPU-only machine with a CUDA build of torch warns once per process; harmless.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def progress_bar(**kwargs) -> tqdm:

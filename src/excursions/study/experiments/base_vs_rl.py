@@ -13,7 +13,6 @@ from excursions.study.results import Results
 
 @experiment(order=2)
 def base_vs_rl_experiment(res: Results, figdir: Path) -> Section:
-    """Fig. 5: is the base checkpoint's pass@k a predictor of what RL reaches?"""
     task = res.math_tasks[0]
     fig, axes = plt.subplots(1, len(res.ks), figsize=(3.6 * len(res.ks), 3.4), squeeze=False)
     corr = {}

@@ -12,7 +12,6 @@ from excursions.study.results import Results, compare, verdict
 
 @experiment(order=4)
 def general_experiment(res: Results, figdir: Path) -> Section:
-    """Fig. 7: general (non-math) capability after each recipe."""
     if "general" not in res.tasks:
         return Section("General capability (paper Fig. 7)", reading="Not evaluated: add general to study.tasks.")
     fig, ax = plt.subplots(figsize=(5.5, 3.6))

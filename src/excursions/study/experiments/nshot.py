@@ -24,7 +24,6 @@ def nshot_units(cfg: Config, out: Path) -> list[Unit]:
 
 @experiment(order=7, units=nshot_units)
 def nshot_experiment(res: Results, figdir: Path) -> Section:
-    """Fig. 16: the base checkpoint's pass@k against the number of in-context exemplars."""
     task = res.math_tasks[0]
     found = {(k[2], k[3]) for k in res.stats if k[0] == task and k[1] == "base"}  # (shots, checkpoint)
     ckpt = max({c for _, c in found}, key=lambda c: sum(x == c for _, x in found), default=None)

@@ -12,7 +12,6 @@ from excursions.study.results import Results, compare, verdict
 
 @experiment(order=5)
 def parallel_experiment(res: Results, figdir: Path) -> Section:
-    """Fig. 9 and 17: parallel averaging against the other recipes, pass@1 and the largest k."""
     task, top = res.math_tasks[0], res.ks[-1]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     width = 0.8 / max(1, len(res.recipes))

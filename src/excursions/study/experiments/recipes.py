@@ -13,7 +13,6 @@ from excursions.study.results import Results, Stat, compare, verdict
 
 @experiment(order=1)
 def recipes_experiment(res: Results, figdir: Path) -> Section:
-    """Fig. 2-3: pass@k along pretraining for each recipe, on each math task."""
     tasks, ks = res.math_tasks, res.ks
     fig, axes = plt.subplots(len(tasks), len(ks), figsize=(4 * len(ks), 3.3 * len(tasks)), squeeze=False)
     x = [res.tokens[c] for c in res.checkpoints]

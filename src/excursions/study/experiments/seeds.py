@@ -12,7 +12,6 @@ from excursions.study.results import Results, compare
 
 @experiment(order=6)
 def seeds_experiment(res: Results, figdir: Path) -> Section:
-    """Fig. 13-14: RL training dynamics across seeds, and how far the final results spread."""
     task = res.math_tasks[0]
     ckpt = max(res.checkpoints, key=lambda c: len(res.seeds("rl", c)))
     seeds = res.seeds("rl", ckpt)

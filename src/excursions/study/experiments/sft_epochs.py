@@ -29,7 +29,6 @@ def sft_epochs_units(cfg: Config, out: Path) -> list[Unit]:
 
 @experiment(order=8, units=sft_epochs_units)
 def sft_epochs_experiment(res: Results, figdir: Path) -> Section:
-    """Fig. 15: SFT's test pass@k after each epoch of one longer run; has it converged by the study's epochs?"""
     title = "SFT epochs (paper Fig. 15)"
     done = res.done(sft_epochs_units(res.cfg, res.out))
     if not done:

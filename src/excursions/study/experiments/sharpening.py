@@ -12,7 +12,6 @@ from excursions.study.results import Results, compare, verdict
 
 @experiment(order=3)
 def sharpening_experiment(res: Results, figdir: Path) -> Section:
-    """Fig. 6: pass@1 and the largest tracked pass@k along RL training, direct RL vs SFT then RL."""
     task = res.math_tasks[0]
     keys = sorted(res.store.training_keys(f"eval/{task}/pass@"), key=lambda k: int(k.split("@")[1]))
     tracked = [keys[0], keys[-1]] if len(keys) > 1 else keys
