@@ -2,7 +2,7 @@
 pruned), its metrics log and trackers, and the hooks the loop calls out to.
 
     run = RunDir(out, settings, tracking=cfg.tracking)
-    start, optimizer_state = run.resume(model)          # the newest intact state's weights; (0, {}) when fresh
+    start, optimizer_state = run.resume(model, run.latest())   # the newest intact state; (0, {}) when fresh
     train_loop(start, steps, step_fn, [FiniteCheck("rl", model), Log(run), Progress(bar, postfix),
                                        Save(lambda step: run.save(step, ...), every(10))])
 
@@ -280,10 +280,10 @@ class RunDir:
         usable = sorted((s for s in kept if step[s] < gap), key=step.get)
         return usable[-1] if usable else None
 
-    def resume(self, model, schedule: Sequence[int] = ()) -> tuple[int, dict]:
-        """Load the newest state's weights into `model` and the RNG: (the step to continue from, the optimizer
-        state it saved; (0, {}) when starting fresh). Metrics logged after that step are dropped (logged again)."""
-        latest = self.latest(schedule)
+    def resume(self, model, latest: Path | None) -> tuple[int, dict]:
+        """Load the weights of state `latest` (from `latest()`) into `model`, and its RNG: (the step to continue
+        from, the optimizer state it saved; (0, {}) for None, a fresh start). Metrics logged after that step are
+        dropped (logged again)."""
         if latest is None:
             self._truncate(0)
             return 0, {}

@@ -98,7 +98,8 @@ class Trainee:
 
     def __init__(self, run: RunDir, setup: _Setup, d: dist.Dist, rollouts: bool = False):
         self.d, self.setup = d, setup
-        self.start, self._states = run.resume(setup.policy)  # every rank loads the same weights, then shards
+        # every rank loads the same weights, then shards
+        self.start, self._states = run.resume(setup.policy, run.latest())
         self.replica = setup.policy
         if d.strategy == "fsdp" and d.active:  # sharding replaces the parameters: keep a plain copy first
             import copy

@@ -132,7 +132,7 @@ def pretrain(cfg: Config, out: Path | str, progress: bool = True) -> Path:
         print(summary(out))
         return out
     model = build_model(cfg.model, len(tok), tok.eos_token_id, tok.eos_token_id, tok.pad_token_id, cfg.seed)
-    start, opt_state = run.resume(model, schedule)
+    start, opt_state = run.resume(model, latest)
     dev = pick_device(cfg.distributed.device)
     model.to(dev).train()
     opt = adamw(model, p.lr, p.betas, p.weight_decay)
