@@ -212,3 +212,20 @@ def test_every_recipe_is_made_of_stages_that_exist():
     assert set(STAGES) == set(STAGE_SECTIONS)
     assert {stage for r in RECIPES.values() for stage in r.stages} == set(STAGES)
     assert RECIPES["sft_gold_rl"].sections == ("sft", "rl") and RECIPES["parallel"].sections == ("parallel", "rl", "sft")
+
+
+def test_parallel_averaging_takes_each_optimizer_from_its_own_section(source, micro_run, micro_overrides, tmp_path,
+                                                                       monkeypatch):
+    """The RL AdamW from [rl]'s betas and weight decay, the SFT one from [sft]'s (and each its own LR)."""
+    from excursions.optim import ParallelAveraging
+    from excursions.train import posttrain as stages
+
+    built = []
+    monkeypatch.setattr(stages, "ParallelAveraging", lambda *a: built.append(ParallelAveraging(*a)) or built[-1])
+    cfg = load_config("smoke", overrides=micro_overrides + POST + ["parallel.steps=1", "rl.betas=[0.9, 0.99]",
+                      "rl.weight_decay=0.02", "sft.betas=[0.8, 0.95]", "sft.weight_decay=0.3", "parallel.sft_lr=2e-3"])
+    posttrain(str(source), "parallel", cfg, tmp_path / "run", micro_run / "world", progress=False)
+    (avg,) = built
+    rl, sft = avg.rl.param_groups[0], avg.sft.param_groups[0]  # the decayed group of each
+    assert (rl["betas"], rl["weight_decay"], rl["lr"]) == ((0.9, 0.99), 0.02, cfg.parallel.rl_lr)
+    assert (sft["betas"], sft["weight_decay"], sft["lr"]) == ((0.8, 0.95), 0.3, 2e-3)
