@@ -40,6 +40,32 @@ def test_clipped_loss_values_and_gradient_signs():
         assert stats["clip_frac"].item() == (1.0 if want_grad == 0.0 else 0.0)
 
 
+def test_dual_clip_caps_the_loss_of_a_negative_advantage():
+    """VeRL's dual clip (c = 3): with A < 0 the clipped loss max(-A rho, -A clip(rho)) grows with rho; past rho = c
+    it is held at -c A, with no gradient. A positive advantage is clipped as before."""
+    old, mask = torch.log(torch.tensor([[0.1]])), torch.ones(1, 1)
+    for adv, ratio, dual, want_loss, want_grad in [
+        (-1.0, 5.0, 3.0, 3.0, 0.0),  # -A rho = 5 > -c A = 3: the loss is -3A = 3, no gradient
+        (-2.0, 5.0, 3.0, 6.0, 0.0),  # -3A = 6
+        (-1.0, 5.0, 0.0, 5.0, 5.0),  # dual clip off: the unclipped -A rho, d/dlogp = -A rho
+        (-1.0, 2.0, 3.0, 2.0, 2.0),  # rho below c: untouched
+        (1.0, 5.0, 3.0, -1.2, 0.0),  # A > 0: the ordinary clip at 1 + eps
+    ]:
+        logp = (old + math.log(ratio)).clone().requires_grad_(True)
+        loss, stats = grpo_loss(logp, old, None, torch.tensor([adv]), mask, clip_eps=0.2, kl_coef=0.0, dual_clip=dual)
+        loss.backward()
+        assert loss.item() == pytest.approx(want_loss, abs=1e-5)
+        assert logp.grad.item() == pytest.approx(want_grad, abs=1e-5)
+        assert stats.get("dual_clip_frac", torch.tensor(0.0)).item() == (1.0 if dual and adv < 0 and ratio > dual else 0.0)
+
+
+def test_the_log_ratio_is_clamped_to_20():
+    """exp(25) would be 7e10; VeRL clamps the log-ratio to +-20 first (exp(20) = 4.85e8)."""
+    loss, stats = grpo_loss(torch.tensor([[25.0]]), torch.zeros(1, 1), None, torch.tensor([1.0]), torch.ones(1, 1),
+                            clip_eps=0.2, kl_coef=0.0)
+    assert stats["ratio"].item() == pytest.approx(math.exp(20), rel=1e-6) and loss.item() == pytest.approx(-1.2)
+
+
 def test_kl_estimators_and_clamps():
     logp, ref = torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25]))
     # d = ref - logp = log(1/2): k3 = 1/2 - log(1/2) - 1 = log 2 - 1/2

@@ -112,6 +112,8 @@ def test_sft_batches_mask_exactly_the_completion(source, micro_run):
     pairs = demonstrations(problems, "one", seed=0)
     assert len(pairs) == 5 and len(demonstrations(problems, "all", seed=0)) == sum(len(p.solutions) for p in problems)
     assert pairs == demonstrations(problems, "one", seed=0)  # fixed by the seed
+    first = demonstrations(problems, "one", seed=0, pick="first")  # the authors' data: each question's first row
+    assert [c for _, c in first] == [" " + p.solutions[0] for p in problems] != [c for _, c in pairs]
     batches = SFTBatches(tok, pairs, batch_size=5, seed=0)
     ids, att, labels, mask = batches.batch(0)
     for r, row in enumerate(batches.rows(0)):
@@ -211,7 +213,29 @@ def test_every_recipe_is_made_of_stages_that_exist():
 
     assert set(STAGES) == set(STAGE_SECTIONS)
     assert {stage for r in RECIPES.values() for stage in r.stages} == set(STAGES)
-    assert RECIPES["sft_gold_rl"].sections == ("sft", "rl") and RECIPES["parallel"].sections == ("parallel", "rl", "sft")
+    assert RECIPES["sft_gold_rl"].sections == ("sft", "rl", "sft_rl")  # [sft_rl] is laid over [rl] for its RL stage
+    assert RECIPES["parallel"].sections == ("parallel", "rl", "sft")
+
+
+def test_the_rl_stages_of_sft_rl_and_parallel_take_their_own_settings(source, micro_run, post_cfg, tmp_path):
+    """[sft_rl] over [rl] for SFT->RL's RL stage, parallel's RL-side settings for parallel averaging (the authors ran
+    both unlike direct RL: no KL, one on-policy update, their own LR); what is left unset stays [rl]'s."""
+    import tomllib
+
+    from dataclasses import replace
+
+    from excursions.config import ParallelConfig, SFTRLConfig
+
+    cfg = replace(post_cfg, sft_rl=SFTRLConfig(lr=7e-4, kl_coef=0.0, minibatches=1),
+                  parallel=replace(post_cfg.parallel, steps=1, kl_coef=0.0, max_new_tokens=16))
+    posttrain(str(source), "sft_rl", cfg, tmp_path / "sft_rl", micro_run / "world", progress=False)
+    rl = tomllib.loads((tmp_path / "sft_rl" / "rl" / "config.toml").read_text())["rl"]
+    assert (rl["lr"], rl["kl_coef"], rl["minibatches"]) == (7e-4, 0.0, 1)
+    assert rl["max_new_tokens"] == post_cfg.rl.max_new_tokens and rl["group_size"] == post_cfg.rl.group_size
+    posttrain(str(source), "parallel", cfg, tmp_path / "parallel", micro_run / "world", progress=False)
+    rl = tomllib.loads((tmp_path / "parallel" / "config.toml").read_text())["rl"]
+    assert (rl["lr"], rl["kl_coef"], rl["max_new_tokens"]) == (cfg.parallel.rl_lr, 0.0, 16)
+    assert ParallelConfig().rl_side(post_cfg.rl) == replace(post_cfg.rl, lr=ParallelConfig().rl_lr)  # unset: [rl]'s
 
 
 def test_parallel_averaging_takes_each_optimizer_from_its_own_section(source, micro_run, micro_overrides, tmp_path,

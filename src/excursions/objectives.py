@@ -133,20 +133,26 @@ def chunk_share(agg: str, chunk_mask: torch.Tensor, full_mask: torch.Tensor, tot
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, adv: torch.Tensor,
               mask: torch.Tensor, clip_eps: float = 0.2, kl_coef: float = 1e-3, kl: str = "k3",
-              agg: str = "token-mean") -> tuple[torch.Tensor, dict]:
-    """Clipped policy-gradient loss plus kl_coef * KL(policy || ref); returns (loss, stats).
+              agg: str = "token-mean", dual_clip: float = 3.0) -> tuple[torch.Tensor, dict]:
+    """Clipped policy-gradient loss plus kl_coef * KL(policy || ref); returns (loss, stats). As VeRL's vanilla
+    policy loss: the log-ratio is clamped to +-20, and with `dual_clip` c > 1 (VeRL's clip_ratio_c = 3) the loss
+    of a negative advantage is capped at -c * A, however far the ratio has run (0 turns the cap off).
 
     logp, old_logp, ref_logp, mask: [N, T]; adv: [N] (one advantage per sequence).
     """
     aggregate = lookup(AGGREGATIONS, agg, "loss aggregation")
     a = adv[:, None]  # [N, 1] broadcast over tokens
-    ratio = (logp - old_logp).exp()  # [N, T]
+    ratio = (logp - old_logp).clamp(-20.0, 20.0).exp()  # [N, T]
     unclipped = -a * ratio
     clipped = -a * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     pg = torch.maximum(unclipped, clipped)  # = -min(rho A, clip(rho) A)
+    stats = {"clip_frac": token_mean((clipped > unclipped).float(), mask), "ratio": token_mean(ratio.detach(), mask)}
+    if dual_clip:
+        capped = (a < 0) & (pg > -a * dual_clip)  # [N, T]: a negative advantage's ratio above c
+        pg = torch.where(capped, -a * dual_clip, pg)
+        stats["dual_clip_frac"] = token_mean(capped.float(), mask)
     loss = aggregate(pg, mask)
-    stats = {"pg_loss": loss.detach(), "clip_frac": token_mean((clipped > unclipped).float(), mask),
-             "ratio": token_mean(ratio.detach(), mask)}
+    stats["pg_loss"] = loss.detach()
     if ref_logp is not None and kl_coef:
         kl_tok = lookup(KL_ESTIMATORS, kl, "KL estimator")(logp, ref_logp)
         kl_value = aggregate(kl_tok, mask)

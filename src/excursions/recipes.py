@@ -35,15 +35,26 @@ class Recipe:
     stages: tuple[str, ...]  # trainings run in order, each from the previous one's result
     color: str  # its colour in every figure
     dashed: bool = False  # drawn dashed where recipes share a panel (the SFT-Gold family: all demonstrations)
+    rl_over: str = ""  # a config section laid over [rl] for its RL stage (SFT->RL's own settings, `[sft_rl]`)
 
     @property
     def sections(self) -> tuple[str, ...]:
         """The config sections its result depends on, each once, in stage order.
 
         >>> RECIPES["sft_rl"].sections, RECIPES["parallel"].sections
-        (('sft', 'rl'), ('parallel', 'rl', 'sft'))
+        (('sft', 'rl', 'sft_rl'), ('parallel', 'rl', 'sft'))
         """
-        return tuple(dict.fromkeys(s for stage in self.stages for s in STAGE_SECTIONS[stage]))
+        stages = [s for stage in self.stages for s in STAGE_SECTIONS[stage]] + ([self.rl_over] if self.rl_over else [])
+        return tuple(dict.fromkeys(stages))
+
+    @property
+    def demonstrations(self) -> str:
+        """How many demonstrations per problem it trains on: none (RL alone), one, or all (SFT-Gold).
+
+        >>> [RECIPES[r].demonstrations for r in ("rl", "sft_rl", "parallel", "sft_gold_rl")]
+        ['none', 'one', 'one', 'all']
+        """
+        return "all" if "sft_gold" in self.stages else "one" if {"sft", "parallel"} & set(self.stages) else "none"
 
     def stage_dir(self, run: Path, stage: str) -> Path:
         """Where a stage runs: the run directory itself for one stage, a directory per stage for several."""
@@ -62,8 +73,8 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("rl", ("rl",), "#d62728"),
     Recipe("sft", ("sft",), "#1f77b4"),
-    Recipe("sft_rl", ("sft", "rl"), "#9467bd"),
+    Recipe("sft_rl", ("sft", "rl"), "#9467bd", rl_over="sft_rl"),
     Recipe("sft_gold", ("sft_gold",), "#2ca02c", dashed=True),
-    Recipe("sft_gold_rl", ("sft_gold", "rl"), "#17becf", dashed=True),
+    Recipe("sft_gold_rl", ("sft_gold", "rl"), "#17becf", dashed=True, rl_over="sft_rl"),
     Recipe("parallel", ("parallel",), "#ff7f0e"),
 )}

@@ -3,7 +3,7 @@ processes, metric tracking, and what the study runs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +34,7 @@ class RLConfig:
     temperature: float = 1.0
     max_new_tokens: int = 128
     clip_eps: float = 0.2
+    dual_clip: float = 3.0  # VeRL's clip_ratio_c: a negative advantage's loss is capped at -c * A (0 = off)
     kl_coef: float = 1e-3
     kl: str = "k3"  # k1 | k2 | k3 (low-variance)
     advantage: str = "grpo"  # grpo | drgrpo
@@ -57,6 +58,7 @@ class RLConfig:
         _check_optim(self.lr, self.betas, self.weight_decay, self.grad_clip)
         check(self.temperature > 0, "temperature", "must be > 0 for exploration")
         check(0 <= self.clip_eps < 1, "clip_eps", "must be in [0, 1)")
+        check(self.dual_clip == 0 or self.dual_clip > 1, "dual_clip", "must be 0 (off) or > 1 (VeRL: 3)")
         check(self.kl_coef >= 0, "kl_coef", "must be >= 0")
         check(self.kl in KL_ESTIMATORS, "kl", f"unknown KL estimator; choose one of {', '.join(KL_ESTIMATORS)}")
         check(self.advantage in ADVANTAGES, "advantage", f"unknown estimator; choose one of {', '.join(ADVANTAGES)}")
@@ -79,6 +81,9 @@ class SFTConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     warmup_steps: int = 10
+    # sft's one demonstration per problem: a random one, fixed by the seed (the paper's text), or the first of
+    # the problem's list (the authors' data: the first OpenMathInstruct-2 row of each question)
+    demonstration: Literal["random", "first"] = "random"
     track_every: int = 0  # steps between test pass@k (0 = at the end only)
     save_every: int = 50
     seed: int = 0
@@ -105,6 +110,10 @@ class ParallelConfig:
     sft_lr: float = 3e-4
     weight: float = 0.5
     weight_end: float = 0.5
+    # the RL side's rollouts and loss where not [rl]'s (the authors' script: no KL, 512 tokens, no format score)
+    kl_coef: float = -1.0  # < 0 = [rl]'s (0 turns the KL term off)
+    max_new_tokens: int = 0  # 0 = [rl]'s
+    format_score: float = -1.0  # < 0 = [rl]'s
 
     def __post_init__(self):
         check(self.steps >= 1, "steps", "must be >= 1")
@@ -112,6 +121,44 @@ class ParallelConfig:
         check(self.sft_lr > 0, "sft_lr", "must be > 0")
         check(0 <= self.weight <= 1, "weight", "must be between 0 and 1")
         check(0 <= self.weight_end <= 1, "weight_end", "must be between 0 and 1")
+        check(self.max_new_tokens >= 0, "max_new_tokens", "must be >= 0 (0 = [rl]'s)")
+
+    def rl_side(self, rl: RLConfig) -> RLConfig:
+        """[rl] as parallel averaging's RL side runs it: its own LR, and these where set."""
+        return over(rl, lr=self.rl_lr, kl_coef=self.kl_coef, max_new_tokens=self.max_new_tokens,
+                    format_score=self.format_score)
+
+
+@dataclass(frozen=True)
+class SFTRLConfig:
+    """The RL stage of SFT->RL (`sft_rl`, `sft_gold_rl`): [rl] with what is set here laid over it; a field left at
+    its default keeps [rl]'s. The authors ran this stage with their SFT trainer's settings, not direct RL's: lr 4e-5,
+    no KL, one on-policy update per rollout batch, 512-token responses, no format score (docs/FIDELITY.md)."""
+
+    lr: float = 0.0  # 0 = [rl]'s
+    kl_coef: float = -1.0  # < 0 = [rl]'s (0 turns the KL term off)
+    minibatches: int = 0  # 0 = [rl]'s (1: one on-policy update per rollout batch)
+    max_new_tokens: int = 0  # 0 = [rl]'s
+    format_score: float = -1.0  # < 0 = [rl]'s
+
+    def __post_init__(self):
+        for name in ("lr", "minibatches", "max_new_tokens"):
+            check(getattr(self, name) >= 0, name, "must be >= 0 (0 = [rl]'s)")
+
+    def over(self, rl: RLConfig) -> RLConfig:
+        return over(rl, lr=self.lr, kl_coef=self.kl_coef, minibatches=self.minibatches,
+                    max_new_tokens=self.max_new_tokens, format_score=self.format_score)
+
+
+def over(rl: RLConfig, **fields) -> RLConfig:
+    """`rl` with the fields that are set laid over it: 0 means unset for counts and rates, a negative value for
+    coefficients and scores (where 0 is a setting).
+
+    >>> over(RLConfig(), lr=0.0, kl_coef=0.0, format_score=-1.0).kl_coef, over(RLConfig(lr=2e-5), lr=0.0).lr
+    (0.0, 2e-05)
+    """
+    unset = lambda k, v: v < 0 if k in ("kl_coef", "format_score") else v == 0
+    return replace(rl, **{k: v for k, v in fields.items() if not unset(k, v)})
 
 
 @dataclass(frozen=True)

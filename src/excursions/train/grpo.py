@@ -116,7 +116,8 @@ def grpo_gradients(policy, batch: Rollouts, rows: torch.Tensor, cfg: RLConfig, d
                                         batch.responses[chunk], batch.prompt_width, cfg.temperature, cfg.group_size)
         old = logp.detach() if batch.old_logp is None else batch.old_logp[chunk]
         loss, chunk_stats = grpo_loss(logp, old, None if batch.ref_logp is None else batch.ref_logp[chunk],
-                                      batch.advantages[chunk], mask, cfg.clip_eps, cfg.kl_coef, cfg.kl, cfg.aggregation)
+                                      batch.advantages[chunk], mask, cfg.clip_eps, cfg.kl_coef, cfg.kl, cfg.aggregation,
+                                      cfg.dual_clip)
         share = chunk_share(cfg.aggregation, mask, full_mask, total)
         (loss * share * d.world).backward()
         chunk_stats["entropy"] = ent.sum() / max(1, ent.numel())  # the token mean (a statistic)

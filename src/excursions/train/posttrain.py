@@ -13,6 +13,7 @@ share and rank 0 writes (`dist.py`).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -47,7 +48,9 @@ def posttrain(checkpoint: str, name: str, cfg: Config, out: Path, world: Path, p
     source = checkpoint
     for i, stage in enumerate(recipe.stages):
         last = i == len(recipe.stages) - 1  # the result is named by its recipe, earlier stages by their own
-        source = str(STAGES[stage](source, cfg, recipe.stage_dir(Path(out), stage), Path(world), progress,
+        stage_cfg = replace(cfg, rl=getattr(cfg, recipe.rl_over).over(cfg.rl)) if stage == "rl" and recipe.rl_over \
+            else cfg
+        source = str(STAGES[stage](source, stage_cfg, recipe.stage_dir(Path(out), stage), Path(world), progress,
                                    name=name if last else stage))
     return Path(source)
 
@@ -223,7 +226,8 @@ def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, name:
     t0 = time.perf_counter()
     setup = _Setup(src, cfg, world, c.family, reference=False, device=d.device)
     trainee = Trainee(run, setup, d)
-    batches = SFTBatches(setup.tok, demonstrations(setup.train, demos, c.seed, setup.tok), c.batch_size, c.seed)
+    pairs = demonstrations(setup.train, demos, c.seed, setup.tok, c.demonstration)
+    batches = SFTBatches(setup.tok, pairs, c.batch_size, c.seed)
     steps = c.epochs * batches.steps_per_epoch
     opt = adamw(trainee.module, c.lr, c.betas, c.weight_decay)
     trainee.attach({"opt": opt})
@@ -262,7 +266,7 @@ def parallel_gradients(module, params: list, batch, sft_batch, r, s, d: dist.Dis
 def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool, name: str = "parallel") -> Path:
     """Parallel averaging (Algorithm 1): per step an RL and an SFT gradient at the same weights, each through its own
     AdamW, the two updates averaged with weight w."""
-    c, r, s = cfg.parallel, cfg.rl, cfg.sft
+    c, r, s = cfg.parallel, cfg.parallel.rl_side(cfg.rl), cfg.sft
     d = dist.setup(cfg.distributed.strategy, cfg.distributed.device)
     run = _claim(out, {"stage": "parallel", "source": src, "parallel": to_dict(c), "rl": to_dict(r),
                        "sft": to_dict(s), "eval": to_dict(cfg.eval)}, d, cfg)
@@ -271,7 +275,8 @@ def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool, 
     t0 = time.perf_counter()
     setup = _Setup(src, cfg, world, r.family, reference=r.kl_coef > 0, device=d.device)
     trainee = Trainee(run, setup, d, rollouts=True)
-    batches = SFTBatches(setup.tok, demonstrations(setup.train, "one", s.seed, setup.tok), s.batch_size, s.seed)
+    pairs = demonstrations(setup.train, "one", s.seed, setup.tok, s.demonstration)
+    batches = SFTBatches(setup.tok, pairs, s.batch_size, s.seed)
     avg = ParallelAveraging(trainee.module, c.rl_lr, c.sft_lr, r.betas, r.weight_decay, s.betas, s.weight_decay)
     trainee.attach({"rl": avg.rl, "sft": avg.sft})
 

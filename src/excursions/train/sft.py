@@ -19,14 +19,14 @@ from excursions.objectives import sft_loss
 from excursions.train.dist import SINGLE, Dist, global_sum
 
 
-def demonstrations(problems: Sequence[Problem], mode: Literal["one", "all"], seed: int,
-                   tok=None) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs: one randomly chosen solution per problem (fixed by seed), or all; in the
-    tokenizer's chat template when it was loaded for chat."""
+def demonstrations(problems: Sequence[Problem], mode: Literal["one", "all"], seed: int, tok=None,
+                   pick: Literal["random", "first"] = "random") -> list[tuple[str, str]]:
+    """(prompt, completion) pairs: one solution per problem (`pick`: a random one, fixed by seed, or the first), or
+    all of them; in the tokenizer's chat template when it was loaded for chat."""
     rng = random.Random(f"sft-demos/{seed}")
     pairs = []
     for p in problems:
-        chosen = p.solutions if mode == "all" else [rng.choice(p.solutions)]
+        chosen = p.solutions if mode == "all" else [rng.choice(p.solutions) if pick == "random" else p.solutions[0]]
         pairs += [format_demo(p.question, s, tok) for s in chosen]
     return pairs
 
