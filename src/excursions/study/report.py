@@ -68,10 +68,12 @@ def setup_section(cfg: Config, store: Store, res: Results) -> Section:
     return Section("Setup", reading=reading, table=table)
 
 
-VERDICTS = ("Each claim is checked at every evaluated checkpoint (named by its pretraining tokens, e.g. 6.5M) by "
-            "comparing 95% intervals: reproduced where they separate in the claim's favour at most checkpoints and "
-            "never against it, not reproduced where the opposite holds, inconclusive otherwise. Post-trained models "
-            "are evaluated 0-shot, base checkpoints few-shot.")
+VERDICTS = ("Each claim is the paper's, checked at every evaluated checkpoint (named by its pretraining tokens, e.g. "
+            "6.5M) by comparing 95% intervals: reproduced where they separate in the claim's favour at half of the "
+            "comparisons or more and never against it, not reproduced where they separate against it at half or "
+            "more and never in its favour, inconclusive otherwise. A claim that something matches or is kept holds "
+            "where the interval is not below the other. Post-trained models are evaluated 0-shot, base checkpoints "
+            "few-shot.")
 
 
 def write_report(cfg: Config, out: Path, sections: list[Section]) -> Path:

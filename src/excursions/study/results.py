@@ -38,18 +38,49 @@ def compare(a: Stat, b: Stat) -> int:
 
 
 def verdict(wins: int, losses: int, total: int) -> str:
-    """A claim holds where intervals separate in its favour at most checkpoints and never against it.
+    """The rule every claim is judged by, the same both ways: reproduced where the intervals separate in the
+    claim's favour at half of its comparisons or more and never against it; not reproduced where they separate
+    against it at half or more and never in its favour; inconclusive otherwise.
 
-    >>> verdict(2, 0, 3), verdict(2, 1, 3), verdict(0, 2, 3), verdict(0, 0, 0)
-    ('reproduced', 'inconclusive', 'not reproduced', 'not run')
+    >>> verdict(2, 0, 3), verdict(1, 0, 2), verdict(2, 1, 3), verdict(0, 1, 2), verdict(0, 0, 2), verdict(0, 0, 0)
+    ('reproduced', 'reproduced', 'inconclusive', 'not reproduced', 'inconclusive', 'not run')
     """
     if total == 0:
         return "not run"
-    if wins > total / 2 and losses == 0:
+    if wins and 2 * wins >= total and losses == 0:
         return "reproduced"
-    if losses > total / 2 and wins == 0:
+    if losses and 2 * losses >= total and wins == 0:
         return "not reproduced"
     return "inconclusive"
+
+
+def tally(signs: list[int]) -> str:
+    """The verdict of per-comparison signs (+1 in the claim's favour, -1 against, 0 neither)."""
+    return verdict(signs.count(1), signs.count(-1), len(signs))
+
+
+def not_below(a: Stat, b: Stat) -> int:
+    """The sign of a "matches" or "keeps" claim (a is on par with b): +1 unless a's interval lies below b's."""
+    return -1 if compare(a, b) < 0 else 1
+
+
+def jointly(*signs: int) -> int:
+    """One comparison's sign over several metrics: in favour where all are, against where any is.
+
+    >>> jointly(1, 1), jointly(1, 0), jointly(1, -1)
+    (1, 0, -1)
+    """
+    return -1 if -1 in signs else 1 if all(s == 1 for s in signs) else 0
+
+
+def difference(a: Stat, b: Stat) -> Stat:
+    """a - b with an approximate 95% interval: the two half-widths added in quadrature (independent estimates).
+
+    >>> str(difference(Stat(0.5, 0.4, 0.6), Stat(0.2, 0.17, 0.23)))
+    '30.0 [19.6, 40.4]'
+    """
+    half = math.hypot((a.hi - a.lo) / 2, (b.hi - b.lo) / 2)
+    return Stat(a.mean - b.mean, a.mean - b.mean - half, a.mean - b.mean + half)
 
 
 def wilson(p: float, n: int, z: float = 1.96) -> Stat:
@@ -112,6 +143,22 @@ class Results:
         if not found:
             return None
         return Stat(*(sum(getattr(s, f) for s in found) / len(found) for f in ("mean", "lo", "hi")))
+
+    def label(self, ckpt: str) -> str:
+        """A checkpoint as the report names it: its pretraining tokens (6.5M)."""
+        return f"{self.tokens[ckpt] / 1e6:.1f}M"
+
+    def pairs(self, task: str, a: str, b: str, signs: dict, ckpts: list[str] | None = None) -> tuple[list, list]:
+        """Recipe a against recipe b at each checkpoint where both were evaluated, on each metric of `signs` with
+        its sign function (`compare`, `not_below`, ...), taken `jointly`: (the signs, the evidence, e.g.
+        "6.5M: pass@1 rl 3.5 [2.7, 4.2] vs sft 5.7 [4.7, 6.9]")."""
+        out, evidence = [], []
+        for c in self.checkpoints if ckpts is None else ckpts:
+            got = {m: (self.get(task, a, c, m), self.get(task, b, c, m)) for m in signs}
+            if all(x and y for x, y in got.values()):
+                out.append(jointly(*(signs[m](x, y) for m, (x, y) in got.items())))
+                evidence.append(f"{self.label(c)}: " + ", ".join(f"{m} {a} {x} vs {b} {y}" for m, (x, y) in got.items()))
+        return out, evidence
 
     def training(self, unit: str, stage: str, key: str) -> tuple[list[int], list[float]]:
         """One metric of one training stage of a unit along its steps: (steps, values)."""

@@ -8,7 +8,7 @@ from excursions.evals.figures import plt, tokens_axis
 from excursions.recipes import RECIPES
 from excursions.study.experiments import experiment
 from excursions.study.report import Section, line, save
-from excursions.study.results import Results, Stat, compare, verdict
+from excursions.study.results import Results, Stat, compare, not_below, tally
 
 
 @experiment(order=1)
@@ -32,23 +32,21 @@ def recipes_experiment(res: Results, figdir: Path) -> Section:
     head = ["checkpoint"] + [f"{r} pass@1" for r in res.recipes] + [f"{r} {ks[-1]}" for r in res.recipes]
     table = [head] + [[f"{res.tokens[c] / 1e6:.2f}M"] + [str(res.get(task, r, c, "pass@1") or "-") for r in res.recipes]
                       + [str(res.get(task, r, c, ks[-1]) or "-") for r in res.recipes] for c in res.checkpoints]
+    top, early = ks[-1], res.checkpoints[: max(1, len(res.checkpoints) // 2)]
     claims = []
-    for name, a, b, ties in (("RL beats SFT with one demonstration per problem (pass@1)", "rl", "sft", False),
-                             ("With all demonstrations (SFT-Gold), SFT matches or beats RL (pass@1)", "sft_gold", "rl",
-                              True)):
-        pairs = [(c, res.get(task, a, c, "pass@1"), res.get(task, b, c, "pass@1")) for c in res.checkpoints]
-        pairs = [(c, sa, sb) for c, sa, sb in pairs if sa and sb]
-        signs = [compare(sa, sb) for _, sa, sb in pairs]
-        wins = signs.count(1) + (signs.count(0) if ties else 0)
-        claims.append((name, verdict(wins, signs.count(-1), len(pairs)),
-                       "; ".join(f"{res.tokens[c] / 1e6:.1f}M: {a} {sa} vs {b} {sb}" for c, sa, sb in pairs)))
-    early = res.checkpoints[: max(1, len(res.checkpoints) // 2)]
-    pairs = [(c, res.get(task, "rl", c, "pass@1"), res.get(task, "base", c, "pass@1")) for c in early]
-    pairs = [(c, r, b) for c, r, b in pairs if r and b]
-    signs = [compare(r, b) for _, r, b in pairs]
-    claims.insert(0, ("RL is effective early in pretraining (pass@1 above the base checkpoint's)",
-                      verdict(signs.count(1), signs.count(-1), len(pairs)),
-                      "; ".join(f"{res.tokens[c] / 1e6:.1f}M: rl {r} vs base {b}" for c, r, b in pairs)))
+    for claim, a, b, signs, ckpts in (
+        # "RL improves both pass@1 and pass@32 on checkpoints trained for as low as 4B pretraining tokens" (Fig. 1)
+        (f"RL is effective early in pretraining: pass@1 and {top} above the base checkpoint's (the first half of "
+         "the checkpoints)", "rl", "base", {"pass@1": compare, top: compare}, early),
+        # "M_t^RL substantially outperforms M_t^SFT on pass@1 but matches M_t^SFT-Gold" (Fig. 1; Sec. 3.2)
+        ("RL beats SFT with one demonstration per problem (pass@1)", "rl", "sft", {"pass@1": compare}, None),
+        ("RL matches SFT-Gold, SFT on all demonstrations (pass@1 not below)", "rl", "sft_gold",
+         {"pass@1": not_below}, None),
+        # "By 10B tokens, M_t^RL matches the standard M_t^SFT->RL pipeline" (Sec. 3.1)
+        ("RL matches the standard SFT->RL pipeline (pass@1 not below)", "rl", "sft_rl", {"pass@1": not_below}, None),
+    ):
+        signs, evidence = res.pairs(task, a, b, signs, ckpts)
+        claims.append((claim, tally(signs), "; ".join(evidence)))
     best = {c: max(res.recipes, key=lambda r: (res.get(task, r, c, "pass@1") or Stat(-1, -1, -1)).mean)
             for c in res.checkpoints}
     reading = (f"pass@k on the {', '.join(tasks)} test set after each recipe, from each checkpoint (base: "

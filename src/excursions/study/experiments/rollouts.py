@@ -18,9 +18,11 @@ from excursions.study.experiments import experiment
 from excursions.study.plan import (Checkpoint, Unit, chosen_checkpoints, configured, posttrain_dir, recipe_settings,
                                    rollout_prompts, world_dir)
 from excursions.study.report import Section, save
-from excursions.study.results import Results, separate, verdict
+from excursions.study.results import Results, separate, tally
 
 TITLE = "Rollouts per prompt, per FLOP, on difficulty splits (paper Fig. 18)"
+CLAIMS = ("Fewer rollouts per problem are more FLOP-efficient (at equal FLOPs, above)",
+          "The final pass@k does not depend on the rollout count (within 1.96 standard errors)")
 
 
 def splits_unit(cfg: Config, out: Path, ckpt: Checkpoint) -> Unit:
@@ -66,11 +68,14 @@ def rollouts_experiment(res: Results, figdir: Path) -> Section:
                if u.id in done and res.training(u.id, "rl", "total_rollout_flops")[0]}
     gs = sorted({g for _, g in trained})
     splits = [s for s in SPLITS if any((s, g) in trained for g in gs)]
+    not_run = [(c, "not run", "needs runs with two rollout counts: study.rollouts, e.g. [4, 16]") for c in CLAIMS]
     if not splits:
-        return Section(TITLE, reading="No rollouts experiment in this study (add 'rollouts' to study.experiments).")
+        return Section(TITLE, reading="No rollouts experiment in this study (add 'rollouts' to study.experiments).",
+                       claims=not_run)
     if len(gs) < 2:  # the runs are in the database; the figure compares rollout counts, and there is one
         return Section(TITLE, reading=f"The rollouts experiment ran with one rollout count ({gs[0]} per prompt); its "
-                                      "figure compares two: set study.rollouts to two counts, e.g. [4, 16].")
+                                      "figure compares two: set study.rollouts to two counts, e.g. [4, 16].",
+                       claims=not_run)
     task = res.math_tasks[0]
     first = min(trained.values())  # every run tracks the same metrics on the same problems
     metrics = [k for k in ("pass@1", "pass@8") if res.training(first, "rl", f"eval/{task}/{k}")[0]]
@@ -84,9 +89,9 @@ def rollouts_experiment(res: Results, figdir: Path) -> Section:
     _figure(curves, splits, gs, metrics, figdir / "rollouts.png")
     problems = res.training(first, "rl", f"eval/{task}/problems")[1]
     tracked = int(problems[0]) if problems else 100  # the runs' rl.track_problems, or fewer
-    table, claim = _equal_flops(curves, splits, gs, metrics, tracked)
+    table, claims = _claims(curves, splits, gs, metrics, tracked)
     counts = res.store.problem_counts(splits_unit(res.cfg, res.out, chosen_checkpoints(res.cfg, res.out)[0][-1]).id)
-    return Section(TITLE, "rollouts.png", _reading(counts, gs, tracked), table, [claim])
+    return Section(TITLE, "rollouts.png", _reading(counts, gs, tracked), table, claims)
 
 
 def _figure(curves: dict, splits: list[str], gs: list[int], metrics: list[str], path: Path) -> None:
@@ -119,11 +124,13 @@ def _figure(curves: dict, splits: list[str], gs: list[int], metrics: list[str], 
     save(fig, path)
 
 
-def _equal_flops(curves: dict, splits: list[str], gs: list[int], metrics: list[str], tracked: int):
-    """At equal FLOPs: the fewest rollouts' final value against the most rollouts' curve at that budget."""
+def _claims(curves: dict, splits: list[str], gs: list[int], metrics: list[str], tracked: int):
+    """The fewest rollouts' final value against the most rollouts' curve at that budget (equal FLOPs), and the two
+    runs' final values (the paper's asymptote), per split and metric."""
     few, many = gs[0], gs[-1]
-    table, wins, losses, total = [["split", "metric", f"n = {few} at its end", f"n = {many} at the same FLOPs",
-                                   "FLOPs"]], 0, 0, 0
+    table = [["split", "metric", f"n = {few} at its end", f"n = {many} at the same FLOPs", "FLOPs",
+              f"n = {many} at its end"]]
+    efficient, alike = [], []
     for split in splits:
         for m in metrics:
             if (split, few, m) not in curves or (split, many, m) not in curves:
@@ -131,13 +138,18 @@ def _equal_flops(curves: dict, splits: list[str], gs: list[int], metrics: list[s
             _, fl_few, v_few = curves[split, few, m]
             _, fl_many, v_many = curves[split, many, m]
             a, b = v_few[-1], value_at(fl_many, v_many, fl_few[-1])
-            sign = separate(a, b, tracked)
-            wins, losses, total = wins + (sign > 0), losses + (sign < 0), total + 1
-            table.append([split, m, f"{100 * a:.1f}", f"{100 * b:.1f}", f"{fl_few[-1]:.2e}"])
-    claim = ("Fewer rollouts per problem are more FLOP-efficient (Fig. 18)", verdict(wins, losses, total),
-             f"n = {few} vs n = {many} at n = {few}'s final FLOPs, {tracked} tracked test problems: "
-             + "; ".join(f"{r[0]} {r[1]} {r[2]} vs {r[3]}" for r in table[1:]))
-    return table, claim
+            efficient.append(separate(a, b, tracked))
+            alike.append(1 if separate(a, v_many[-1], tracked) == 0 else -1)
+            table.append([split, m, f"{100 * a:.1f}", f"{100 * b:.1f}", f"{fl_few[-1]:.2e}", f"{100 * v_many[-1]:.1f}"])
+    rows = table[1:]
+    claims = [  # "n=5 achieves comparable accuracy at substantially lower FLOPs, especially on the harder split"
+        (CLAIMS[0], tally(efficient), f"n = {few} vs n = {many} at n = {few}'s final FLOPs, {tracked} tracked test "
+                                      "problems: " + "; ".join(f"{r[0]} {r[1]} {r[2]} vs {r[3]}" for r in rows)),
+        # "asymptotic performance is largely independent of the number of rollouts; both n=5 and n=64 converge to
+        # similar pass@k peaks across difficulty levels" (App. D.2)
+        (CLAIMS[1], tally(alike), f"final values, n = {few} vs n = {many}: "
+                                  + "; ".join(f"{r[0]} {r[1]} {r[2]} vs {r[5]}" for r in rows))]
+    return table, claims
 
 
 def _reading(counts: list[tuple[int, int]], gs: list[int], tracked: int) -> str:
@@ -148,10 +160,11 @@ def _reading(counts: list[tuple[int, int]], gs: list[int], tracked: int) -> str:
             f"of {len(kinds)} sampled; hard: at most an eighth, {kinds.count('hard')}; both splits cut to the smaller's "
             f"size), then direct RL on each split with n = {', '.join(map(str, gs))} rollouts per prompt and otherwise "
             f"equal settings. Test pass@k (0-shot, {tracked} test problems) is tracked along training against the "
-            f"FLOPs spent (6N per trained token, 2N per generated one) and against RL steps. The claim compares "
+            f"FLOPs spent (6N per trained token, 2N per generated one) and against RL steps. The first claim compares "
             f"n = {few} at the end of its run with n = {many} at the same FLOPs (interpolated; where n = {many}'s "
-            f"first point already cost more, that point: the comparison then favours n = {many}); a difference counts "
-            "where it exceeds 1.96 binomial standard errors over the tracked problems.")
+            f"first point already cost more, that point: the comparison then favours n = {many}), the second the two "
+            "runs' final values; a difference counts where it exceeds 1.96 binomial standard errors over the tracked "
+            "problems.")
 
 
 def value_at(xs: list[float], ys: list[float], x: float) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
 from excursions.study.report import COLORS, Section, save
-from excursions.study.results import Results, compare, verdict
+from excursions.study.results import Results, compare, not_below, tally
 
 
 @experiment(order=3)
@@ -32,21 +32,15 @@ def sharpening_experiment(res: Results, figdir: Path) -> Section:
     axes[0][0].legend(fontsize=7)
     save(fig, figdir / "sharpening.png")
     top = res.ks[-1]
-    expand, sharpen, rows = [], [], []
-    for c in ckpts:
-        base, rl = res.get(task, "base", c, top), res.get(task, "rl", c, top)
-        sft, sft_rl = res.get(task, "sft", c, top), res.get(task, "sft_rl", c, top)
-        if base and rl:
-            expand.append(compare(rl, base))
-        if sft and sft_rl:
-            sharpen.append(compare(sft_rl, sft))
-        rows.append(f"{res.tokens[c] / 1e6:.1f}M: base {base or '-'} -> rl {rl or '-'}; sft {sft or '-'} -> sft_rl "
-                    f"{sft_rl or '-'}")
-    # expansion: direct RL lifts pass@k at large k; sharpening: after SFT, RL does not (equal or lower)
-    wins = sum(1 for e, s in zip(expand, sharpen) if e == 1 and s <= 0)
-    against = sum(1 for e, s in zip(expand, sharpen) if e == -1 or s == 1)
-    claims = [(f"Direct RL expands ({top} up) while SFT->RL sharpens ({top} not up)",
-               verdict(wins, against, min(len(expand), len(sharpen))), "; ".join(rows))]
+    # "applying RL directly to M_t improves both pass@1 and pass@32, expanding the model's distribution rather
+    # than merely sharpening it" (Fig. 6, right)
+    expand, ev_expand = res.pairs(task, "rl", "base", {"pass@1": compare, top: compare})
+    # "under the standard pipeline, pass@1 continues to improve during RL but pass@32 decreases" (Fig. 6, left):
+    # SFT->RL against SFT, its pass@k below while its pass@1 is not
+    sharpen, ev_sharpen = res.pairs(task, "sft_rl", "sft", {"pass@1": not_below, top: lambda a, b: compare(b, a)})
+    claims = [(f"Direct RL expands: pass@1 and {top} both above the base checkpoint's", tally(expand),
+               "; ".join(ev_expand)),
+              (f"SFT->RL sharpens: {top} below SFT's while pass@1 is not", tally(sharpen), "; ".join(ev_sharpen))]
     big = tracked[-1].split("/")[-1] if tracked else top
     reading = (f"Test {' and '.join(k.split('/')[-1] for k in tracked)} (0-shot, tracked during training on a subset "
                f"of the test problems) along the RL steps of direct RL and of the RL stage of SFT->RL, from each "
