@@ -73,6 +73,8 @@ CASES = [
     (["posttrain", "missing-ckpt", "--recipe", "rl", "--world", "world", "--out", OUT], "missing-ckpt"),
     (["study", "--out", OUT, "study.external=['no/such-ckpt']", "study.world=no/such-world", "study.checkpoints=[0]",
       "study.seed_checkpoint=0"], "study.world no/such-world has no gsm/test.jsonl"),  # overrides with a '/' in them
+    (["study", "--preset", "olmo2-1b-public", "--out", OUT],  # its real data not built yet: the commands that build it
+     "build it from the paper's data with\n  excursions data data/real-math --family gsm --train openmath2:"),
     (["status", "missing-study"], "holds no study"),
     (["export", "no-config"], "holds no study"),
     # the hub without a network (HF_HUB_OFFLINE=1, set below)

@@ -123,6 +123,18 @@ def test_eval_cli_writes_results_and_a_sweep_figure(final, tmp_path):
     assert bad.returncode == 2 and "unknown task 'mmlu'" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_eval_with_only_n_takes_the_default_ks_up_to_n(final, tmp_path, capsys):
+    """`--n 8` alone: pass@1 and pass@8 of the default 1, 8, 32 (pass@32 needs 32 samples), and the table says so."""
+    from excursions.cli import main
+
+    code = main(["eval", str(final), "--task", "gsm", "--n", "8", "--limit", "3", "--shots", "0", "--out",
+                 str(tmp_path), "--quiet", "eval.max_new_tokens=8"])
+    out = capsys.readouterr().out
+    assert code == 0 and "pass@1" in out and "pass@8" in out and "pass@32" not in out
+    assert "k = 1, 8: the default eval.ks [1, 8, 32] up to n = 8" in out
+    assert list(json.loads((tmp_path / "gsm-0shot.json").read_text())["metrics"]) == ["pass@1", "pass@8"]
+
+
 def test_eval_of_a_run_evaluates_every_checkpoint_and_resumes(micro_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(micro_run, run)

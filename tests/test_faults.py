@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from excursions import cli
 from excursions.config import load_config
 from excursions.errors import Diverged
-from excursions.study.runner import plan, run_study, status_table
+from excursions.study.runner import planned, run_study, status_table
 from excursions.study.store import DB
 from excursions.train import posttrain
 from excursions.checkpoint import MANIFEST, META, TRAINER_STATE, read_json, sha256
@@ -57,7 +57,7 @@ def small_ref(tmp_path_factory, small_cfg, micro_run):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        shutil.copytree(micro_run, plan(small_cfg, Path(OUT))[0].path)
+        shutil.copytree(micro_run, planned(small_cfg, OUT)[0].path)
         run_study(small_cfg, OUT, progress=False)
     finally:
         os.chdir(cwd)
@@ -65,7 +65,8 @@ def small_ref(tmp_path_factory, small_cfg, micro_run):
 
 
 def _unit(cfg, prefix: str):
-    return next(u for u in plan(cfg, Path(OUT)) if u.id.startswith(prefix))
+    """The unit as the study in ./OUT names it, its paths absolute."""
+    return next(u for u in planned(cfg, OUT) if u.id.startswith(prefix))
 
 
 def _copy_without(small_ref: Path, cfg, prefix: str) -> Path:
@@ -173,12 +174,13 @@ def test_a_damaged_checkpoint_is_reported_and_its_unit_rerun(small_ref, small_cf
     assert _evaluations(Path(OUT)) == pytest.approx(_evaluations(small_ref))
     # rebuilt byte for byte, but for what is no result: its metadata (wall time, absolute world path) and the
     # process's global RNG state at the end (saved for resuming; it depends on what ran before in the process)
-    want = read_json(small_ref.parent / rl.path / "final" / MANIFEST)
+    want = read_json(small_ref / rl.path.relative_to(Path(OUT).resolve()) / "final" / MANIFEST)
     got = read_json(rl.path / "final" / MANIFEST)
     assert {k: v for k, v in got.items() if k not in (META, TRAINER_STATE)} == \
            {k: v for k, v in want.items() if k not in (META, TRAINER_STATE)}
     db = sqlite3.connect(Path(OUT) / DB)
-    stored = db.execute("SELECT sha256 FROM files WHERE unit = ? AND file = ?", (rl.id, str(weights))).fetchone()
+    stored = db.execute("SELECT sha256 FROM files WHERE unit = ? AND file = ?",  # paths relative to the study
+                        (rl.id, str(weights.relative_to(Path(OUT).resolve())))).fetchone()
     assert stored == (sha256(weights),) == (want["model.safetensors"]["sha256"],)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from excursions.config import load_config
+from excursions.config import load_config, to_toml
 from excursions.errors import ConfigError, UserError
 from excursions.study.runner import plan, run_study, status_table, study_lock
 from excursions.study.store import DB
@@ -280,3 +281,67 @@ def test_kill_9_then_rerun_finishes_with_the_same_results(micro_study_dir, micro
     got, want = _evaluations(out), _evaluations(micro_study_dir)
     assert got.keys() == want.keys()
     assert got == pytest.approx(want)
+
+
+def test_a_study_reads_and_resumes_the_same_from_any_directory(micro_study_dir, micro_overrides, tmp_path,
+                                                               monkeypatch):
+    """Paths in study.db and every digest are relative to the study directory: from another directory, with another
+    spelling of DIR, `status` reads the same and a rerun runs nothing; `excursions report` writes the report again."""
+    from excursions.cli import main
+
+    before = status_table(micro_study_dir)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spelled = Path(os.path.relpath(micro_study_dir, elsewhere))
+    assert status_table(spelled) == before and "pending" not in before
+    t0 = time.time()
+    run_study(micro_study(micro_overrides), spelled, progress=False)
+    db = sqlite3.connect(micro_study_dir / DB)
+    assert db.execute("SELECT COUNT(*) FROM units WHERE finished > ?", (t0,)).fetchone()[0] == 0
+    assert {p.split("/")[0] for (p,) in db.execute("SELECT path FROM units")} <= {"pretrain", "evals", "posttrain",
+                                                                                  "splits"}
+    db.close()
+    report = micro_study_dir / "report" / "report.md"
+    report.unlink()
+    assert main(["report", str(spelled)]) == 0 and report.exists()
+
+
+def test_a_study_from_before_relative_paths_resumes_with_its_digests(micro_overrides, micro_run, tmp_path,
+                                                                      monkeypatch):
+    """A study directory written before paths were relative to it (study.db spells them as its --out was given, from
+    the directory it ran in, and its digests name those paths) is found done from any directory, reruns nothing,
+    and keeps its paths."""
+    from excursions.study.executors import run_local
+    from excursions.study.plan import dependencies
+    from excursions.study.runner import report_study, to_run
+    from excursions.study.store import Store
+
+    small_cfg = load_config("smoke", overrides=micro_overrides + POST + [  # one checkpoint, rl and sft, gsm only
+        "study.checkpoints=[2]", "study.seed_checkpoint=2", "study.recipes=['rl', 'sft']", "study.extra_seeds=[]",
+        "study.experiments=['recipes']", "study.tasks=['gsm']", "eval.problems=8", "eval.n=4", "eval.ks=[1, 2, 4]",
+        "eval.bootstrap=20", "eval.shots=1"])
+    started = tmp_path / "started-here"
+    (started / "runs").mkdir(parents=True)
+    monkeypatch.chdir(started)
+    out = Path("runs") / "s"
+    units = plan(small_cfg, out)  # as the runner planned before: with --out as given, from where it was given
+    shutil.copytree(micro_run, units[0].path)
+    with study_lock(out):
+        store = Store(out / DB)
+        run_local(to_run(units, small_cfg, store), dependencies(units, small_cfg, out), small_cfg, out, store, False)
+        report_study(small_cfg, out, store, units)
+        store.close()
+    (out / "study.toml").write_text(to_toml(small_cfg))
+    monkeypatch.chdir(tmp_path)
+    assert "pending" not in status_table(started / out) and "done: 6" in status_table(started / out)
+    t0 = time.time()
+    run_study(small_cfg, started / out, progress=False)
+    db = sqlite3.connect(started / out / DB)
+    assert db.execute("SELECT COUNT(*) FROM units WHERE finished > ?", (t0,)).fetchone()[0] == 0
+    assert all(p.startswith("runs/s/") for (p,) in db.execute("SELECT path FROM units"))
+    db.close()
+    moved = tmp_path / "moved"
+    shutil.move(started / "runs", moved)
+    with pytest.raises(UserError, match="was started as --out runs/s and its paths say so; it has been moved"):
+        status_table(moved / "s")

@@ -134,8 +134,10 @@ def damaged(expected: dict[str, dict]) -> list[Path]:
 
 
 def report_damage(path: Path, then: str) -> None:
-    """One line per damaged file, on stderr, saying what happens next."""
-    print(f"excursions: {path}: does not match its recorded checksum (truncated or corrupt); {then}", file=sys.stderr)
+    """One line per damaged file, on stderr, saying what happens next (the path absolute: a study works from its own
+    directory, wherever the command was given)."""
+    print(f"excursions: {os.path.abspath(path)}: does not match its recorded checksum (truncated or corrupt); {then}",
+          file=sys.stderr)
 
 
 def intact(state: Path, then: str) -> bool:

@@ -27,6 +27,7 @@ examples:
   excursions study                                   # the tiny study end to end: runs/study-tiny/report/
   excursions study --preset smoke                    # the same on a toy setting, a few minutes
   excursions status runs/study-tiny                  # what is done, running, failed
+  excursions report runs/study-tiny                  # the report again from study.db, nothing run
   excursions pretrain --preset smoke                 # 1-2 minutes: the whole path on a toy setting
   excursions eval runs/smoke/checkpoints/step000146-tokens299008 --task gsm,general
   excursions pretrain --preset tiny                  # the default study's pretraining (~17 min, 2 cores)
@@ -100,9 +101,12 @@ def cmd_eval(args) -> None:
     from excursions.evals.figures import base_curve_figure
 
     full = _load(args)
-    cfg = full.eval
-    flags = {"n": args.n, "ks": args.k and tuple(args.k), "problems": args.limit, "mc_items": args.limit,
-             "temperature": args.temperature}
+    cfg, note = full.eval, ""
+    ks = args.k and tuple(args.k)
+    if args.n is not None and ks is None and not any(o.startswith("eval.ks=") for o in args.overrides):
+        ks = tuple(k for k in cfg.ks if k <= args.n) or (1,)  # --n alone: the default ks that n samples allow
+        note = f"pass@k for k = {', '.join(map(str, ks))}: the default eval.ks {list(cfg.ks)} up to n = {args.n}"
+    flags = {"n": args.n, "ks": ks, "problems": args.limit, "mc_items": args.limit, "temperature": args.temperature}
     cfg = build(EvalConfig, {**to_dict(cfg), **{k: v for k, v in flags.items() if v is not None}}, "eval")
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
     if is_run_dir(args.checkpoint):  # a pretraining run: every checkpoint, then the curve
@@ -112,12 +116,12 @@ def cmd_eval(args) -> None:
                              progress=not args.quiet)
         figure = Path(args.checkpoint) / "eval" / "base-curve.png"
         base_curve_figure(curve, figure)
-        print(curve_table(curve))
+        print(curve_table(curve) + (f"\n{note}" if note else ""))
         print(f"curve: {Path(args.checkpoint) / 'eval' / 'curve.json'}  figure: {figure}")
         return
     rows = evaluate_checkpoint(args.checkpoint, tasks, cfg, args.shots, args.world, args.data_dir, args.out,
                                progress=not args.quiet, runtime=full.distributed, chat=full.prompt.chat_template)
-    print(summary_table(rows))
+    print(summary_table(rows) + (f"\n{note}" if note else ""))
     if args.shots and len(args.shots) > 1:
         from excursions.evals.figures import nshot_figure
 
@@ -232,6 +236,18 @@ def cmd_status(args) -> None:
     from excursions.study.runner import status_table
 
     print(status_table(args.dir))
+
+
+def cmd_report(args) -> None:
+    """Write a study's report again from what DIR/study.db holds (after an update of the report's code, say): the
+    figures, report.md and report.html. Nothing is run (and nothing while a study runs in DIR).
+
+    example:
+      excursions report runs/study-tiny
+    """
+    from excursions.study.runner import rewrite_report
+
+    print(f"report: {rewrite_report(args.dir)}")
 
 
 def cmd_export(args) -> None:
@@ -360,6 +376,8 @@ def _study_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     _command(sub, cmd_status, "what a study has done, is running, or failed", config=False).add_argument(
+        "dir", type=Path, metavar="DIR")
+    _command(sub, cmd_report, "write a study's report again from its database", config=False).add_argument(
         "dir", type=Path, metavar="DIR")
     p = _command(sub, cmd_export, "write a study's database as CSV / Parquet", config=False)
     p.add_argument("dir", type=Path, metavar="DIR")

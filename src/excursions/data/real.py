@@ -288,3 +288,15 @@ def import_summary(report: dict, family: str, out: Path | str) -> str:
         lines += [line] + [f"  skipped {row}" for row in r.get("skipped_rows", [])[:5]]
     lines.append(f"written: {Path(out) / family}/{{train,val,test}}.jsonl and import.json (every skipped row)")
     return "\n".join(lines)
+
+
+def build_commands(world: Path | str) -> str:
+    """The `excursions data` commands that write a real-data world/ at `world`, as the paper's data: GSM8K's role
+    (gsm) from OpenMathInstruct-2's GSM8K-like rows (several demonstrations per question) tested on GSM8K, and MATH's
+    (hard) from the seven MATH subjects tested on MATH-500 (all from the hub: `pip install datasets`)."""
+    subjects = ",".join(("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                         "prealgebra", "precalculus"))
+    return (f"  excursions data {world} --family gsm --train openmath2:nvidia/OpenMathInstruct-2@train_1M "
+            f"--subset gsm8k,augmented_gsm8k --max-solutions 8 --test gsm8k:openai/gsm8k:main@test\n"
+            f"  excursions data {world} --family hard --test math:HuggingFaceH4/MATH-500@test --train "
+            + " ".join(f"math:EleutherAI/hendrycks_math:{s}@train" for s in subjects.split(",")))

@@ -22,7 +22,8 @@ import fcntl
 import io
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import chdir, contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -85,29 +86,79 @@ def is_locked(out: Path) -> bool:
         return False
 
 
+def anchor(out: Path) -> tuple[Path, Path]:
+    """Where a study's relative paths start, and how they spell the study directory: (root, spelling), root /
+    spelling being the study directory. A study started by this version spells it "." (every path in study.db,
+    every digest, relative to the study directory itself: it works from anywhere, and moved); one started before
+    spells it as its --out was given then, from the directory it was started in, found from where it is now."""
+    out = Path(out).resolve()
+    store = Store(out / DB) if (out / DB).is_file() else None
+    try:
+        spelling = store.spelling() if store else None
+    finally:
+        if store:
+            store.close()
+    if spelling is None or spelling == Path("."):
+        return out, Path(".")
+    root = Path("/") if spelling.is_absolute() else Path(*out.parts[: len(out.parts) - len(spelling.parts)])
+    if len(spelling.parts) >= len(out.parts) or (root / spelling).resolve() != out:
+        raise UserError(f"{out}'s study was started as --out {spelling} and its paths say so; it has been moved since: "
+                        "run it from the directory it was started in, or move it back")
+    return root, spelling
+
+
+def localized(cfg: Config, root: Path) -> Config:
+    """The config with its local paths (study.world, local study.external checkpoints) relative to `root`, where the
+    study works from, instead of to wherever the command was given: the same study whatever the directory."""
+    s = cfg.study
+    rel = lambda p: os.path.relpath(Path(p).resolve(), root) if p and Path(p).exists() else p
+    return replace(cfg, study=replace(s, world=rel(s.world), external=tuple(rel(e) for e in s.external)))
+
+
+def planned(cfg: Config, out: Path | str) -> list[Unit]:
+    """The units `run_study(cfg, out)` runs, their paths as they are on disk from here (absolute)."""
+    root, spelling = anchor(Path(out))
+    cfg = localized(cfg, root)
+    with chdir(root) if root.is_dir() else nullcontext():
+        units = plan(cfg, spelling)
+    here = lambda p: str(root / p) if p and (root / p).resolve().is_relative_to(root / spelling) else p
+    return [replace(u, path=Path(here(u.path)), source=here(u.source), world=here(u.world)) for u in units]
+
+
 def run_study(cfg: Config, out: Path | str, progress: bool = True, executor: str = "local", **options) -> Path:
     """Run every unit that is not done with `executor` (local: here, one at a time; ray: as Ray tasks), then write
     the report; returns its path. Raises UnitsFailed, after writing the report, when some units failed."""
     run_units = lookup(EXECUTORS, executor, "executor")
     out = Path(out)
-    units = plan(cfg, out)  # a bad study section fails here, before anything is written
+    plan(cfg, out)  # a bad study section fails here, before anything is written
     if cfg.study.external and not (world_dir(cfg, out) / "gsm" / "test.jsonl").is_file():
-        raise UserError(f"study.world {cfg.study.world} has no gsm/test.jsonl; point it at a pretraining run's world/")
+        from excursions.data.real import build_commands
+
+        raise UserError(f"study.world {cfg.study.world} has no gsm/test.jsonl; build it from the paper's data with\n"
+                        f"{build_commands(cfg.study.world)}\nor point study.world at a pretraining run's world/")
     if cfg.study.external:  # a missing revision or unreadable directory fails now, not an hour in
         from excursions.model import check_checkpoint
 
         for spec in cfg.study.external:
             check_checkpoint(spec)
-    with study_lock(out):
-        atomic_write_text(out / "study.toml", to_toml(cfg))
-        store = Store(out / DB)
+    root, spelling = anchor(out)
+    cfg = localized(cfg, root)
+    out.mkdir(parents=True, exist_ok=True)
+    with chdir(root), study_lock(spelling):
+        units = plan(cfg, spelling)
+        atomic_write_text(spelling / "study.toml", to_toml(cfg))
+        store = Store(spelling / DB)
         try:
+            if store.spelling() is None:
+                store.set_spelling(spelling)
             store.retire(units)
-            run_units(to_run(units, cfg, store), dependencies(units, cfg, out), cfg, out, store, progress, **options)
-            report = report_study(cfg, out, store, units)
+            run_units(to_run(units, cfg, store), dependencies(units, cfg, spelling), cfg, spelling, store, progress,
+                      **options)
+            report_study(cfg, spelling, store, units)
             failed = store.failures(units)
         finally:
             store.close()
+    report = out / "report" / "report.html"
     if failed:
         names = [r["id"] for r in failed if r["status"] == "failed"]
         raise UnitsFailed(f"{len(names)} unit(s) failed: {', '.join(names)} ({len(failed) - len(names)} more blocked "
@@ -148,16 +199,18 @@ def to_run(units: list[Unit], cfg: Config, store: Store) -> list[Unit]:
 def status_table(out: Path) -> str:
     """What `excursions status DIR` prints: each unit of the study's plan with its state and wall time, then a
     count by state. A unit whose settings changed since it ran is pending again (its old result is stale)."""
-    out = _require_study(out)
-    store = Store(out / DB)
-    try:
-        rows = store.status()
-    finally:
-        store.close()
-    running = is_locked(out)
+    root, spelling = anchor(_require_study(out))
+    with chdir(root):
+        store = Store(spelling / DB)
+        try:
+            rows = store.status()
+        finally:
+            store.close()
+        running = is_locked(spelling)
+        units = plan(load_config(path=spelling / "study.toml"), spelling)
     lines = [f"{'unit':<52} {'status':<12} {'time':>8}"]
     counts: dict[str, int] = {}
-    for unit in plan(load_config(path=out / "study.toml"), out):
+    for unit in units:
         r = rows.get(unit.id)
         state, secs, error = "pending", "", ""
         if r is not None and r["path"] == str(unit.path):
@@ -169,6 +222,20 @@ def status_table(out: Path) -> str:
     lines.append("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) +
                  ("  (a study is running in this directory)" if running else ""))
     return "\n".join(lines)
+
+
+def rewrite_report(out: Path) -> Path:
+    """`excursions report DIR`: the report again from what study.db holds (after a change to the report's code,
+    say), nothing run; returns its path."""
+    root, spelling = anchor(_require_study(out))
+    with chdir(root), study_lock(spelling):
+        cfg = load_config(path=spelling / "study.toml")
+        store = Store(spelling / DB)
+        try:
+            report_study(cfg, spelling, store, plan(cfg, spelling))
+        finally:
+            store.close()
+    return Path(out) / "report" / "report.html"
 
 
 def _require_study(out: Path | str) -> Path:

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS problems (
     evaluation INTEGER, problem TEXT, n INTEGER, c INTEGER, PRIMARY KEY (evaluation, problem));
 CREATE TABLE IF NOT EXISTS training (
     unit TEXT, stage TEXT, step INTEGER, key TEXT, value REAL, PRIMARY KEY (unit, stage, step, key));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS files (
     unit TEXT, state TEXT, file TEXT, bytes INTEGER, sha256 TEXT, PRIMARY KEY (unit, file));
 """
@@ -48,6 +49,26 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    # ------------------------------------------------------------------------------------- where paths start
+
+    def spelling(self) -> Path | None:
+        """How the study's paths spell its directory: "." for a study started by this version (paths relative to the
+        study directory); for an older one the --out it was started with, read off its units' paths; None when no
+        unit was ever recorded."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'out'").fetchone()
+        if row is not None:
+            return Path(row[0])
+        row = self.db.execute("SELECT path FROM units LIMIT 1").fetchone()
+        if row is None:
+            return None
+        parts = Path(row[0]).parts  # out/{pretrain,evals,posttrain,splits}/...: the last such name starts the rest
+        cut = max((i for i, part in enumerate(parts) if part in ("pretrain", "evals", "posttrain", "splits")), default=0)
+        return Path(*parts[:cut]) if cut else Path(".")
+
+    def set_spelling(self, out: Path) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('out', ?)", (str(out),))
 
     # ------------------------------------------------------------------------------------- unit status
 
