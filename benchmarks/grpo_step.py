@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from excursions.runtime import quiet_libraries, reuse_freed_memory
+from excursions.runtime import benchmark_setup
 from excursions.config import RLConfig
 from excursions.data.problems import format_prompt, read_jsonl
 from excursions.optim import adamw
@@ -98,9 +98,7 @@ def main() -> None:
     ap.add_argument("--max-new", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args()
-    reuse_freed_memory()  # as the CLI does; process-wide, so both sides of the comparison get it
-    quiet_libraries()  # no loading bars between the timings
-    ckpt = args.checkpoint or sorted(Path("runs/tiny/checkpoints").glob("step*"))[-1]
+    ckpt = benchmark_setup(args.checkpoint)  # process-wide, as the CLI does: both sides of the comparison get it
     problems = read_jsonl(ckpt.parent.parent / "world/gsm/train.jsonl")[: args.prompts]
     print(f"model: {ckpt}; {args.prompts} prompts x {args.group} generations, <= {args.max_new} new tokens, "
           f"{torch.get_num_threads()} threads\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from excursions.runtime import quiet_libraries, reuse_freed_memory
+from excursions.runtime import benchmark_setup
 from excursions.data.problems import STOP_STRINGS, format_prompt, read_jsonl
 from excursions.sampling import sample
 
@@ -55,9 +55,7 @@ def main() -> None:
     ap.add_argument("--max-new", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    reuse_freed_memory()  # as the CLI does; process-wide, so both sides of the comparison get it
-    quiet_libraries()  # no loading bars between the timings
-    ckpt = args.checkpoint or sorted(Path("runs/tiny/checkpoints").glob("step*"))[-1]
+    ckpt = benchmark_setup(args.checkpoint)  # process-wide, as the CLI does: both sides of the comparison get it
     run = ckpt.parent.parent
     model, tok = AutoModelForCausalLM.from_pretrained(ckpt).eval(), AutoTokenizer.from_pretrained(ckpt)
     test, train = read_jsonl(run / "world/gsm/test.jsonl"), read_jsonl(run / "world/gsm/train.jsonl")
