@@ -67,6 +67,7 @@ def main(strategy: str, out: str) -> None:
     state = dist.full_state(module, d)
     if d.main:
         save_file({k: v.contiguous() for k, v in state.items()}, out)
+    dist.close()
 
 
 if __name__ == "__main__":  # pytest's doctest collection imports this file

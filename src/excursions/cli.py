@@ -148,6 +148,7 @@ def cmd_posttrain(args) -> None:
     """
     from excursions.model import parse_checkpoint
     from excursions.registry import lookup
+    from excursions.train import dist
     from excursions.train.posttrain import posttrain
     from excursions.worlds.corpus import find_world
 
@@ -161,6 +162,7 @@ def cmd_posttrain(args) -> None:
     final = posttrain(args.checkpoint, args.recipe, cfg, out, world, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"{args.recipe}: {final}")
+    dist.close()  # under torchrun: every rank leaves the process group before it exits
 
 
 def cmd_calibrate(args) -> None:

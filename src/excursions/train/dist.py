@@ -149,3 +149,11 @@ def global_sum(x: float, d: Dist) -> float:
 def barrier(d: Dist) -> None:
     if d.active:
         dist.barrier()
+
+
+def close() -> None:
+    """Leave the process group once a run's work is done: a rank that exits with it still open can be aborted at
+    interpreter shutdown by the backend's threads ("terminate called without an active exception", gloo)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
