@@ -75,7 +75,7 @@ def test_a_claim_the_intervals_contradict_is_not_reproduced(tmp_path):
     assert claim_verdict(section, "RL beats SFT") == "not reproduced"
     assert claim_verdict(section, "RL matches SFT-Gold") == "not reproduced"
     assert claim_verdict(section, "RL matches the standard SFT->RL") == "reproduced"  # overlapping at both
-    assert claim_verdict(section, "RL is effective early") == "inconclusive"  # pass@8 above, pass@1 on par
+    assert claim_verdict(section, "RL is effective early in pretraining:") == "inconclusive"  # pass@8 above, pass@1 on par
 
 
 def test_general_capability_claims_cover_sft_gold_and_keep_means_not_below(tmp_path):

@@ -66,17 +66,23 @@ def test_a_grpo_step_raises_the_probability_of_rewarded_completions(source):
     cfg = RLConfig(group_size=4, prompts_per_step=1, minibatches=1, lr=3e-3, kl_coef=0.0)
     batch = _batch(model, tok, [" 1 + 1 = 2\n#### 2", " 1 + 1 = 3\n#### 3"] * 2, [1.0, 0.1, 1.0, 0.1], cfg)
 
-    def seq_logp():
+    # The completions share every token but the two answers; on the shared tokens the group's advantages cancel,
+    # and Adam's normalisation turns what is left (rounding) into full-size steps that move them either way. The
+    # GRPO property is about the tokens that differ: the rewarded answer's up, the other's down.
+    differ = (batch.responses[0] != batch.responses[1]) & batch.response_mask[0].bool()
+
+    def answer_logp():
         with torch.no_grad():
             lp = token_logprobs(response_logits(model, batch.input_ids, batch.attention, batch.prompt_width, 1.0),
                                 batch.responses)
-        return (lp * batch.response_mask).sum(-1)
+        return lp[:, differ].sum(-1)
 
-    before = seq_logp()
+    before = answer_logp()
     opt = adamw(model, cfg.lr, cfg.betas, 0.0)
     for _ in range(3):
         grpo_update(model, opt, batch, cfg)
-    after = seq_logp()
+    after = answer_logp()
+    assert differ.sum() == 2  # the answer after "=" and after "####"
     assert after[0] > before[0] and after[2] > before[2]  # rewarded: up
     assert after[1] < before[1] and after[3] < before[3]  # format-only reward (below the mean): down
 

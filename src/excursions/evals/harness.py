@@ -16,8 +16,8 @@ from excursions.config import DistributedConfig, EvalConfig, to_dict
 from excursions.data.problems import MCItem, Problem, format_prompt, read_jsonl
 from excursions.errors import UserError
 from excursions.evals.general import REAL_MC, bits_per_byte, load_mc, score_mc
-from excursions.evals.math import grade, strict_answer
-from excursions.evals.passk import pass_at_k_table
+from excursions.evals.math import grade, strict_answer, verified
+from excursions.evals.passk import guess_baseline, pass_at_k_table
 from excursions.model import load_model, parse_checkpoint, pick_device
 from excursions.runtime import progress_bar
 from excursions.sampling import sample
@@ -48,7 +48,9 @@ def prompts_for(problems: Sequence[Problem], exemplars: Sequence[Problem], shots
 
 def evaluate_math(model, tok, problems: Sequence[Problem], train: Sequence[Problem], cfg: EvalConfig, shots: int,
                   progress: bool = True, desc: str = "eval") -> dict:
-    """pass@k with bootstrap intervals, format and lenient rates, and per-problem (n, c)."""
+    """pass@k with bootstrap intervals on the answer (`metrics`) and on verified work (`verified`: the answer
+    reached by steps that all check out, `evals.math.verified`), format and lenient rates, pass@1 per problem
+    depth where the world states it, and per-problem (n, c)."""
     t0 = time.perf_counter()
     exemplars = choose_exemplars([p for p in train], shots, cfg.seed)
     prompts = prompts_for(problems, exemplars, shots, cfg.seed, tok)
@@ -63,18 +65,45 @@ def evaluate_math(model, tok, problems: Sequence[Problem], train: Sequence[Probl
         per_problem.append({
             "id": p.id, "n": cfg.n, "c": sum(g.correct for g in grades), "c_lenient": sum(g.lenient for g in grades),
             "c_format": sum(strict_answer(out.texts[r], out.finish[r] != "length") is not None for r in rows),
+            "c_verified": sum(g.correct and verified(out.texts[r], p.question, p.answer) for g, r in zip(grades, rows)),
+            **({"depth": p.meta["depth"]} if "depth" in p.meta else {}),
         })
-    counts = [(r["n"], r["c"]) for r in per_problem]
     total = len(problems) * cfg.n
+    table = lambda key: pass_at_k_table([(r["n"], r[key]) for r in per_problem], cfg.ks, cfg.bootstrap, cfg.seed)
     return {
         "shots": shots, "n": cfg.n, "temperature": cfg.temperature, "problems": len(problems),
-        "metrics": pass_at_k_table(counts, cfg.ks, cfg.bootstrap, cfg.seed),
+        "metrics": table("c"),
+        "verified": table("c_verified"),
         "lenient_pass@1": sum(r["c_lenient"] for r in per_problem) / total,
         "format_rate": sum(r["c_format"] for r in per_problem) / total,
+        "by_depth": by_depth(per_problem),
         "mean_completion_tokens": float(out.lengths.float().mean()),
         "seconds": time.perf_counter() - t0,
         "per_problem": per_problem,
     }
+
+
+def by_depth(per_problem: Sequence[dict]) -> dict:
+    """{depth: {"problems", "pass@1", "verified_pass@1"}} over the problems that state their depth.
+
+    >>> by_depth([{"n": 4, "c": 2, "c_verified": 1, "depth": 3}, {"n": 4, "c": 0, "c_verified": 0, "depth": 3},
+    ...           {"n": 4, "c": 4, "c_verified": 4, "depth": 2}, {"n": 4, "c": 1, "c_verified": 0}])
+    {'2': {'problems': 1, 'pass@1': 1.0, 'verified_pass@1': 1.0}, '3': {'problems': 2, 'pass@1': 0.25, 'verified_pass@1': 0.125}}
+    """
+    groups: dict[int, list[dict]] = {}
+    for r in per_problem:
+        if "depth" in r:
+            groups.setdefault(r["depth"], []).append(r)
+    return {str(d): {"problems": len(rows), "pass@1": sum(r["c"] / r["n"] for r in rows) / len(rows),
+                     "verified_pass@1": sum(r["c_verified"] / r["n"] for r in rows) / len(rows)}
+            for d, rows in sorted(groups.items())}
+
+
+def world_guess(world: Path, task: str, cfg: EvalConfig) -> dict[str, float]:
+    """Blind guessing's pass@k on the problems `cfg` scores (its split, its count) of a world's math task."""
+    train = [p.answer for p in read_jsonl(Path(world) / task / "train.jsonl")]
+    scored = [p.answer for p in read_jsonl(Path(world) / task / f"{cfg.split}.jsonl")[: cfg.problems or None]]
+    return guess_baseline(train, scored, cfg.ks)
 
 
 def evaluate_general(model, tok, items: Sequence[MCItem], heldout: Sequence[str] = ()) -> dict:
@@ -144,10 +173,10 @@ def evaluate_checkpoint(spec: str, tasks: Sequence[str], cfg: EvalConfig, shots:
     rows = []
     for task in tasks:
         if task in MATH_TASKS:
-            test = read_jsonl(Path(world) / task / "test.jsonl")[: cfg.problems or None]
+            test = read_jsonl(Path(world) / task / f"{cfg.split}.jsonl")[: cfg.problems or None]
             train = read_jsonl(Path(world) / task / "train.jsonl")
             for k in shots_list:
-                file = out_dir / f"{task}-{k}shot{'-chat' if chat else ''}.json"
+                file = out_dir / f"{task}{'-val' if cfg.split == 'val' else ''}-{k}shot{'-chat' if chat else ''}.json"
                 rows.append(_cached(file, spec, cfg) or _save(file, spec, task, cfg, evaluate_math(
                     *model_and_tokenizer("vllm" if sampler == "vllm" else "model"), test, train, cfg, k, progress,
                     desc=f"{task} {k}-shot")))
@@ -218,7 +247,7 @@ def _headline(row: dict) -> dict:
     """The numbers a curve plots, without per-problem detail."""
     if "metrics" in row:
         return {"shots": row["shots"], "n": row["n"], "problems": row["problems"], **row["metrics"],
-                "format_rate": row["format_rate"]}
+                **{f"verified_{k}": v for k, v in row.get("verified", {}).items()}, "format_rate": row["format_rate"]}
     return {k: row[k] for k in ("acc", "acc_norm", "n", "bits_per_byte") if k in row}
 
 

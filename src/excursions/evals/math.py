@@ -189,3 +189,59 @@ def is_correct(completion: str, gold: str) -> bool:
     (True, False)
     """
     return grade(completion, gold).correct
+
+
+# ------------------------------------------------------------------------------------- verified chains
+
+# whole numbers only: a sentence's full stop may follow, a decimal point and digit may not
+_STEP = re.compile(r"(?<![\d.])(\d+) ([-+*/]) (\d+) = (\d+)(?!\.?\d)")
+_QUESTION_NUMBER = re.compile(r"(?<![\d.])\d+(?!\.?\d)")
+# the multipliers the worlds' questions state in words
+_NUMBER_WORDS = {"twice": 2, "double": 2, "doubles": 2, "triple": 3, "triples": 3, "three times": 3, "half": 2}
+
+
+def _apply(a: int, op: str, b: int) -> int | None:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b if a >= b else None
+    if op == "*":
+        return a * b
+    return a // b if b and a % b == 0 else None
+
+
+def verified(completion: str, question: str, gold: str) -> bool:
+    r"""Whether the answer is right *and* the written work reaches it: every step `a op b = c` is arithmetically
+    right, takes its operands from the question's numbers (or its number words: twice, doubles, ...) or from
+    earlier steps' results, and the last step's result is the answer. A lucky answer scores 0 here.
+
+    A correct chain:
+
+    >>> q = "Ada has 7 pears. Ada buys 3 boxes with 4 pears in each box. How many pears does Ada have now?"
+    >>> verified("3 * 4 = 12\n7 + 12 = 19\n#### 19", q, "19")
+    True
+
+    The right answer with a wrong step, a step using a number from nowhere, no work, a chain ending elsewhere:
+
+    >>> verified("3 * 4 = 12\n7 + 12 = 18\n#### 19", q, "19")  # a wrong step
+    False
+    >>> verified("3 * 4 = 12\n7 + 12 = 19\n19 + 0 = 19\n#### 19", q, "19")  # 0 is in neither question nor chain
+    False
+    >>> verified("#### 19", q, "19"), verified("7 + 12 = 19\n3 * 4 = 12\n#### 19", q, "19")  # no work; 12 too early
+    (False, False)
+    >>> verified("Then Ada doubles them: 5 * 2 = 10\n#### 10", "Ada has 5 pears. Ada doubles the number.", "10")
+    True
+    """
+    if not answers_match(extract_answer(completion) or "", gold):
+        return False
+    known = {int(n) for n in _QUESTION_NUMBER.findall(question)}
+    lowered = question.lower()
+    known |= {v for word, v in _NUMBER_WORDS.items() if re.search(rf"\b{word}\b", lowered)}
+    last = None
+    for a, op, b, c in _STEP.findall(completion):
+        a, b, c = int(a), int(b), int(c)
+        if a not in known or b not in known or _apply(a, op, b) != c:
+            return False
+        known.add(c)
+        last = c
+    return last is not None and normalize_number(str(last)) == normalize_number(gold)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from typing import Sequence
 
 
@@ -70,3 +71,16 @@ def difficulty(c: int, n: int) -> str | None:
     ['hard', 'hard', None, None, 'easy', 'easy']
     """
     return "easy" if 4 * c >= n else "hard" if 8 * c <= n else None
+
+
+def guess_baseline(train: Sequence[str], test: Sequence[str], ks: Sequence[int]) -> dict[str, float]:
+    """pass@k of a blind guesser that samples each answer from the train split's answer distribution.
+
+    A model that has learned which answers are common, and nothing else, scores this: with small-integer
+    answers it is far from zero, so base pass@k near it says nothing about skill.
+
+    >>> guess_baseline(["1", "1", "2", "3"], ["1", "4"], [1, 2])   # p = 1/2 and 0: pass@2 = (1 - 1/4) / 2
+    {'pass@1': 0.25, 'pass@2': 0.375}
+    """
+    freq, n = Counter(train), len(train)
+    return {f"pass@{k}": sum(1 - (1 - freq[a] / n) ** k for a in test) / len(test) for k in ks}

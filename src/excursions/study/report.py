@@ -13,7 +13,9 @@ from pathlib import Path
 from excursions.checkpoint import atomic_write_text
 from excursions.config import Config
 from excursions.evals.figures import save_figure
+from excursions.evals.harness import world_guess
 from excursions.recipes import RECIPES
+from excursions.study.plan import world_dir
 from excursions.study.results import Results
 from excursions.study.store import Store
 
@@ -64,8 +66,21 @@ def setup_section(cfg: Config, store: Store, res: Results) -> Section:
                f"{cfg.parallel.weight:g}. "
                f"Evaluation: {cfg.eval.problems} test problems, n = {cfg.eval.n} samples at T = {cfg.eval.temperature}, "
                f"unbiased pass@k with 95% bootstrap intervals; base checkpoints {res.base_shots}-shot, post-trained "
-               f"models 0-shot. Wall time of the work recorded in the database (reused units count their first run):")
+               f"models 0-shot. {guessing(cfg, res)}Wall time of the work recorded in the database (reused units "
+               f"count their first run):")
     return Section("Setup", reading=reading, table=table)
+
+
+def guessing(cfg: Config, res: Results) -> str:
+    """A sentence: blind guessing's pass@k on each math task (answers drawn from the train split's), where the
+    study's world is on disk; a base pass@k near it says nothing about skill, and verified pass@k rules it out."""
+    world = world_dir(cfg, res.out)
+    found = [t for t in res.math_tasks if (world / t / "train.jsonl").is_file()]
+    if not found:
+        return ""
+    parts = [f"{t} " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in world_guess(world, t, cfg.eval).items())
+             for t in found]
+    return f"Blind guessing (answers drawn from the train split's) scores {'; '.join(parts)}. "
 
 
 VERDICTS = ("Each claim is the paper's, checked at every evaluated checkpoint (named by its pretraining tokens, e.g. "

@@ -121,6 +121,8 @@ class Results:
             self.tokens[r["checkpoint"]] = r["tokens"]
             if r["metric"] is not None:
                 items = [(r["metric"], Stat(r["mean"], r["lo"], r["hi"]))]
+                if r["metric"] == "pass@1" and r["format_rate"] is not None:  # one per evaluation, as a metric
+                    items.append(("format_rate", Stat(r["format_rate"], r["format_rate"], r["format_rate"])))
             else:
                 items = [(k, wilson(r[k], r["n"])) for k in ("acc", "acc_norm") if r[k] is not None]
             for metric, stat in items:

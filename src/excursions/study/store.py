@@ -170,7 +170,9 @@ class Store:
                  r.get("problems"), r.get("format_rate"), r.get("acc"), r.get("acc_norm"), r.get("bits_per_byte"),
                  r.get("seconds"), str(file)))
             db.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
-                           [(cur.lastrowid, k, v["mean"], v["lo"], v["hi"]) for k, v in r.get("metrics", {}).items()])
+                           [(cur.lastrowid, k, v["mean"], v["lo"], v["hi"]) for k, v in r.get("metrics", {}).items()]
+                           + [(cur.lastrowid, f"verified_{k}", v["mean"], v["lo"], v["hi"])
+                              for k, v in r.get("verified", {}).items()])
             db.executemany("INSERT INTO problems VALUES (?, ?, ?, ?)",
                            [(cur.lastrowid, p["id"], p["n"], p["c"]) for p in r.get("per_problem", [])])
 

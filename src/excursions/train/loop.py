@@ -345,6 +345,7 @@ def track(model, tok, test: list[Problem], eval_cfg: EvalConfig, n: int, family:
                         "bootstrap": 10})
     result = evaluate_math(model, tok, test, [], cfg, shots=0, progress=False)
     out = {f"eval/{family}/{k}": v["mean"] for k, v in result["metrics"].items()}
+    out |= {f"eval/{family}/verified_{k}": v["mean"] for k, v in result["verified"].items()}
     out[f"eval/{family}/format_rate"] = result["format_rate"]
     out[f"eval/{family}/problems"] = len(test)  # the size behind the tracked rates' uncertainty
     return out

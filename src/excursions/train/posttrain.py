@@ -70,7 +70,7 @@ class _Setup:
             if not (world / family / f"{split}.jsonl").is_file():
                 raise UserError(f"{world} has no {family}/{split}.jsonl; pass the world/ of a pretraining run")
         self.train = read_jsonl(world / family / "train.jsonl")
-        self.test = read_jsonl(world / family / "test.jsonl")
+        self.test = read_jsonl(world / family / f"{cfg.eval.split}.jsonl")  # tracked; val while choosing settings
         self.family = family
         self.policy.train()
         self.src, self.distributed = src, cfg.distributed

@@ -191,7 +191,7 @@ def _save_checkpoint(cfg: Config, out: Path, model, tok, opt, step: int, world, 
     tokens = step * p.tokens_per_step
     meta = {"step": step, "tokens": tokens, "val_loss": val_loss(model, val_ids, p.seq_len), "config": to_dict(cfg)}
     if p.eval_problems:
-        test = world.problems["gsm"]["test"][: p.eval_problems]
+        test = world.problems["gsm"][cfg.eval.split][: p.eval_problems]  # val while settings are being chosen
         meta["gsm_greedy"] = greedy_accuracy(model, tok, test, world.problems["gsm"]["train"], p.eval_shots)
     save_state(out / "checkpoints" / checkpoint_name(step, tokens), model, tok, opt, {"step": step}, meta)
 
