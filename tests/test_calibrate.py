@@ -23,14 +23,18 @@ def test_calibrate_runs_every_stage_then_reuses_them(micro_run, micro_overrides,
     assert len(result["curve"]) == 3 and [r["index"] for r in result["rl"]] == [0, 2]
     for row in result["curve"]:
         assert set(row["results"]) == {"gsm", "hard", "general"}
+        assert 0 <= row["results"]["gsm"]["verified_pass@1"]["mean"] <= row["results"]["gsm"]["pass@1"]["mean"]
     for r in result["rl"]:
-        assert r["minutes"] > 0 and 0 <= r["after"]["pass@1"]["mean"] <= 1
+        assert r["minutes"] > 0 and 0 <= r["after"]["pass@1"]["mean"] <= 1 and r["seed"] == cfg.rl.seed
         assert r["before"]["pass@1"]["lo"] <= r["before"]["pass@1"]["mean"] <= r["before"]["pass@1"]["hi"]
+        assert 0 <= r["after"]["verified_pass@1"]["mean"] <= r["after"]["pass@1"]["mean"]
     names = [t[0] for t in result["targets"]]
-    assert len(names) == 3 + 2 + 2 and "hard pass@4 below gsm at the same checkpoint" in names
+    assert sum(n.startswith("T2 ") for n in names) == 2 and sum(n.startswith("T4 ") for n in names) == 4
+    assert "T4 hard pass@4 below gsm beyond the intervals wherever gsm's is above 0" in names
     assert 0 < result["guess"]["gsm"]["pass@1"] <= result["guess"]["gsm"]["pass@4"] < 1
     table = calibration_table(result)
     assert table.count("\n| 0 | ") == 2 and "\n| guess | | | " in table and "| gsm pass@4 |" in table
+    assert "| gsm verified pass@1 | gsm format |" in table and "Scored on the test problems." in table
     assert (run / "eval" / "calibration.png").stat().st_size > 10_000
     saved = json.loads((run / "eval" / "calibration.json").read_text())
     assert saved["targets"] == [list(t) for t in result["targets"]]
@@ -53,3 +57,30 @@ def test_calibrate_rejects_a_bad_checkpoint_index(micro_run, micro_overrides, tm
     code = main(["calibrate", "--preset", "smoke", "--out", str(run), "--rl-from", "7", "--quiet",
                  *micro_overrides, *SMALL])
     assert code != 0 and "--rl-from 7: the run has checkpoints 0..2" in capsys.readouterr().err
+
+
+def _m(mean, half=0.01):
+    return {"mean": mean, "lo": mean - half, "hi": mean + half}
+
+
+def _scores(p1, v1, top, fmt=1.0):
+    return {"pass@1": _m(p1), "pass@8": _m(top), "verified_pass@1": _m(v1), "format_rate": fmt}
+
+
+def test_t1_needs_two_of_three_seeds_above_both_intervals_on_answer_and_verified():
+    from excursions.study.calibrate import check_targets
+
+    base, zero = _scores(0.05, 0.04, 0.3), _scores(0.02, 0.01, 0.2, fmt=0.3)
+    curve = [{"results": {"gsm": base, "hard": _scores(0.0, 0.0, 0.1)}}]
+    guess = {"gsm": {"pass@8": 0.01}, "hard": {"pass@8": 0.06}}
+    row = lambda seed, after: {"index": 0, "seed": seed, "base": base, "before": zero, "after": after}
+    won, lost = _scores(0.12, 0.10, 0.35), _scores(0.12, 0.04, 0.35)  # the second: answers up, verified not
+    not_double = _scores(0.09, 0.08, 0.35)  # above both intervals but < 2x the base's 5%
+    targets = {name[:2] + str(i): met for i, (name, met, _) in enumerate(check_targets(curve, [
+        row(0, won), row(1, won), row(2, lost)], guess))}
+    assert targets == {"T10": True, "T21": True, "T42": False, "T43": False, "T44": False, "T45": True}
+    t1 = lambda runs: check_targets(curve, runs, guess)[0][1]
+    assert not t1([row(0, won), row(1, lost), row(2, not_double)])
+    assert t1([row(0, won)]) and not t1([row(0, not_double)])
+    # T2: pass@8 below the base's interval in one seed
+    assert not check_targets(curve, [row(0, won), row(1, _scores(0.12, 0.1, 0.2))], guess)[1][1]

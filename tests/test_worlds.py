@@ -9,6 +9,7 @@ import re
 import pytest
 
 from excursions.config import MathFamilyConfig, load_config
+from excursions.evals.math import verified
 from excursions.worlds.arithmetic import apply, make_problem, marker
 from excursions.worlds.corpus import FAMILIES, build_world, documents, sources
 from excursions.worlds.knowledge import MC_KINDS, make_entities, make_mc_item
@@ -38,8 +39,41 @@ def test_every_solution_is_correct_arithmetic_ending_in_the_marker(family):
             assert eqs, s
             for a, op, b, c in eqs:
                 assert apply(int(a), op, int(b)) == int(c), s
+            assert verified(s, p.question, p.answer), s  # the verified scorer accepts every worked solution
+            first = eqs[0]  # and rejects it once one step's result is off by one
+            wrong = s.replace(f"{first[0]} {first[1]} {first[2]} = {first[3]}",
+                              f"{first[0]} {first[1]} {first[2]} = {int(first[3]) + 1}", 1)
+            assert not verified(wrong, p.question, p.answer), wrong
             assert int(eqs[-1][3]) == int(p.answer)
             assert max(int(c) for *_, c in eqs) <= getattr(cfg, family).max_value
+
+
+def test_depth_is_a_knob_and_pretraining_pages_are_mostly_shallow():
+    fam = MathFamilyConfig(min_steps=2, max_steps=5, max_value=999, start_min=100, start_max=899,
+                           pretrain_decay=0.5, schemas=("chain",))
+    rng = random.Random(0)
+    depth = lambda pretrain: [make_problem("gsm", rng, fam, 1, "", pretrain=pretrain).meta["depth"] for _ in range(800)]
+    post, pre = depth(False), depth(True)
+    assert set(post) == set(pre) == {2, 3, 4, 5}
+    share = lambda ds, d: ds.count(d) / len(ds)
+    assert 0.18 < share(post, 5) < 0.32  # uniform over 2..5
+    # weights 1, 1/2, 1/4, 1/8: depth 2 is 8/15 of the pages, depth 5 1/15
+    assert 0.45 < share(pre, 2) < 0.62 and 0.03 < share(pre, 5) < 0.11
+    assert all(100 <= int(re.search(r"has (\d+)", make_problem("gsm", rng, fam, 1, "").question)[1]) <= 899
+               for _ in range(50))
+
+
+def test_marker_share_turns_pretraining_endings_into_prose():
+    def math_pages(share):
+        cfg = load_config("smoke", overrides=[f"world.marker_share={share}"])
+        world = build_world(cfg.world)
+        pages = (d for name, d in documents(cfg, world, "train", {n: 1.0 for n in sources(cfg, world)})
+                 if name.startswith("math"))
+        return list(itertools.islice(pages, 40))
+
+    none, every = math_pages(0.0), math_pages(1.0)
+    assert not any("####" in d for d in none) and sum("answer is" in d.lower() for d in none) >= 10
+    assert all("####" in d or "\\boxed" in d for d in every)
 
 
 def test_number_ranges_follow_the_config():

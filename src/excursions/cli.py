@@ -167,21 +167,23 @@ def cmd_posttrain(args) -> None:
 
 def cmd_calibrate(args) -> None:
     """Check that a pretraining setting can show the paper's effects: pretrain (or reuse the run in --out),
-    evaluate every checkpoint on gsm, hard (--hard-problems) and general, run direct RL from two checkpoints with room for
-    it (base pass@1 < 10%, pass@32 > 40%; or --rl-from), and print one table with issue 5's targets
-    checked. Every stage writes where its own command would, so finished work is reused and a killed
-    calibration resumes. The table lands in OUT/eval/calibration.md and .json.
+    evaluate every checkpoint on gsm, hard (--hard-problems) and general, run direct RL from the last checkpoint
+    whose base still fails (pass@1 < 10%; or --rl-from) with each of --rl-seeds, and print one table with the
+    testbed targets checked (pass@k, verified pass@k, format rates). Every stage writes where its own command
+    would, so finished work is reused and a killed calibration resumes. The table lands in
+    OUT/eval/calibration.md and .json. Choose settings on validation problems (eval.split=val); confirm once on test.
 
     examples:
-      excursions calibrate --preset tiny                        # reuses runs/tiny where it is done
-      excursions calibrate --preset tiny --rl-from 4,5 rl.lr=2e-4 rl.steps=40
-      excursions calibrate --preset tiny data.math=0.8 --out runs/tiny-math80
+      excursions calibrate --preset tiny eval.split=val --rl-seeds 0,1,2   # reuses runs/tiny where it is done
+      excursions calibrate --preset tiny eval.split=val --rl-from 4 rl.lr=2e-4 rl.steps=40
+      excursions calibrate --preset tiny seed=1 world.seed=1 --out runs/tiny-seed1   # another pretraining run
     """
     from excursions.study.calibrate import calibrate, calibration_table
 
     cfg = _load(args)
     out = args.out or Path("runs") / (args.config.stem if args.config else cfg.name)
-    print(calibration_table(calibrate(cfg, out, args.rl_from, args.hard_problems, progress=not args.quiet)))
+    print(calibration_table(calibrate(cfg, out, args.rl_from, args.hard_problems, args.rl_seeds,
+                                      progress=not args.quiet)))
 
 
 def cmd_study(args) -> None:
@@ -356,9 +358,11 @@ def _training_commands(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="run directory (default: <run>/posttrain/<checkpoint>/<recipe>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = _command(sub, cmd_calibrate, "pretrain, evaluate every checkpoint, RL from two: is the testbed fit?")
+    p = _command(sub, cmd_calibrate, "pretrain, evaluate every checkpoint, RL over seeds: is the testbed fit?")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<preset>)")
-    p.add_argument("--rl-from", default="auto", help="checkpoint indices for direct RL, e.g. 4,5 (default: auto)")
+    p.add_argument("--rl-from", default="auto",
+                   help="checkpoint indices for direct RL, e.g. 4,5 (default: the last with base pass@1 < 10%%)")
+    p.add_argument("--rl-seeds", default="", help="RL seeds, e.g. 0,1,2 (default: [rl].seed)")
     p.add_argument("--hard-problems", type=int, default=200,
                    help="hard test problems per checkpoint (default: 200; gsm uses eval.problems)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

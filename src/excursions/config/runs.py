@@ -40,6 +40,9 @@ class RLConfig:
     advantage: str = "grpo"  # grpo | drgrpo
     aggregation: str = "token-mean"
     format_score: float = 0.1
+    # what earns the reward of 1: the right answer (the paper), or the right answer reached by written work
+    # whose every step checks out (`evals.math.verified`: a lucky guess earns only the format score)
+    reward: Literal["answer", "verified"] = "answer"
     shots: int = 0  # exemplars in the rollout prompts (the paper trains 0-shot)
     track_every: int = 10  # steps between validation reward and test pass@k (0 = off)
     track_problems: int = 100

@@ -31,7 +31,15 @@ class MathFamilyConfig:
     max_steps: int = 3
     max_operand: int = 9  # largest number a step introduces (and a starting amount)
     max_value: int = 50  # largest intermediate result or answer
-    start_max: int = 0  # largest starting amount of a word problem (0: max_operand); wider spreads the answers
+    # the range of a problem's first number (a word problem's starting amount, an expression's first term, an
+    # equation's x); start_max 0: [2, max_operand]. Wide ranges spread the answers, so blind guessing fails
+    start_max: int = 0
+    start_min: int = 2
+    # How deep the pretraining pages' problems are: depth d (its arithmetic steps) drawn with weight
+    # pretrain_decay ** (d - min_steps), so below 1 the text is mostly shallow with a thin tail of deep problems;
+    # post-training and test problems are uniform over min_steps..max_steps
+    pretrain_decay: float = 1.0
+    schemas: tuple[str, ...] = ()  # the family's problem kinds to draw (worlds/arithmetic.py SCHEMAS); () = all
 
     def __post_init__(self):
         for name in ("train", "val", "test"):
@@ -42,6 +50,13 @@ class MathFamilyConfig:
         check(self.max_value >= 2 * self.max_operand, "max_value", f"must be >= 2 * max_operand ({2 * self.max_operand})")
         check(self.start_max == 0 or 2 <= self.start_max <= self.max_value, "start_max",
               f"must be 0 (= max_operand) or in [2, max_value ({self.max_value})]")
+        check(2 <= self.start_min <= (self.start_max or self.max_operand), "start_min",
+              "must be >= 2 and at most the largest starting amount (start_max, or max_operand)")
+        check(0 < self.pretrain_decay <= 1, "pretrain_decay", "must be in (0, 1] (1: as deep as the test problems)")
+
+
+# The problem kinds of each math family (worlds/arithmetic.py draws them; `schemas` picks among them).
+SCHEMA_NAMES = {"gsm": ("chain", "compare", "shop"), "hard": ("expression", "equation", "word")}
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,9 @@ class WorldConfig:
     # Solution styles of the pretraining math pages (0 bare equations, 1 narrative, 2 numbered steps,
     # 3 first/next/finally, 4 one running line, 5 intro then equations); empty = all six.
     pretrain_styles: tuple[int, ...] = ()
+    # Share of the pretraining pages' solutions that end in the family's answer marker (`#### N`, `\boxed{N}`);
+    # the others end in prose ("So the answer is N."), as real text rarely uses the post-training format
+    marker_share: float = 1.0
     gsm: MathFamilyConfig = field(default_factory=MathFamilyConfig)
     hard: MathFamilyConfig = field(
         default_factory=lambda: MathFamilyConfig(min_steps=3, max_steps=5, max_operand=20, max_value=400)
@@ -76,6 +94,10 @@ class WorldConfig:
     def __post_init__(self):
         check(1 <= self.solutions <= 12, "solutions", "must be between 1 and 12")
         check(all(0 <= x < 6 for x in self.pretrain_styles), "pretrain_styles", "each style must be 0..5")
+        check(0 <= self.marker_share <= 1, "marker_share", "must be between 0 and 1")
+        for family, names in SCHEMA_NAMES.items():
+            bad = [n for n in getattr(self, family).schemas if n not in names]
+            check(not bad, f"{family}.schemas", f"unknown kind {bad[0] if bad else ''!r}; choose from {', '.join(names)}")
 
 
 @dataclass(frozen=True)
@@ -205,6 +227,8 @@ class EvalConfig:
     max_new_tokens: int = 160
     shots: int = 8  # worked exemplars for base checkpoints; post-trained models are evaluated 0-shot
     problems: int = 500  # test problems per family (0 = all)
+    # the problems scored: test, or val while choosing settings (calibration), so that test is looked at once
+    split: Literal["test", "val"] = "test"
     mc_items: int = 0  # general-world multiple-choice items (0 = all)
     bootstrap: int = 1000  # resamples for the confidence intervals
     seed: int = 0

@@ -9,7 +9,7 @@ file, and a report whose figures mirror the paper's.
     results.py      the numbers with their intervals, and the verdict rule
     report.py       sections rendered as Markdown and self-contained HTML; the plot helpers
     experiments/    one file per experiment: the units it adds and its section
-    calibrate.py    is a testbed fit for the study? (pretrain, evaluate, RL from two checkpoints)
+    calibrate.py    is a testbed fit for the study? (pretrain, evaluate, RL over seeds, the targets)
 
 Entry points: `excursions study`, `excursions status`, `excursions export`, `excursions calibrate`.
 """

@@ -95,14 +95,19 @@ def _resolve(steps: list[Step], limit: int) -> bool:
 # ------------------------------------------------------------------------------------------- gsm
 
 
-def _gsm_chain(rng: random.Random, fam: MathFamilyConfig) -> Draft:
+def _start(rng: random.Random, fam: MathFamilyConfig, low: int = 2) -> int:
+    """A problem's first number: in [start_min, start_max] where a start range is set, else in [low, max_operand]."""
+    return rng.randint(fam.start_min, fam.start_max) if fam.start_max else rng.randint(low, fam.max_operand)
+
+
+def _gsm_chain(rng: random.Random, fam: MathFamilyConfig, draw) -> Draft:
     """A person's stock of items changes step by step: gains, losses, doubling, packs of several."""
     name, friend = people(rng, 2)
     item = rng.choice(ITEMS)
-    value = rng.randint(2, fam.start_max or fam.max_operand)
+    value = _start(rng, fam)
     first = f"{name} has {value} {item}."
     sentences, steps, key = [first], [], ["chain", value]
-    n = rng.randint(fam.min_steps, fam.max_steps)
+    n = draw(fam.min_steps, fam.max_steps)
     prev = value
     while len(steps) < n:
         kind = rng.choice(["add", "add", "sub", "sub", "mul", "pack"] if n - len(steps) >= 2 else ["add", "sub", "mul"])
@@ -133,15 +138,15 @@ def _gsm_chain(rng: random.Random, fam: MathFamilyConfig) -> Draft:
     return Draft(question, steps, intro=f"{name} starts with {value} {item}.", key=key)
 
 
-def _gsm_compare(rng: random.Random, fam: MathFamilyConfig) -> Draft:
-    """Two or three people's amounts defined relative to each other; how many together?"""
-    names = people(rng, 3)
+def _gsm_compare(rng: random.Random, fam: MathFamilyConfig, draw) -> Draft:
+    """Two to four people's amounts defined relative to each other; how many together? (2 steps per extra person)"""
+    names = people(rng, 4)
     item = rng.choice(ITEMS)
-    a = rng.randint(2, fam.start_max or fam.max_operand)
+    a = _start(rng, fam)
     sentences = [f"{names[0]} has {a} {item}."]
     steps, key = [], ["compare", a]
     owners = [a]  # a number or a step reference per person
-    n_people = 3 if fam.max_steps >= 4 and rng.random() < 0.5 else 2
+    n_people = min(4, max(2, 1 + draw(fam.min_steps, fam.max_steps) // 2))  # depth 2-3: two people, 4-5: three
     for i in range(1, n_people):
         x = rng.randint(1, fam.max_operand)
         kind = rng.choice(["more", "fewer", "times"])
@@ -158,14 +163,14 @@ def _gsm_compare(rng: random.Random, fam: MathFamilyConfig) -> Draft:
         key.append((kind, x))
     total = Step(owners[0], "+", owners[1], f"Together {names[0]} and {names[1]} have {{eq}} {item}.")
     steps.append(total)
-    if n_people == 3:
-        steps.append(Step(("s", len(steps) - 1), "+", owners[2], f"With {names[2]} they have {{eq}} {item}."))
-    who = " and ".join(names[:n_people]) if n_people == 2 else f"{names[0]}, {names[1]} and {names[2]}"
+    for i in range(2, n_people):
+        steps.append(Step(("s", len(steps) - 1), "+", owners[i], f"With {names[i]} they have {{eq}} {item}."))
+    who = " and ".join(names[:n_people]) if n_people == 2 else f"{', '.join(names[:n_people - 1])} and {names[n_people - 1]}"
     question = " ".join(sentences) + f" How many {item} do {who} have together?"
     return Draft(question, steps, key=key)
 
 
-def _gsm_shop(rng: random.Random, fam: MathFamilyConfig) -> Draft:
+def _gsm_shop(rng: random.Random, fam: MathFamilyConfig, draw) -> Draft:
     """Buy a few things at unit prices, pay with a note: how much change?"""
     name = people(rng, 1)[0]
     goods = rng.sample(ITEMS, 2)
@@ -198,11 +203,11 @@ def _has_top_level_sum(text: str) -> bool:
     return False
 
 
-def _hard_expression(rng: random.Random, fam: MathFamilyConfig) -> Draft:
+def _hard_expression(rng: random.Random, fam: MathFamilyConfig, draw) -> Draft:
     """Evaluate a nested expression such as (14 + 9) * 3 - 17 (left to right, sub-expressions first)."""
-    n = rng.randint(fam.min_steps, fam.max_steps)
+    n = draw(fam.min_steps, fam.max_steps)
     steps: list[Step] = []
-    cur = rng.randint(2, fam.max_operand)
+    cur = _start(rng, fam)
     value, text = cur, str(cur)
     while len(steps) < n:
         if n - len(steps) >= 2 and rng.random() < 0.35:  # a parenthesised sub-expression as the operand
@@ -223,11 +228,11 @@ def _hard_expression(rng: random.Random, fam: MathFamilyConfig) -> Draft:
     return Draft(f"{verb} {text}.", steps, key=["expr", text])
 
 
-def _hard_equation(rng: random.Random, fam: MathFamilyConfig) -> Draft:
+def _hard_equation(rng: random.Random, fam: MathFamilyConfig, draw) -> Draft:
     """Solve a linear equation such as 3 * (x + 4) - 5 = 37 by undoing the operations in reverse."""
-    value = rng.randint(1, fam.max_operand)
+    value = _start(rng, fam, low=1)
     expr, forward = "x", []
-    for i in range(rng.randint(max(2, fam.min_steps), fam.max_steps)):
+    for i in range(draw(max(2, fam.min_steps), fam.max_steps)):
         op = rng.choice("+-*") if i else rng.choice("+*")
         b = rng.randint(2, 5) if op == "*" else rng.randint(1, fam.max_operand)
         if op == "-" and value < b:
@@ -248,15 +253,29 @@ def _hard_equation(rng: random.Random, fam: MathFamilyConfig) -> Draft:
     return Draft(f"Solve for x: {expr} = {value}.", steps, key=["eq", expr, value])
 
 
-def _hard_word(rng: random.Random, fam: MathFamilyConfig) -> Draft:
+def _hard_word(rng: random.Random, fam: MathFamilyConfig, draw) -> Draft:
     """A long word problem: the gsm chain with the hard family's steps and numbers."""
-    return _gsm_chain(rng, fam)
+    return _gsm_chain(rng, fam, draw)
 
 
+# A family's problem kinds, each repeated by its weight (the draw is a uniform choice from the list).
 SCHEMAS = {
-    "gsm": [_gsm_chain, _gsm_chain, _gsm_compare, _gsm_shop],
-    "hard": [_hard_expression, _hard_expression, _hard_equation, _hard_word],
+    "gsm": {"chain": (_gsm_chain, 2), "compare": (_gsm_compare, 1), "shop": (_gsm_shop, 1)},
+    "hard": {"expression": (_hard_expression, 2), "equation": (_hard_equation, 1), "word": (_hard_word, 1)},
 }
+
+
+def _kinds(family: str, fam: MathFamilyConfig) -> list:
+    chosen = fam.schemas or tuple(SCHEMAS[family])
+    return [fn for name in chosen for fn in [SCHEMAS[family][name][0]] * SCHEMAS[family][name][1]]
+
+
+def depth_draw(rng: random.Random, fam: MathFamilyConfig, pretrain: bool):
+    """How a problem's number of steps is drawn: uniform in [lo, hi], or, for a pretraining page with
+    `fam.pretrain_decay` < 1, with weight decay ** (d - lo): mostly shallow, a thin tail of deep ones."""
+    if not pretrain or fam.pretrain_decay == 1:
+        return rng.randint
+    return lambda lo, hi: rng.choices(range(lo, hi + 1), [fam.pretrain_decay ** (d - lo) for d in range(lo, hi + 1)])[0]
 
 
 # ------------------------------------------------------------------------------------- rendering
@@ -313,14 +332,17 @@ STYLES = 6
 
 
 def make_problem(family: str, rng: random.Random, fam: MathFamilyConfig, k: int, pid: str,
-                 styles: tuple[int, ...] = ()) -> Problem:
-    """One problem of `family` with `k` distinct solutions (redrawn until the draft allows k).
+                 styles: tuple[int, ...] = (), pretrain: bool = False) -> Problem:
+    """One problem of `family` with `k` distinct solutions (redrawn until the draft allows k); its depth (the
+    number of arithmetic steps) is in `meta`.
 
     `styles` restricts the solution styles (0 bare equations, 1 narrative, 2 numbered steps,
-    3 first/next/finally, 4 one running line, 5 intro then equations); empty means all.
+    3 first/next/finally, 4 one running line, 5 intro then equations); empty means all. `pretrain`: drawn for a
+    pretraining page (depth as `fam.pretrain_decay` says).
     """
+    kinds, draw = _kinds(family, fam), depth_draw(rng, fam, pretrain)
     while True:
-        d = rng.choice(SCHEMAS[family])(rng, fam)
+        d = rng.choice(kinds)(rng, fam, draw)
         if not _resolve(d.steps, fam.max_value):
             continue
         answer = str(d.steps[-1].value)
@@ -345,4 +367,4 @@ def make_problem(family: str, rng: random.Random, fam: MathFamilyConfig, k: int,
         rng.shuffle(rest)
         solutions = tuple(_render(d, *candidates[i], end) for i in (main + rest)[:k])
         return Problem(id=pid, family=family, question=d.question, answer=answer, solutions=solutions,
-                       key=f"{family}|{d.key!r}|{answer}")
+                       key=f"{family}|{d.key!r}|{answer}", meta={"depth": len(d.steps)})

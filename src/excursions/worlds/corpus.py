@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 from excursions.config import Config, WorldConfig
 from excursions.data.problems import MCItem, Problem, format_example
 from excursions.errors import UserError
-from excursions.worlds.arithmetic import apply, make_problem
+from excursions.worlds.arithmetic import apply, make_problem, marker
 from excursions.worlds.knowledge import MC_KINDS, Entity, article, make_entities, make_mc_item
 
 FAMILIES = ("gsm", "hard")
@@ -88,6 +88,21 @@ def _drill_page(rng: random.Random, fam) -> str:
     return "Arithmetic practice.\n\n" + "\n".join(lines)
 
 
+# How a pretraining page's solution ends when not in the post-training format (`world.marker_share`).
+ENDINGS = {
+    "gsm": ("So the answer is {a}.", "The answer is {a}.", "Answer: {a}", "That makes {a}.", "{a} is the answer."),
+    "hard": ("So the value is {a}.", "The answer is {a}.", "Hence the result is {a}.", "Answer: {a}"),
+}
+
+
+def _ending(rng: random.Random, p: Problem, marker_share: float) -> str:
+    """The problem's first solution, its answer marker turned into prose with probability 1 - marker_share."""
+    solution = p.solutions[0]
+    if marker_share >= 1 or rng.random() < marker_share:
+        return solution
+    return solution[: -len(marker(p.family, p.answer))] + rng.choice(ENDINGS[p.family]).format(a=p.answer)
+
+
 def _math_page(rng: random.Random, cfg: WorldConfig, families: tuple[str, ...], weights: tuple[float, ...],
                excluded: set[str], drills: float = 0.0) -> str:
     """A textbook page: a few worked problems in the shared Question/Answer format (or a drill)."""
@@ -97,12 +112,12 @@ def _math_page(rng: random.Random, cfg: WorldConfig, families: tuple[str, ...], 
     blocks = []
     for _ in range(rng.randint(2, 8)):
         for _ in range(1000):
-            p = make_problem(family, rng, getattr(cfg, family), 1, "", cfg.pretrain_styles)
+            p = make_problem(family, rng, getattr(cfg, family), 1, "", cfg.pretrain_styles, pretrain=True)
             if p.key not in excluded:
                 break
         else:
             raise _too_small(family, "1000 draws in a row were held-out problems")
-        blocks.append(format_example(p.question, p.solutions[0]))
+        blocks.append(format_example(p.question, _ending(rng, p, cfg.marker_share)))
     return rng.choice(HEADERS) + "\n\n".join(blocks)
 
 
