@@ -200,14 +200,18 @@ _QUESTION_NUMBER = re.compile(r"(?<![\d.])\d+(?!\.?\d)")
 _NUMBER_WORDS = {"twice": 2, "double": 2, "doubles": 2, "triple": 3, "triples": 3, "three times": 3, "half": 2}
 
 
-def _apply(a: int, op: str, b: int) -> int | None:
+def apply(a: int, op: str, b: int) -> int | None:
+    """The exact integer result of `a op b`, or None if it is not a non-negative integer (the worlds' arithmetic,
+    which draws problems with it, and the verified scorer's, which checks written steps with it)."""
     if op == "+":
         return a + b
     if op == "-":
         return a - b if a >= b else None
     if op == "*":
         return a * b
-    return a // b if b and a % b == 0 else None
+    if op == "/":
+        return a // b if b and a % b == 0 else None
+    raise ValueError(op)
 
 
 def verified(completion: str, question: str, gold: str) -> bool:
@@ -240,7 +244,7 @@ def verified(completion: str, question: str, gold: str) -> bool:
     last = None
     for a, op, b, c in _STEP.findall(completion):
         a, b, c = int(a), int(b), int(c)
-        if a not in known or b not in known or _apply(a, op, b) != c:
+        if a not in known or b not in known or apply(a, op, b) != c:
             return False
         known.add(c)
         last = c

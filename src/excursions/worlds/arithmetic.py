@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from excursions.config import MathFamilyConfig
 from excursions.data.problems import Problem
+from excursions.evals.math import apply
 
 NAMES = ("Ada Ben Cleo Dan Eve Finn Gus Hana Ivo Jade Kai Lena Milo Nora Omar Pia Quin Rosa Sam Tara "
          "Uma Vic Wes Xia Yara Zed Abel Bea Cal Dina Emil Fay Gil Hugo Iris Joel Kira Liam Maya Ned").split()
@@ -65,19 +66,6 @@ class Draft:
     steps: list[Step]
     intro: str = ""  # narrative opening, may be empty
     key: list = field(default_factory=list)
-
-
-def apply(a: int, op: str, b: int) -> int | None:
-    """The exact integer result, or None if not a non-negative integer."""
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b if a >= b else None
-    if op == "*":
-        return a * b
-    if op == "/":
-        return a // b if b and a % b == 0 else None
-    raise ValueError(op)
 
 
 def _resolve(steps: list[Step], limit: int) -> bool:
