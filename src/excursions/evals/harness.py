@@ -238,12 +238,12 @@ def evaluate_run(run: Path | str, tasks: Sequence[str], cfg: EvalConfig, shots: 
             print(f"[{i + 1}/{len(ckpts)}] {Path(meta['path']).name}", flush=True)
         rows = evaluate_checkpoint(meta["path"], tasks, cfg, None if shots is None else [shots], progress=progress)
         curve.append({"checkpoint": Path(meta["path"]).name, "step": meta["step"], "tokens": meta["tokens"],
-                      "val_loss": meta.get("val_loss"), "results": {r["task"]: _headline(r) for r in rows}})
+                      "val_loss": meta.get("val_loss"), "results": {r["task"]: headline(r) for r in rows}})
     write_json(Path(run) / "eval" / "curve.json", curve)
     return curve
 
 
-def _headline(row: dict) -> dict:
+def headline(row: dict) -> dict:
     """The numbers a curve plots, without per-problem detail."""
     if "metrics" in row:
         return {"shots": row["shots"], "n": row["n"], "problems": row["problems"], **row["metrics"],

@@ -7,7 +7,7 @@ targets checked.
 
 Every stage is the ordinary command's (pretrain, eval, posttrain) and writes where that command would,
 so finished work is reused and a killed calibration resumes. Choose settings with `eval.split=val` and
-confirm them once on test. The targets (the testbed's, README "Testbed targets"):
+confirm them once on test. The testbed's targets:
 - T1 RL early: from a checkpoint whose base few-shot pass@1 is < 10%, direct RL's 0-shot pass@1 is >= 2x the
   base's and above both of its intervals (few-shot and 0-shot), and verified pass@1 rises beyond its
   intervals too, in at least two thirds of the RL seeds;
@@ -27,7 +27,7 @@ from excursions.checkpoint import META, atomic_write_text, checkpoints, read_jso
 from excursions.config import Config, digest, to_dict
 from excursions.errors import UserError
 from excursions.evals.figures import base_curve_figure
-from excursions.evals.harness import evaluate_checkpoint, evaluate_run, world_guess
+from excursions.evals.harness import evaluate_checkpoint, evaluate_run, headline, world_guess
 from excursions.train.posttrain import posttrain
 from excursions.train.pretrain import pretrain
 
@@ -87,13 +87,13 @@ def calibrate(cfg: Config, out: Path, rl_from: str = "auto", hard_problems: int 
     rl_rows = []
     for i in choose_rl_checkpoints(curve, rl_from):
         ckpt = ckpts[i]["path"]
-        before = _scores(evaluate_checkpoint(ckpt, ["gsm"], cfg.eval, shots=[0], progress=progress)[0])
+        before = headline(evaluate_checkpoint(ckpt, ["gsm"], cfg.eval, shots=[0], progress=progress)[0])
         for seed in seeds:
             rl = replace(cfg.rl, seed=seed)
             rl_dir = Path(ckpt).parent.parent / "posttrain" / Path(ckpt).name / f"rl-{settings_digest(rl)}"
             final = posttrain(ckpt, "rl", replace(cfg, rl=rl), rl_dir, out / "world", progress)
             minutes = read_json(final / META)["wall_seconds"] / 60  # the RL run's own, also when reused
-            after = _scores(evaluate_checkpoint(str(final), ["gsm"], cfg.eval, progress=progress)[0])
+            after = headline(evaluate_checkpoint(str(final), ["gsm"], cfg.eval, progress=progress)[0])
             rl_rows.append({"index": i, "checkpoint": Path(ckpt).name, "tokens": ckpts[i]["tokens"], "seed": seed,
                             "base": curve[i]["results"]["gsm"], "before": before, "after": after, "minutes": minutes})
     guess = {task: world_guess(out / "world", task, c) for task, c in (("gsm", cfg.eval), ("hard", hard_cfg))}
@@ -103,12 +103,6 @@ def calibrate(cfg: Config, out: Path, rl_from: str = "auto", hard_problems: int 
     atomic_write_text(out / "eval" / "calibration.md", calibration_table(result) + "\n")
     base_curve_figure(curve, out / "eval" / "calibration.png", baselines=guess)
     return result
-
-
-def _scores(row: dict) -> dict:
-    """An evaluation's pass@k, verified pass@k and format rate, flat as a curve row has them."""
-    return {**row["metrics"], **{f"verified_{k}": v for k, v in row["verified"].items()},
-            "format_rate": row["format_rate"]}
 
 
 def settings_digest(section) -> str:

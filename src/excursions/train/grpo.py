@@ -58,10 +58,11 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
     answers = [p.answer for p in problems for _ in range(G)]
     questions = [p.question for p in problems for _ in range(G)]
     finished = [f != "length" for f in s.finish]
-    rewards = torch.tensor(math_rewards(s.texts, answers, finished, cfg.format_score,
-                                        questions if cfg.reward == "verified" else None))
-    # whether the rewarded answers come with work that checks out (under reward = "answer" a gap is luck)
-    checked = sum(r == 1.0 for r in math_rewards(s.texts, answers, finished, 0.0, questions))
+    # the verified rewards are computed either way: their rate of 1s is logged (under reward = "answer" the gap
+    # between the two accuracies is luck)
+    checked = math_rewards(s.texts, answers, finished, cfg.format_score, questions)
+    rewards = torch.tensor(checked if cfg.reward == "verified"
+                           else math_rewards(s.texts, answers, finished, cfg.format_score))
     dev = next(policy.parameters()).device  # assembled on the CPU, trained on the policy's device
     ids, attention, P = pack(s, tok.pad_token_id)
     ids, attention, response_mask, tokens, rewards = (t.to(dev) for t in (ids, attention, s.mask, s.tokens, rewards))
@@ -73,7 +74,7 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
     adv = ADVANTAGES[cfg.advantage](rewards, G)
     return Rollouts(ids, attention, response_mask, P, rewards, adv, old, ref_lp,
                     {**rollout_stats(s, rewards, G, sample_seconds, policy, P),
-                     "train/verified_accuracy": checked / len(s.texts)})
+                     "train/verified_accuracy": sum(r == 1.0 for r in checked) / len(s.texts)})
 
 
 def pack(s: Samples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
