@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -130,24 +131,74 @@ def test_sft_batches_mask_exactly_the_completion(source, micro_run):
         assert tok.decode(ids[r][att[r] == 1][: len(tok(prompt).input_ids)].tolist()) == prompt
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.parametrize("name", sorted(RECIPES) + ["rl/filter"])
 def test_every_recipe_runs_end_to_end(name, source, micro_run, post_cfg, tmp_path):
+    if name == "rl/filter":  # GRPO on the groups with a right and a wrong rollout (the micro model: often none)
+        name, post_cfg = "rl", replace(post_cfg, rl=replace(post_cfg.rl, rollouts="filter"))
     final = posttrain(str(source), name, post_cfg, tmp_path / name, micro_run / "world", progress=False)
     meta = json.loads((final / "excursions.json").read_text())
     assert meta["recipe"] == name and meta["source"].endswith(str(source.name)) or meta["recipe"] == name
     model = AutoModelForCausalLM.from_pretrained(final)
     start = AutoModelForCausalLM.from_pretrained(source)
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, dict(start.named_parameters())[n])]
-    assert changed, "post-training left every parameter unchanged"
     rows = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(v == v for r in rows for v in r.values() if isinstance(v, float))  # no NaN
     assert any(k.startswith("eval/gsm/pass@1") for k in rows[-1])
+    kept = [r["train/kept_groups"] for r in rows if "train/kept_groups" in r]
+    if post_cfg.rl.rollouts == "filter":  # 4 x 4 prompts drawn a step, at most 4 kept; a step keeping none is skipped
+        assert len(kept) == post_cfg.rl.steps and all(0 <= k <= 4 for k in kept)
+        assert bool(changed) == any(kept), "filter: the weights move exactly when a step kept a group"
+        return
+    assert changed, "post-training left every parameter unchanged"
     if "rl" in name or name == "parallel":
         assert {"train/reward", "train/kl", "train/entropy", "train/clip_frac", "total_rollout_flops"} <= set(rows[-1])
     # every stage's metrics in TensorBoard too, under the same names in every recipe
     for stage in [final.parent] + ([tmp_path / name / name.removesuffix("_rl")] if name.endswith("_rl") else []):
         tags = assert_events_match_metrics(stage)
         assert "eval/gsm/pass@1" in tags and ("train/reward" in tags or "train/loss" in tags)
+
+
+def test_filter_trains_on_the_mixed_groups_of_the_same_samples(source, micro_run, monkeypatch):
+    """`rl.rollouts = filter` keeps, of exactly the rollouts `uniform` draws for the same prompts and seed, the
+    first prompts_per_step groups holding a right and a wrong answer; its stats and FLOPs count every rollout."""
+    import excursions.train.grpo as grpo
+
+    model, tok = AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+    problems = read_jsonl(micro_run / "world" / "gsm" / "train.jsonl")[:5]
+    right = [0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1, 0, 1]  # groups: none, mixed, all, mixed, mixed
+    monkeypatch.setattr(grpo, "math_rewards", lambda texts, *a, **k: [float(r) for r in right[: len(texts)]])
+    base = dict(group_size=4, max_new_tokens=12, kl_coef=0.0, minibatches=1, temperature=1.0)
+    every = grpo.rollout(model, None, tok, problems, RLConfig(prompts_per_step=5, **base), seed=3)
+    kept = grpo.rollout(model, None, tok, problems, RLConfig(prompts_per_step=2, rollouts="filter", **base), seed=3)
+    assert kept.stats["train/kept_groups"] == 2 and kept.rewards.tolist() == [1, 0, 0, 0, 0, 1, 1, 0]
+    for k in ("rollout_tokens", "rollout_flops", "train/accuracy", "train/solved_groups"):
+        assert kept.stats[k] == every.stats[k]
+    completion = lambda b, i: b.responses[i][b.response_mask[i].bool()].tolist()
+    for j, i in enumerate([4, 5, 6, 7, 12, 13, 14, 15]):  # groups 1 and 3 of the uniform batch, in order
+        assert completion(kept, j) == completion(every, i)
+    assert kept.advantages.view(2, 4)[0].tolist() == pytest.approx(every.advantages.view(5, 4)[1].tolist())
+
+    monkeypatch.setattr(grpo, "math_rewards", lambda texts, *a, **k: [0.0] * len(texts))
+    empty = grpo.rollout(model, None, tok, problems, RLConfig(prompts_per_step=2, rollouts="filter", **base), seed=3)
+    before = [p.clone() for p in model.parameters()]
+    cfg = RLConfig(prompts_per_step=2, rollouts="filter", **{**base, "minibatches": 2})
+    assert empty.stats["train/kept_groups"] == 0 and grpo_update(model, adamw(model, 1e-2, (0.9, 0.999), 0.0), empty, cfg) == {
+        "train_flops": 0}
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step without a group
+
+
+def test_a_batch_of_fewer_groups_than_minibatches_takes_a_step_per_group(source):
+    """Under `filter` a step may keep 1 group where rl.minibatches = 2: one optimizer step over it, as uniform's
+    own mini-batch of that group would be."""
+    model, twin, tok = (AutoModelForCausalLM.from_pretrained(source), AutoModelForCausalLM.from_pretrained(source),
+                        AutoTokenizer.from_pretrained(source))
+    start = [p.clone() for p in model.parameters()]
+    batch = _batch(model, tok, [" 1 + 1 = 2\n#### 2", " 1 + 1 = 3\n#### 3"], [1.0, 0.0], RLConfig())
+    one = dict(group_size=2, kl_coef=0.0)
+    grpo_update(model, adamw(model, 1e-2, (0.9, 0.999), 0.0), batch, RLConfig(prompts_per_step=2, minibatches=2, rollouts="filter", **one))
+    grpo_update(twin, adamw(twin, 1e-2, (0.9, 0.999), 0.0), batch, RLConfig(prompts_per_step=1, minibatches=1, **one))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), start))
 
 
 def test_unknown_recipe_is_a_clear_error(source, micro_run, post_cfg, tmp_path):

@@ -1,6 +1,7 @@
 """Training objectives as pure functions, and their variants in name -> function registries.
 
     adv = ADVANTAGES["grpo"](rewards, group_size=8)                        # [B*G]
+    kept = ROLLOUTS["filter"](correct.view(-1, 8), keep=32)                # the groups trained on
     loss, stats = grpo_loss(logp, old_logp, ref_logp, adv, mask, kl="k3", agg="token-mean")
     loss = sft_loss(logits, labels, mask)
 
@@ -38,6 +39,38 @@ def drgrpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 ADVANTAGES: dict[str, Callable] = {"grpo": grpo_advantages, "drgrpo": drgrpo_advantages}
+
+
+# ------------------------------------------------------------------------- which groups are trained on
+
+
+def all_groups(correct: torch.Tensor, keep: int) -> list[int]:
+    """`uniform`: the first `keep` groups of a [B, G] table of right (1) / wrong (0) rollouts, whatever they hold.
+
+    >>> all_groups(torch.tensor([[0, 0], [1, 0], [1, 1]]), 2)
+    [0, 1]
+    """
+    return list(range(min(keep, correct.shape[0])))
+
+
+def mixed_groups(correct: torch.Tensor, keep: int) -> list[int]:
+    """`filter` (DAPO's dynamic sampling): the first `keep` groups holding both a right and a wrong rollout. An
+    all-right or all-wrong group has advantage 0 everywhere (no policy gradient), yet under token-mean it still
+    counts in the loss's normaliser, so a batch of mostly such groups takes a step that much smaller.
+
+    >>> mixed_groups(torch.tensor([[0, 0], [1, 0], [1, 1], [0, 1], [1, 0]]), 2)
+    [1, 3]
+    >>> mixed_groups(torch.tensor([[0, 0, 0], [1, 1, 1]]), 2)
+    []
+    """
+    right = correct.sum(-1)
+    mixed = ((right > 0) & (right < correct.shape[-1])).nonzero().flatten().tolist()
+    return mixed[:keep]
+
+
+# rl.rollouts: name -> the groups a step trains on. `filter` steps sample rl.filter_over times the step's prompts
+# and keep up to rl.prompts_per_step mixed groups; `uniform` steps sample and keep rl.prompts_per_step.
+ROLLOUTS: dict[str, Callable] = {"uniform": all_groups, "filter": mixed_groups}
 
 
 # ------------------------------------------------------------------------------------- KL to ref

@@ -44,6 +44,14 @@ class Samples:
     def lengths(self) -> torch.Tensor:  # [P*n]
         return self.mask.sum(-1)
 
+    def prompts(self, keep: Sequence[int]) -> "Samples":
+        """The samples of prompts `keep` only, in that order (completions cut to the longest one kept)."""
+        rows = torch.tensor([i * self.n + j for i in keep for j in range(self.n)], dtype=torch.long)
+        T = int(self.mask[rows].sum(-1).max()) if len(rows) else 0
+        return Samples([self.prompt_ids[i] for i in keep], self.tokens[rows, :T], self.logprobs[rows, :T],
+                       self.mask[rows, :T], [self.texts[r] for r in rows.tolist()],
+                       [self.finish[r] for r in rows.tolist()], self.n)
+
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """`text` up to (not including) the first stop string.

@@ -38,6 +38,11 @@ class RLConfig:
     kl_coef: float = 1e-3
     kl: str = "k3"  # k1 | k2 | k3 (low-variance)
     advantage: str = "grpo"  # grpo | drgrpo
+    # which sampled groups a step trains on (objectives.ROLLOUTS): all of them (`uniform`), or (`filter`, DAPO's
+    # dynamic sampling) up to prompts_per_step groups with both a right and a wrong rollout, out of filter_over
+    # times the prompts; its rollout FLOPs count every sample drawn
+    rollouts: str = "uniform"
+    filter_over: int = 4
     aggregation: str = "token-mean"
     format_score: float = 0.1
     # what earns the reward of 1: the right answer (the paper), or the right answer reached by written work
@@ -51,10 +56,10 @@ class RLConfig:
     seed: int = 0
 
     def __post_init__(self):
-        from excursions.objectives import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
+        from excursions.objectives import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, ROLLOUTS
 
         for name in ("steps", "prompts_per_step", "group_size", "minibatches", "micro_batch", "max_new_tokens",
-                     "save_every"):
+                     "save_every", "filter_over"):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         check(self.prompts_per_step % self.minibatches == 0, "minibatches",
               f"must divide prompts_per_step ({self.prompts_per_step})")
@@ -65,6 +70,7 @@ class RLConfig:
         check(self.kl_coef >= 0, "kl_coef", "must be >= 0")
         check(self.kl in KL_ESTIMATORS, "kl", f"unknown KL estimator; choose one of {', '.join(KL_ESTIMATORS)}")
         check(self.advantage in ADVANTAGES, "advantage", f"unknown estimator; choose one of {', '.join(ADVANTAGES)}")
+        check(self.rollouts in ROLLOUTS, "rollouts", f"unknown allocator; choose one of {', '.join(ROLLOUTS)}")
         check(self.aggregation in AGGREGATIONS, "aggregation", f"unknown mode; choose one of {', '.join(AGGREGATIONS)}")
         check(0 <= self.format_score < 1, "format_score", "must be in [0, 1)")
         for name in ("shots", "track_every", "track_problems"):

@@ -18,7 +18,7 @@ import torch
 from excursions.config import RLConfig
 from excursions.data.problems import STOP_STRINGS, Problem, format_prompt
 from excursions.flops import generate_flops_per_token, model_dims, train_flops_per_token
-from excursions.objectives import ADVANTAGES, chunk_share, grpo_loss, normaliser
+from excursions.objectives import ADVANTAGES, ROLLOUTS, chunk_share, grpo_loss, normaliser
 from excursions.rewards import math_rewards
 from excursions.sampling import Samples, sample
 from excursions.train.dist import SINGLE, Dist, global_sum, sum_stats
@@ -47,9 +47,11 @@ class Rollouts:
 @torch.no_grad()
 def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
             stop: Sequence[str] = STOP_STRINGS, prompt_index: Sequence[int] | None = None, sampler=None) -> Rollouts:
-    """Sample G completions per problem, score them, and compute advantages and old / ref log-probs.
-    `prompt_index`: the problems' places in the step's whole batch when this is a shard of it. `sampler`: a
-    `VLLMSampler` holding the policy's weights, to sample with instead of the policy itself."""
+    """Sample G completions per problem, score them, keep the groups `cfg.rollouts` trains on (all of them, or
+    under `filter` up to `cfg.prompts_per_step` with both a right and a wrong rollout), and compute advantages
+    and old / ref log-probs of those. `prompt_index`: the problems' places in the step's whole batch when this
+    is a shard of it. `sampler`: a `VLLMSampler` holding the policy's weights, to sample with instead of the
+    policy itself. The stats (accuracy, FLOPs) cover every rollout sampled, kept or not."""
     G, t0 = cfg.group_size, time.perf_counter()
     s = sample(sampler or policy, tok, [format_prompt(p.question, tok=tok) for p in problems], n=G,
                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed, stop=stop,
@@ -63,6 +65,15 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
     checked = math_rewards(s.texts, answers, finished, cfg.format_score, questions)
     rewards = torch.tensor(checked if cfg.reward == "verified"
                            else math_rewards(s.texts, answers, finished, cfg.format_score))
+    stats = {**rollout_stats(s, rewards, G, sample_seconds, policy, max(len(p) for p in s.prompt_ids)),
+             "train/verified_accuracy": sum(r == 1.0 for r in checked) / len(s.texts)}
+    kept = ROLLOUTS[cfg.rollouts]((rewards == 1.0).view(-1, G), cfg.prompts_per_step)
+    stats["train/kept_groups"] = len(kept)
+    if len(kept) < len(problems):
+        s, rewards = s.prompts(kept), rewards.view(-1, G)[kept].flatten()
+    if not kept:  # nothing to learn from in this step's rollouts: the update is skipped
+        return Rollouts(torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.long), s.mask, 0,
+                        rewards, rewards, None, None, stats)
     dev = next(policy.parameters()).device  # assembled on the CPU, trained on the policy's device
     ids, attention, P = pack(s, tok.pad_token_id)
     ids, attention, response_mask, tokens, rewards = (t.to(dev) for t in (ids, attention, s.mask, s.tokens, rewards))
@@ -72,9 +83,7 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
     use_ref = ref is not None and cfg.kl_coef > 0
     ref_lp = batch_logprobs(ref, ids, attention, tokens, response_mask, P, cfg) if use_ref else None
     adv = ADVANTAGES[cfg.advantage](rewards, G)
-    return Rollouts(ids, attention, response_mask, P, rewards, adv, old, ref_lp,
-                    {**rollout_stats(s, rewards, G, sample_seconds, policy, P),
-                     "train/verified_accuracy": sum(r == 1.0 for r in checked) / len(s.texts)})
+    return Rollouts(ids, attention, response_mask, P, rewards, adv, old, ref_lp, stats)
 
 
 def pack(s: Samples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -135,12 +144,18 @@ def grpo_gradients(policy, batch: Rollouts, rows: torch.Tensor, cfg: RLConfig, d
 
 def grpo_update(policy, opt, batch: Rollouts, cfg: RLConfig, d: Dist = SINGLE, flops_model=None) -> dict:
     """One optimizer step per mini-batch (whole groups each), as VeRL's actor update. `policy` may be a DDP
-    or FSDP2 module holding this rank's shard of the batch (`dist.shard` cuts it mini-batch by mini-batch)."""
-    groups = batch.rewards.numel() // cfg.group_size
-    per = groups // cfg.minibatches
+    or FSDP2 module holding this rank's shard of the batch (`dist.shard` cuts it mini-batch by mini-batch).
+    A batch of fewer groups than `cfg.minibatches` (under `rl.rollouts = filter`) takes one step per group;
+    one of none takes no step."""
+    G = cfg.group_size
+    groups = batch.rewards.numel() // G
+    if groups == 0:
+        return {"train_flops": 0}
+    M = min(cfg.minibatches, groups)
+    ends = [round(m * groups / M) for m in range(M + 1)]  # equal cuts (m * groups / M when M divides groups)
     collected: list[dict] = []
-    for m in range(cfg.minibatches):
-        rows = torch.arange(m * per * cfg.group_size, (m + 1) * per * cfg.group_size, device=batch.rewards.device)
+    for m in range(M):
+        rows = torch.arange(ends[m] * G, ends[m + 1] * G, device=batch.rewards.device)
         collected.append(grpo_gradients(policy, batch, rows, cfg, d))
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
         opt.step()

@@ -88,8 +88,12 @@ def _prompt_rows(step: int, n_items: int, per_step: int, seed: int) -> list[int]
 
 def _step_rollouts(setup: "_Setup", trainee: "Trainee", c: RLConfig, step: int, d: dist.Dist, parts: int = 1):
     """This rank's share of step `step`'s rollout batch: its prompts (cut into `parts` mini-batches first, see
-    `dist.shard`), sampled with the step's seed, so every rank count draws the samples one process would."""
-    rows = _prompt_rows(step, len(setup.train), c.prompts_per_step, c.seed)
+    `dist.shard`), sampled with the step's seed, so every rank count draws the samples one process would.
+    Under `rl.rollouts = filter` the step draws `filter_over` times the prompts (epochs pass that much faster)."""
+    over = c.filter_over if c.rollouts == "filter" else 1
+    if over > 1 and d.active:  # each rank would keep its own share of groups: unequal batches across ranks
+        raise UserError("rl.rollouts=filter runs in one process so far; launch without torchrun or use uniform")
+    rows = _prompt_rows(step, len(setup.train), c.prompts_per_step * over, c.seed)
     mine = dist.shard(len(rows), d, parts)
     return rollout(trainee.replica, setup.ref, setup.tok, [setup.train[rows[i]] for i in mine], c,
                    seed=c.seed * 1_000_003 + step, prompt_index=mine, sampler=trainee.sampler)
@@ -257,8 +261,11 @@ def parallel_gradients(module, params: list, batch, sft_batch, r, s, d: dist.Dis
         module.zero_grad(set_to_none=True)
         return out
 
-    rl_stats = grpo_gradients(module, batch, torch.arange(batch.rewards.numel(), device=batch.rewards.device), r, d)
-    g_rl = take(r.grad_clip)
+    if batch.rewards.numel():
+        rl_stats = grpo_gradients(module, batch, torch.arange(batch.rewards.numel(), device=batch.rewards.device), r, d)
+        g_rl = take(r.grad_clip)
+    else:  # `filter` found no group with a right and a wrong rollout: a zero RL gradient (AdamW's momentum still moves)
+        rl_stats, g_rl = {}, [torch.zeros_like(p) for p in params]
     sft_loss = sft_gradients(module, sft_batch, d=d)
     return g_rl, take(s.grad_clip), rl_stats, sft_loss
 
