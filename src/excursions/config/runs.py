@@ -55,6 +55,11 @@ class RLConfig:
     save_every: int = 10
     seed: int = 0
 
+    @property
+    def prompts_sampled(self) -> int:
+        """Prompts a step samples: prompts_per_step, or under `filter` filter_over times as many to choose from."""
+        return self.prompts_per_step * (self.filter_over if self.rollouts == "filter" else 1)
+
     def __post_init__(self):
         from excursions.objectives import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, ROLLOUTS
 

@@ -90,10 +90,9 @@ def _step_rollouts(setup: "_Setup", trainee: "Trainee", c: RLConfig, step: int, 
     """This rank's share of step `step`'s rollout batch: its prompts (cut into `parts` mini-batches first, see
     `dist.shard`), sampled with the step's seed, so every rank count draws the samples one process would.
     Under `rl.rollouts = filter` the step draws `filter_over` times the prompts (epochs pass that much faster)."""
-    over = c.filter_over if c.rollouts == "filter" else 1
-    if over > 1 and d.active:  # each rank would keep its own share of groups: unequal batches across ranks
+    if c.rollouts != "uniform" and d.active:  # each rank would keep its own share of groups: unequal batches
         raise UserError("rl.rollouts=filter runs in one process so far; launch without torchrun or use uniform")
-    rows = _prompt_rows(step, len(setup.train), c.prompts_per_step * over, c.seed)
+    rows = _prompt_rows(step, len(setup.train), c.prompts_sampled, c.seed)
     mine = dist.shard(len(rows), d, parts)
     return rollout(trainee.replica, setup.ref, setup.tok, [setup.train[rows[i]] for i in mine], c,
                    seed=c.seed * 1_000_003 + step, prompt_index=mine, sampler=trainee.sampler)
