@@ -143,9 +143,9 @@ def test_every_loop_stops_before_saving_a_diverged_step(recipe, fault, micro_run
 def test_pretraining_stops_at_an_infinite_learning_rate_and_keeps_its_good_states(micro_cfg, tmp_path, monkeypatch):
     from excursions.train import pretrain as pt
 
-    tokens_per_step, real = micro_cfg.pretrain.tokens_per_step, pt.cosine_lr
-    infinite_from_step_7 = lambda tokens, *a: math.inf if tokens > 6 * tokens_per_step else real(tokens, *a)
-    monkeypatch.setattr(pt, "cosine_lr", infinite_from_step_7)
+    tokens_per_step, real = micro_cfg.pretrain.tokens_per_step, pt.pretrain_lr
+    infinite_from_step_7 = lambda name, tokens, *a: math.inf if tokens > 6 * tokens_per_step else real(name, tokens, *a)
+    monkeypatch.setattr(pt, "pretrain_lr", infinite_from_step_7)
     with pytest.raises(Diverged, match=r"^pretrain: (loss|grad_norm|the weights) not finite at step (7|8)"):
         pt.pretrain(micro_cfg, tmp_path / "run", progress=False)
     saved = list((tmp_path / "run").glob("*/step*/model.safetensors"))

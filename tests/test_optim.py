@@ -9,7 +9,7 @@ import pytest
 from excursions.config import PretrainConfig
 from excursions.model import build_model
 from excursions.config import ModelConfig
-from excursions.optim import cosine_lr, param_groups
+from excursions.optim import cosine_lr, param_groups, pretrain_lr
 
 PEAK, WARM, TOTAL, RATIO = 1e-3, 100, 1100, 0.1
 
@@ -32,6 +32,26 @@ def test_cosine_lr_exact_values(tokens, expected):
 
 def test_cosine_lr_without_warmup_starts_at_peak():
     assert cosine_lr(0, PEAK, 0, TOTAL, RATIO) == PEAK
+
+
+@pytest.mark.parametrize(
+    "tokens, expected",
+    [
+        (50, 0.5e-3),  # the same warmup as the cosine
+        (100, 1e-3),
+        (880, 1e-3),  # held at the peak until the decay starts at 1100 * (1 - 0.2) = 880 tokens
+        (880 + 110, 1e-3 * (1 - 0.9 * 0.5)),  # half way down the linear decay
+        (1100, 1e-4),  # the end: peak * min_ratio
+        (5000, 1e-4),
+    ],
+)
+def test_wsd_lr_exact_values(tokens, expected):
+    assert pretrain_lr("wsd", tokens, PEAK, WARM, TOTAL, RATIO, 0.2) == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_schedule_is_chosen_by_name_and_cosine_ignores_the_decay_share():
+    assert pretrain_lr("cosine", 350, PEAK, WARM, TOTAL, RATIO, 0.2) == cosine_lr(350, PEAK, WARM, TOTAL, RATIO)
+    assert pretrain_lr("wsd", 350, PEAK, WARM, TOTAL, RATIO, 0.2) == PEAK
 
 
 def test_no_weight_decay_on_embeddings_and_norms():

@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules: small pure functions, tested against exact values.
 
     lr = cosine_lr(tokens_seen, peak=3e-3, warmup=500_000, total=16_000_000, min_ratio=0.1)
+    lr = pretrain_lr("wsd", tokens_seen, 3e-3, 500_000, 16_000_000, 0.1, decay=0.2)
 """
 
 from __future__ import annotations
@@ -17,6 +18,33 @@ def cosine_lr(tokens: float, peak: float, warmup: float, total: float, min_ratio
         return peak * tokens / warmup
     progress = min(1.0, (tokens - warmup) / max(1.0, total - warmup))
     return peak * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def wsd_lr(tokens: float, peak: float, warmup: float, total: float, min_ratio: float, decay: float) -> float:
+    """Warmup-stable-decay: the same linear warmup, `peak` held, then a linear decay to `peak * min_ratio`
+    over the last `decay` share of `total` tokens (flat after). Every checkpoint before the decay is taken
+    at the peak LR, so "how far along" and "how annealed" are separate (Hagele et al. 2024, MiniCPM).
+
+    >>> [round(wsd_lr(t, 1.0, 10, 100, 0.1, 0.2), 4) for t in (5, 10, 80, 90, 100, 120)]
+    [0.5, 1.0, 1.0, 0.55, 0.1, 0.1]
+    """
+    if tokens < warmup:
+        return peak * tokens / warmup
+    start = total * (1.0 - decay)
+    progress = min(1.0, max(0.0, tokens - start) / max(1.0, total - start))
+    return peak * (1.0 - (1.0 - min_ratio) * progress)
+
+
+SCHEDULES = {
+    "cosine": lambda tokens, peak, warmup, total, min_ratio, decay: cosine_lr(tokens, peak, warmup, total, min_ratio),
+    "wsd": wsd_lr,
+}
+
+
+def pretrain_lr(schedule: str, tokens: float, peak: float, warmup: float, total: float, min_ratio: float,
+                decay: float) -> float:
+    """The pretraining LR after `tokens` under a named schedule (`pretrain.schedule`)."""
+    return SCHEDULES[schedule](tokens, peak, warmup, total, min_ratio, decay)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

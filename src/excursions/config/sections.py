@@ -151,13 +151,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Pretraining from scratch (paper Table 4, scaled down): AdamW, cosine with warmup, checkpoints."""
+    """Pretraining from scratch (paper Table 4, scaled down): AdamW, cosine (or WSD) with warmup, checkpoints."""
 
     tokens: int = 10_000_000  # token budget
     seq_len: int = 512
     batch_size: int = 16  # sequences per optimizer step
     lr: float = 6e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1  # the schedule decays to lr * min_lr_ratio
+    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, lr held, a linear decay at the end
+    decay_fraction: float = 0.2  # wsd only: the share of `tokens` spent decaying
     warmup_tokens: int = 250_000
     weight_decay: float = 0.1
     betas: tuple[float, ...] = (0.9, 0.95)
@@ -178,6 +180,7 @@ class PretrainConfig:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.lr > 0, "lr", "must be > 0")
         check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", "must be between 0 and 1")
+        check(0.0 < self.decay_fraction <= 1.0, "decay_fraction", "must be > 0 and <= 1")
         check(0 <= self.warmup_tokens < self.tokens, "warmup_tokens", f"must be >= 0 and < tokens ({self.tokens})")
         check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "must be two numbers in [0, 1)")

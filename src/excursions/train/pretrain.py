@@ -25,7 +25,7 @@ from excursions.errors import UserError
 from excursions.evals.math import is_correct
 from excursions.flops import model_dims, train_flops_per_token
 from excursions.model import build_model, count_params, pick_device
-from excursions.optim import adamw, cosine_lr, set_lr
+from excursions.optim import adamw, pretrain_lr, set_lr
 from excursions.runtime import progress_bar
 from excursions.sampling import generate
 from excursions.tokenizer import load_tokenizer, train_tokenizer
@@ -169,7 +169,8 @@ def pretrain_step(cfg: Config, model, opt, batches: "Batches", dev):
 
     def step_fn(step: int) -> dict:
         t0 = time.perf_counter()
-        lr = cosine_lr((step + 1) * p.tokens_per_step, p.lr, p.warmup_tokens, p.tokens, p.min_lr_ratio)
+        lr = pretrain_lr(p.schedule, (step + 1) * p.tokens_per_step, p.lr, p.warmup_tokens, p.tokens, p.min_lr_ratio,
+                         p.decay_fraction)
         set_lr(opt, lr)
         x = batches.batch(step).to(dev)
         loss = forward(input_ids=x, labels=x).loss
