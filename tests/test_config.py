@@ -52,7 +52,7 @@ def test_config_is_frozen():
         ("pretrain.compile=1", "pretrain.compile", "true or false"),
         ("model=3", "model", "table of settings"),
         ("pretrain.num_checkpoints=5000", "pretrain.num_checkpoints", "do not fit"),
-        ("rl.rollouts='dapo'", "rl.rollouts", "unknown allocator; choose one of uniform, filter"),
+        ("rl.rollouts='dapo'", "rl.rollouts", "unknown allocator; choose one of uniform, filter, until_positive"),
     ],
 )
 def test_bad_values_name_the_field(override, field, words):
@@ -60,6 +60,13 @@ def test_bad_values_name_the_field(override, field, words):
         load_config("smoke", overrides=[override])
     assert err.value.field == field
     assert words in str(err.value)
+
+
+def test_until_positive_needs_whole_draws_of_a_group():
+    with pytest.raises(ConfigError, match="max_rollouts: must be a multiple of group_size \\(4\\)"):
+        load_config("smoke", overrides=["rl.rollouts='until_positive'", "rl.max_rollouts=10"])
+    assert load_config("smoke", overrides=["rl.max_rollouts=10"]).rl.rounds == 1  # read by until_positive only
+    assert load_config("smoke", overrides=["rl.rollouts='until_positive'", "rl.max_rollouts=12"]).rl.rounds == 3
 
 
 def test_bad_override_syntax_and_sources(tmp_path):

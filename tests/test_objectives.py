@@ -17,10 +17,24 @@ from excursions.registry import lookup
 def test_grpo_advantage_hand_values():
     # group 1: rewards 1,0,0,1 -> mean 0.5; Bessel std = sqrt(4 * 0.25 / 3) = sqrt(1/3); adv = +-0.5 * sqrt(3)
     # group 2: all equal -> 0 (no learning signal from a group that all agree)
-    adv = grpo_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 0.1, 0.1, 0.1, 0.1]), group_size=4)
+    adv = grpo_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 0.1, 0.1, 0.1, 0.1]), 4)
     a = 0.5 / (math.sqrt(1 / 3) + 1e-6)
     assert torch.allclose(adv, torch.tensor([a, -a, -a, a, 0, 0, 0, 0]), atol=1e-6)
     assert torch.equal(drgrpo_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4), torch.tensor([0.5, -0.5, -0.5, 0.5]))
+
+
+def test_advantages_over_groups_of_any_size_and_order():
+    # until_positive's groups: problem 0 drew [1, 0] (mean 1/2, Bessel std sqrt(1/2): +-1/sqrt(2)); problem 1
+    # drew [0, 0] then [1, 0] in a second draw, its rows apart (mean 1/4, std sqrt((3 * 1/16 + 9/16) / 3) = 1/2:
+    # -1/2 three times and 3/2); problem 2 one rollout (mean itself: 0)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+    groups = torch.tensor([0, 0, 1, 1, 1, 1, 2])
+    b = 1 / math.sqrt(2)
+    want = torch.tensor([b, -b, -0.5, -0.5, 1.5, -0.5, 0.0])
+    assert torch.allclose(grpo_advantages(rewards, groups, eps=0.0), want, atol=1e-6)
+    assert torch.allclose(drgrpo_advantages(rewards, groups), torch.tensor([0.5, -0.5, -0.25, -0.25, 0.75, -0.25, 0.0]))
+    order = torch.tensor([6, 2, 0, 4, 1, 5, 3])  # the same rollouts shuffled: each keeps its advantage
+    assert torch.allclose(grpo_advantages(rewards[order], groups[order], eps=0.0), want[order], atol=1e-6)
 
 
 def test_clipped_loss_values_and_gradient_signs():

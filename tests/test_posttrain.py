@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from excursions.config import RLConfig, load_config
 from excursions.data.problems import format_prompt, read_jsonl
 from excursions.errors import UserError
-from excursions.objectives import token_logprobs
+from excursions.objectives import grpo_advantages, token_logprobs
 from excursions.optim import adamw
 from excursions.recipes import RECIPES
 from excursions.train.grpo import Rollouts, grpo_update
@@ -131,10 +131,12 @@ def test_sft_batches_mask_exactly_the_completion(source, micro_run):
         assert tok.decode(ids[r][att[r] == 1][: len(tok(prompt).input_ids)].tolist()) == prompt
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES) + ["rl/filter"])
+@pytest.mark.parametrize("name", sorted(RECIPES) + ["rl/filter", "rl/until_positive"])
 def test_every_recipe_runs_end_to_end(name, source, micro_run, post_cfg, tmp_path):
-    if name == "rl/filter":  # GRPO on the groups with a right and a wrong rollout (the micro model: often none)
-        name, post_cfg = "rl", replace(post_cfg, rl=replace(post_cfg.rl, rollouts="filter"))
+    if name.startswith("rl/"):  # filter: GRPO on the groups with a right and a wrong rollout (the micro model:
+        # often none); until_positive: up to 2 G rollouts a problem
+        name, post_cfg = "rl", replace(post_cfg, rl=replace(post_cfg.rl, rollouts=name[3:],
+                                                            max_rollouts=2 * post_cfg.rl.group_size))
     final = posttrain(str(source), name, post_cfg, tmp_path / name, micro_run / "world", progress=False)
     meta = json.loads((final / "excursions.json").read_text())
     assert meta["recipe"] == name and meta["source"].endswith(str(source.name)) or meta["recipe"] == name
@@ -150,6 +152,9 @@ def test_every_recipe_runs_end_to_end(name, source, micro_run, post_cfg, tmp_pat
         assert bool(changed) == any(kept), "filter: the weights move exactly when a step kept a group"
         return
     assert changed, "post-training left every parameter unchanged"
+    if post_cfg.rl.rollouts == "until_positive":  # the micro model is rarely right: often a second draw of G
+        G = post_cfg.rl.group_size
+        assert all(G <= r["train/rollouts_per_prompt"] <= 2 * G for r in rows if "train/rollouts_per_prompt" in r)
     if "rl" in name or name == "parallel":
         assert {"train/reward", "train/kl", "train/entropy", "train/clip_frac", "total_rollout_flops"} <= set(rows[-1])
     # every stage's metrics in TensorBoard too, under the same names in every recipe
@@ -185,6 +190,37 @@ def test_filter_trains_on_the_mixed_groups_of_the_same_samples(source, micro_run
     assert empty.stats["train/kept_groups"] == 0 and grpo_update(model, adamw(model, 1e-2, (0.9, 0.999), 0.0), empty, cfg) == {
         "train_flops": 0}
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step without a group
+
+
+def test_until_positive_draws_again_for_the_unsolved_and_trains_on_every_draw(source, micro_run, monkeypatch):
+    """`rl.rollouts = until_positive` (the authors' adaptive rollouts): the first draw is uniform's; each problem
+    without a right rollout draws G more (new random streams), until one is right or max_rollouts are drawn; every
+    rollout is trained on, with advantages over all of its problem's draws."""
+    import excursions.train.grpo as grpo
+
+    model, tok = AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+    problems = read_jsonl(micro_run / "world" / "gsm" / "train.jsonl")[:5]
+    draws = {20: [0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0],  # problems 0 and 3 unsolved
+             8: [0, 0, 0, 0, 0, 1, 0, 0],  # problem 0 still unsolved, problem 3 solved
+             4: [0, 0, 0, 0]}  # problem 0's last draw (max_rollouts = 3 G)
+    monkeypatch.setattr(grpo, "math_rewards", lambda texts, *a, **k: [float(r) for r in draws[len(texts)]])
+    base = dict(group_size=4, max_new_tokens=12, kl_coef=0.0, minibatches=1, temperature=1.0, prompts_per_step=5)
+    every = grpo.rollout(model, None, tok, problems, RLConfig(**base), seed=3)
+    more = grpo.rollout(model, None, tok, problems, RLConfig(rollouts="until_positive", max_rollouts=12, **base), seed=3)
+    assert more.rewards.tolist() == draws[20] + draws[8] + draws[4]  # groups: problems 0-4, then 0, 3, then 0
+    completion = lambda b, i: b.responses[i][b.response_mask[i].bool()].tolist()
+    assert all(completion(more, i) == completion(every, i) for i in range(20))
+    assert [completion(more, i) for i in range(20, 24)] != [completion(more, i) for i in range(4)]  # a new draw
+    assert more.stats["train/rollouts_per_prompt"] == 32 / 5 and more.stats["train/solved_groups"] == pytest.approx(4 / 5)
+    assert more.stats["train/kept_groups"] == 5 and every.stats["train/rollouts_per_prompt"] == 4
+    third = [12, 13, 14, 15, 24, 25, 26, 27]  # problem 3's two draws: one group of 8
+    assert more.advantages[third].tolist() == pytest.approx(
+        grpo_advantages(torch.tensor(draws[20][12:16] + draws[8][4:], dtype=torch.float), 8).tolist())
+    assert more.advantages[[0, 1, 2, 3, 20, 21, 22, 23, 28, 29, 30, 31]].abs().max() == 0  # never right: no signal
+    assert more.advantages[4:12].tolist() == pytest.approx(every.advantages[4:12].tolist())
+    before = [p.clone() for p in model.parameters()]
+    grpo_update(model, adamw(model, 1e-2, (0.9, 0.999), 0.0), more, RLConfig(rollouts="until_positive", **base))
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_a_batch_of_fewer_groups_than_minibatches_takes_a_step_per_group(source):

@@ -1,6 +1,6 @@
 """Training objectives as pure functions, and their variants in name -> function registries.
 
-    adv = ADVANTAGES["grpo"](rewards, group_size=8)                        # [B*G]
+    adv = ADVANTAGES["grpo"](rewards, 8)                                   # [B*G], groups of 8 (or group ids)
     kept = ROLLOUTS["filter"](correct.view(-1, 8), keep=32)                # the groups trained on
     loss, stats = grpo_loss(logp, old_logp, ref_logp, adv, mask, kl="k3", agg="token-mean")
     loss = sft_loss(logits, labels, mask)
@@ -24,18 +24,36 @@ from excursions.registry import lookup
 # ------------------------------------------------------------------------------------ advantages
 
 
-def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """(r - mean(group)) / (std(group) + eps), std with Bessel's correction; equal groups get 0."""
-    r = rewards.view(-1, group_size)  # [B, G]
-    mean = r.mean(-1, keepdim=True)
-    std = r.std(-1, keepdim=True) if group_size > 1 else torch.ones_like(mean)
-    return ((r - mean) / (std + eps)).flatten()
+def group_labels(n: int, groups: int | torch.Tensor) -> torch.Tensor:
+    """Each rollout's group id: `groups` itself, or for an int G contiguous groups of G."""
+    return groups if isinstance(groups, torch.Tensor) else torch.arange(n) // groups
 
 
-def drgrpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+def _group_mean_std(rewards: torch.Tensor, groups: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per rollout, its group's mean reward and standard deviation (Bessel's correction; 1 for a group of one)."""
+    labels = group_labels(rewards.numel(), groups).to(rewards.device)
+    k = int(labels.max()) + 1 if labels.numel() else 0
+    count = torch.zeros(k, dtype=rewards.dtype, device=rewards.device).index_add_(0, labels, torch.ones_like(rewards))
+    mean = torch.zeros_like(count).index_add_(0, labels, rewards) / count.clamp(min=1)
+    sq = torch.zeros_like(count).index_add_(0, labels, (rewards - mean[labels]).square())
+    std = torch.where(count > 1, (sq / (count - 1).clamp(min=1)).sqrt(), torch.ones_like(count))
+    return mean[labels], std[labels]
+
+
+def grpo_advantages(rewards: torch.Tensor, groups: int | torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(r - mean(group)) / (std(group) + eps), std with Bessel's correction; equal groups get 0. `groups`: G for
+    contiguous groups of G, or each rollout's group id (groups of any size, as `until_positive` draws them).
+
+    >>> grpo_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0]), torch.tensor([0, 0, 1, 1, 1])).round(decimals=4)
+    tensor([ 0.7071, -0.7071, -0.5773, -0.5773,  1.1547])
+    """
+    mean, std = _group_mean_std(rewards, groups)
+    return (rewards - mean) / (std + eps)
+
+
+def drgrpo_advantages(rewards: torch.Tensor, groups: int | torch.Tensor) -> torch.Tensor:
     """Dr. GRPO: r - mean(group), no division by the standard deviation."""
-    r = rewards.view(-1, group_size)
-    return (r - r.mean(-1, keepdim=True)).flatten()
+    return rewards - _group_mean_std(rewards, groups)[0]
 
 
 ADVANTAGES: dict[str, Callable] = {"grpo": grpo_advantages, "drgrpo": drgrpo_advantages}
@@ -69,8 +87,10 @@ def mixed_groups(correct: torch.Tensor, keep: int) -> list[int]:
 
 
 # rl.rollouts: name -> the groups a step trains on. `filter` steps sample rl.filter_over times the step's prompts
-# and keep up to rl.prompts_per_step mixed groups; `uniform` steps sample and keep rl.prompts_per_step.
-ROLLOUTS: dict[str, Callable] = {"uniform": all_groups, "filter": mixed_groups}
+# and keep up to rl.prompts_per_step mixed groups; `uniform` steps sample and keep rl.prompts_per_step;
+# `until_positive` steps (the paper's authors' adaptive rollouts) draw G more for every prompt without a right
+# rollout yet, up to rl.max_rollouts each, and train on all of them (RLConfig.rounds).
+ROLLOUTS: dict[str, Callable] = {"uniform": all_groups, "filter": mixed_groups, "until_positive": all_groups}
 
 
 # ------------------------------------------------------------------------------------- KL to ref

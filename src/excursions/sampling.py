@@ -52,6 +52,16 @@ class Samples:
                        self.mask[rows, :T], [self.texts[r] for r in rows.tolist()],
                        [self.finish[r] for r in rows.tolist()], self.n)
 
+    @staticmethod
+    def concat(parts: Sequence["Samples"], pad_id: int) -> "Samples":
+        """Several draws of `n` completions as one, in order: a prompt drawn twice appears twice (each of its
+        groups of `n` rows keeps its own prompt entry), completions right-padded to the longest."""
+        T = max(p.tokens.shape[1] for p in parts)
+        pad = lambda t, v: torch.nn.functional.pad(t, (0, T - t.shape[1]), value=v)
+        return Samples([q for p in parts for q in p.prompt_ids], torch.cat([pad(p.tokens, pad_id) for p in parts]),
+                       torch.cat([pad(p.logprobs, 0.0) for p in parts]), torch.cat([pad(p.mask, 0.0) for p in parts]),
+                       [t for p in parts for t in p.texts], [f for p in parts for f in p.finish], parts[0].n)
+
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """`text` up to (not including) the first stop string.

@@ -41,8 +41,11 @@ class RLConfig:
     # which sampled groups a step trains on (objectives.ROLLOUTS): all of them (`uniform`), or (`filter`, DAPO's
     # dynamic sampling) up to prompts_per_step groups with both a right and a wrong rollout, out of filter_over
     # times the prompts; its rollout FLOPs count every sample drawn
+    # or (`until_positive`, the authors' adaptive rollouts) G more for each prompt without a right one, up to
+    # max_rollouts per prompt, all trained on (advantages over each prompt's whole set)
     rollouts: str = "uniform"
     filter_over: int = 4
+    max_rollouts: int = 128
     aggregation: str = "token-mean"
     format_score: float = 0.1
     # what earns the reward of 1: the right answer (the paper), or the right answer reached by written work
@@ -60,6 +63,11 @@ class RLConfig:
         """Prompts a step samples: prompts_per_step, or under `filter` filter_over times as many to choose from."""
         return self.prompts_per_step * (self.filter_over if self.rollouts == "filter" else 1)
 
+    @property
+    def rounds(self) -> int:
+        """Draws of G rollouts a prompt may get in one step: max_rollouts / G under `until_positive`, else 1."""
+        return self.max_rollouts // self.group_size if self.rollouts == "until_positive" else 1
+
     def __post_init__(self):
         from excursions.objectives import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, ROLLOUTS
 
@@ -76,6 +84,9 @@ class RLConfig:
         check(self.kl in KL_ESTIMATORS, "kl", f"unknown KL estimator; choose one of {', '.join(KL_ESTIMATORS)}")
         check(self.advantage in ADVANTAGES, "advantage", f"unknown estimator; choose one of {', '.join(ADVANTAGES)}")
         check(self.rollouts in ROLLOUTS, "rollouts", f"unknown allocator; choose one of {', '.join(ROLLOUTS)}")
+        if self.rollouts == "until_positive":
+            check(self.max_rollouts >= self.group_size and self.max_rollouts % self.group_size == 0, "max_rollouts",
+                  f"must be a multiple of group_size ({self.group_size}): rollouts are drawn G at a time")
         check(self.aggregation in AGGREGATIONS, "aggregation", f"unknown mode; choose one of {', '.join(AGGREGATIONS)}")
         check(0 <= self.format_score < 1, "format_score", "must be in [0, 1)")
         for name in ("shots", "track_every", "track_problems"):

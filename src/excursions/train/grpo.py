@@ -47,30 +47,51 @@ class Rollouts:
 @torch.no_grad()
 def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
             stop: Sequence[str] = STOP_STRINGS, prompt_index: Sequence[int] | None = None, sampler=None) -> Rollouts:
-    """Sample G completions per problem, score them, keep the groups `cfg.rollouts` trains on (all of them, or
-    under `filter` up to `cfg.prompts_per_step` with both a right and a wrong rollout), and compute advantages
-    and old / ref log-probs of those. `prompt_index`: the problems' places in the step's whole batch when this
-    is a shard of it. `sampler`: a `VLLMSampler` holding the policy's weights, to sample with instead of the
-    policy itself. The stats (accuracy, FLOPs) cover every rollout sampled, kept or not."""
+    """Sample G completions per problem, score them, keep the groups `cfg.rollouts` trains on (all of them; under
+    `filter` up to `cfg.prompts_per_step` with both a right and a wrong rollout; under `until_positive` G more
+    for each problem without a right one, up to `cfg.rounds` draws), and compute advantages and old / ref
+    log-probs of those. `prompt_index`: the problems' places in the step's whole batch when this is a shard of
+    it. `sampler`: a `VLLMSampler` holding the policy's weights, to sample with instead of the policy itself.
+    The stats (accuracy, FLOPs) cover every rollout sampled, kept or not."""
     G, t0 = cfg.group_size, time.perf_counter()
-    s = sample(sampler or policy, tok, [format_prompt(p.question, tok=tok) for p in problems], n=G,
-               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed, stop=stop,
-               prompt_index=prompt_index)
+    index = list(range(len(problems))) if prompt_index is None else list(prompt_index)
+    prompts = [format_prompt(p.question, tok=tok) for p in problems]
+
+    def draw(rows: list[int], r: int) -> tuple[Samples, torch.Tensor, list[float]]:
+        """G samples of each of `rows` (draw r has its own random streams), their rewards and verified rewards."""
+        s = sample(sampler or policy, tok, [prompts[i] for i in rows], n=G, max_new_tokens=cfg.max_new_tokens,
+                   temperature=cfg.temperature, seed=seed, stop=stop,
+                   prompt_index=[r * len(problems) + index[i] for i in rows])
+        answers = [problems[i].answer for i in rows for _ in range(G)]
+        questions = [problems[i].question for i in rows for _ in range(G)]
+        finished = [f != "length" for f in s.finish]
+        # the verified rewards are computed either way: their rate of 1s is logged (under reward = "answer" the
+        # gap between the two accuracies is luck)
+        checked = math_rewards(s.texts, answers, finished, cfg.format_score, questions)
+        rewards = torch.tensor(checked if cfg.reward == "verified"
+                               else math_rewards(s.texts, answers, finished, cfg.format_score))
+        return s, rewards, checked
+
+    s, rewards, checked = draw(list(range(len(problems))), 0)
+    owner = list(range(len(problems)))  # the problem each group of G rows belongs to
+    solved = (rewards.view(-1, G) == 1.0).any(-1)
+    for r in range(1, cfg.rounds):  # until_positive: more draws for the problems still without a right rollout
+        todo = (~solved).nonzero().flatten().tolist()
+        if not todo:
+            break
+        s_r, rewards_r, checked_r = draw(todo, r)
+        solved[todo] = (rewards_r.view(-1, G) == 1.0).any(-1)
+        s, rewards = Samples.concat([s, s_r], tok.pad_token_id), torch.cat([rewards, rewards_r])
+        checked, owner = checked + checked_r, owner + todo
     sample_seconds = time.perf_counter() - t0
-    answers = [p.answer for p in problems for _ in range(G)]
-    questions = [p.question for p in problems for _ in range(G)]
-    finished = [f != "length" for f in s.finish]
-    # the verified rewards are computed either way: their rate of 1s is logged (under reward = "answer" the gap
-    # between the two accuracies is luck)
-    checked = math_rewards(s.texts, answers, finished, cfg.format_score, questions)
-    rewards = torch.tensor(checked if cfg.reward == "verified"
-                           else math_rewards(s.texts, answers, finished, cfg.format_score))
-    stats = {**rollout_stats(s, rewards, G, sample_seconds, policy, max(len(p) for p in s.prompt_ids)),
-             "train/verified_accuracy": sum(r == 1.0 for r in checked) / len(s.texts)}
-    kept = ROLLOUTS[cfg.rollouts]((rewards == 1.0).view(-1, G), cfg.prompts_per_step)
-    stats["train/kept_groups"] = len(kept)
-    if len(kept) < len(problems):
-        s, rewards = s.prompts(kept), rewards.view(-1, G)[kept].flatten()
+    stats = {**rollout_stats(s, rewards, sample_seconds, policy, max(len(p) for p in s.prompt_ids)),
+             "train/verified_accuracy": sum(r == 1.0 for r in checked) / len(s.texts),
+             "train/solved_groups": solved.float().mean().item(),  # per problem, over all of its draws
+             "train/rollouts_per_prompt": len(s.texts) / len(problems)}
+    kept = ROLLOUTS[cfg.rollouts]((rewards == 1.0).view(-1, G), cfg.prompts_per_step if cfg.rounds == 1 else len(owner))
+    stats["train/kept_groups"] = len({owner[k] for k in kept})
+    if len(kept) < len(owner):
+        s, rewards, owner = s.prompts(kept), rewards.view(-1, G)[kept].flatten(), [owner[k] for k in kept]
     if not kept:  # nothing to learn from in this step's rollouts: the update is skipped
         return Rollouts(torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.long), s.mask, 0,
                         rewards, rewards, None, None, stats)
@@ -82,7 +103,9 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
     old = batch_logprobs(policy, ids, attention, tokens, response_mask, P, cfg) if cfg.minibatches > 1 else None
     use_ref = ref is not None and cfg.kl_coef > 0
     ref_lp = batch_logprobs(ref, ids, attention, tokens, response_mask, P, cfg) if use_ref else None
-    adv = ADVANTAGES[cfg.advantage](rewards, G)
+    # advantages within each problem's rollouts (a problem drawn more than once has them all in one group)
+    groups = G if cfg.rounds == 1 else torch.tensor(owner).repeat_interleave(G)
+    adv = ADVANTAGES[cfg.advantage](rewards, groups)
     return Rollouts(ids, attention, response_mask, P, rewards, adv, old, ref_lp, stats)
 
 
@@ -99,7 +122,7 @@ def pack(s: Samples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     return ids, attention, P
 
 
-def rollout_stats(s: Samples, rewards: torch.Tensor, G: int, sample_seconds: float, policy, P: int) -> dict:
+def rollout_stats(s: Samples, rewards: torch.Tensor, sample_seconds: float, policy, P: int) -> dict:
     """What a step logs of its rollouts, and the tokens and FLOPs they cost."""
     n_params, layers, d = model_dims(policy)
     gen_tokens, T = int(s.mask.sum()), s.tokens.shape[1]
@@ -108,7 +131,6 @@ def rollout_stats(s: Samples, rewards: torch.Tensor, G: int, sample_seconds: flo
         "train/accuracy": (rewards == 1.0).float().mean().item(),
         "train/format_rate": (rewards > 0).float().mean().item(),
         "train/response_length": s.lengths.float().mean().item(),
-        "train/solved_groups": (rewards.view(-1, G).max(-1).values == 1.0).float().mean().item(),
         "train/sample_seconds": sample_seconds,  # generation alone (with the step's seconds: tokens / s)
         "rollout_tokens": gen_tokens,
         "rollout_flops": gen_tokens * generate_flops_per_token(n_params, layers, d, P + T // 2),

@@ -91,7 +91,7 @@ def _step_rollouts(setup: "_Setup", trainee: "Trainee", c: RLConfig, step: int, 
     `dist.shard`), sampled with the step's seed, so every rank count draws the samples one process would.
     Under `rl.rollouts = filter` the step draws `filter_over` times the prompts (epochs pass that much faster)."""
     if c.rollouts != "uniform" and d.active:  # each rank would keep its own share of groups: unequal batches
-        raise UserError("rl.rollouts=filter runs in one process so far; launch without torchrun or use uniform")
+        raise UserError(f"rl.rollouts={c.rollouts} runs in one process so far; launch without torchrun or use uniform")
     rows = _prompt_rows(step, len(setup.train), c.prompts_sampled, c.seed)
     mine = dist.shard(len(rows), d, parts)
     return rollout(trainee.replica, setup.ref, setup.tok, [setup.train[rows[i]] for i in mine], c,
