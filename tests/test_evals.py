@@ -16,7 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from excursions.config import EvalConfig
 from excursions.data.problems import MCItem, Problem, read_jsonl
 from excursions.evals.general import REAL_MC, bits_per_byte, continuation_logprobs, load_mc, score_mc
-from excursions.evals.harness import evaluate_math, prompts_for
+from excursions.evals.expansion import distinct_solutions
+from excursions.evals.harness import evaluate_math, prompts_for, read_samples
+from excursions.evals.math import is_correct
 from excursions.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "general"
@@ -42,6 +44,8 @@ def test_math_eval_keeps_per_problem_counts(lm, micro_run):
     assert all(p["n"] == 4 and 0 <= p["c"] <= p["c_lenient"] <= 4 for p in r["per_problem"])
     assert r["metrics"]["pass@1"]["mean"] == pytest.approx(sum(p["c"] for p in r["per_problem"]) / 24)
     assert 0 <= r["format_rate"] <= 1
+    assert all(0 <= p["distinct"] <= p["c"] and 0 <= p["answer_entropy"] <= 2 for p in r["per_problem"])  # log2(4)
+    assert [len(t) for t in r["samples"]] == [4] * 6
     again = evaluate_math(model, tok, test, train, cfg, shots=1, progress=False)
     assert again["per_problem"] == r["per_problem"]  # seeded: the same evaluation twice
 
@@ -118,6 +122,14 @@ def test_eval_cli_writes_results_and_a_sweep_figure(final, tmp_path):
         assert (tmp_path / name).exists(), name
     r = json.loads((tmp_path / "gsm-1shot.json").read_text())
     assert r["shots"] == 1 and len(r["per_problem"]) == 4 and r["eval_config"]["n"] == 2
+    # the completions are kept beside it (not in it), enough to grade every problem again without sampling
+    assert "samples" not in r
+    stored = read_samples(tmp_path / "gsm-1shot.json")
+    gold = {p.id: p for p in read_jsonl(final.parents[1] / "world/gsm/test.jsonl")}
+    for row in r["per_problem"]:
+        texts = stored[row["id"]]
+        right = [t for t in texts if is_correct(t, gold[row["id"]].answer)]
+        assert len(texts) == 2 and len(right) == row["c"] and distinct_solutions(right) == row["distinct"]
     bad = subprocess.run([sys.executable, "-m", "excursions.cli", "eval", str(final), "--task", "mmlu"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown task 'mmlu'" in bad.stderr and "Traceback" not in bad.stderr

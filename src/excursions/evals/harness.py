@@ -6,17 +6,20 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import random
 import time
 from pathlib import Path
 from typing import Sequence
 
-from excursions.checkpoint import checkpoints, read_json, write_json
+from excursions.checkpoint import atomic_write_bytes, checkpoints, read_json, write_json
 from excursions.config import DistributedConfig, EvalConfig, to_dict
 from excursions.data.problems import MCItem, Problem, format_prompt, read_jsonl
 from excursions.errors import UserError
 from excursions.evals.general import REAL_MC, bits_per_byte, load_mc, score_mc
-from excursions.evals.math import grade, strict_answer, verified
+from excursions.evals.expansion import answer_entropy, distinct_solutions
+from excursions.evals.math import extract_answer, grade, strict_answer, verified
 from excursions.evals.passk import guess_baseline, pass_at_k_table
 from excursions.model import load_model, parse_checkpoint, pick_device
 from excursions.runtime import progress_bar
@@ -66,8 +69,12 @@ def evaluate_math(model, tok, problems: Sequence[Problem], train: Sequence[Probl
             "id": p.id, "n": cfg.n, "c": sum(g.correct for g in grades), "c_lenient": sum(g.lenient for g in grades),
             "c_format": sum(strict_answer(out.texts[r], out.finish[r] != "length") is not None for r in rows),
             "c_verified": sum(g.correct and verified(out.texts[r], p.question, p.answer) for g, r in zip(grades, rows)),
+            # diversity (evals.expansion): distinct right step sequences, and how spread the final answers are
+            "distinct": distinct_solutions([out.texts[r] for g, r in zip(grades, rows) if g.correct]),
+            "answer_entropy": answer_entropy([extract_answer(out.texts[r]) for r in rows]),
             **({"depth": p.meta["depth"]} if "depth" in p.meta else {}),
         })
+    solved = [r for r in per_problem if r["c"]]
     total = len(problems) * cfg.n
     table = lambda key: pass_at_k_table([(r["n"], r[key]) for r in per_problem], cfg.ks, cfg.bootstrap, cfg.seed)
     return {
@@ -77,9 +84,12 @@ def evaluate_math(model, tok, problems: Sequence[Problem], train: Sequence[Probl
         "lenient_pass@1": sum(r["c_lenient"] for r in per_problem) / total,
         "format_rate": sum(r["c_format"] for r in per_problem) / total,
         "by_depth": by_depth(per_problem),
+        "distinct_per_solved": sum(r["distinct"] for r in solved) / len(solved) if solved else 0.0,
+        "answer_entropy": sum(r["answer_entropy"] for r in per_problem) / len(per_problem),
         "mean_completion_tokens": float(out.lengths.float().mean()),
         "seconds": time.perf_counter() - t0,
         "per_problem": per_problem,
+        "samples": [out.texts[i * cfg.n : (i + 1) * cfg.n] for i in range(len(problems))],  # `_save`: to a .gz file
     }
 
 
@@ -195,9 +205,34 @@ def evaluate_checkpoint(spec: str, tasks: Sequence[str], cfg: EvalConfig, shots:
 
 
 def _save(path: Path, spec: str, task: str, cfg: EvalConfig, result: dict) -> dict:
-    record = {"checkpoint": spec, "task": task, "eval_config": to_dict(cfg), **result, "path": str(path)}
+    """The result as JSON at `path`; its sampled completions, if any, first beside it (`samples_path`), so
+    metrics can be computed again later without sampling (the JSON's presence marks the result done)."""
+    record = {"checkpoint": spec, "task": task, "eval_config": to_dict(cfg), **save_samples(path, result),
+              "path": str(path)}
     write_json(path, record)
     return record
+
+
+def save_samples(path: Path, result: dict) -> dict:
+    """Write a math result's sampled completions beside `path` (gzipped JSON lines by problem id); the result
+    without them, to write at `path` afterwards."""
+    result = dict(result)
+    if (samples := result.pop("samples", None)) is not None:
+        ids = [r["id"] for r in result["per_problem"]]
+        lines = "".join(json.dumps({"id": i, "completions": c}) + "\n" for i, c in zip(ids, samples))
+        atomic_write_bytes(samples_path(path), gzip.compress(lines.encode(), mtime=0))
+    return result
+
+
+def samples_path(result: Path | str) -> Path:
+    """Where a math result's sampled completions are kept: gsm-4shot.json -> gsm-4shot.samples.jsonl.gz."""
+    return Path(result).with_suffix(".samples.jsonl.gz")
+
+
+def read_samples(result: Path | str) -> dict[str, list[str]]:
+    """A math result's stored completions by problem id (`samples_path`)."""
+    with gzip.open(samples_path(result), "rt") as f:
+        return {row["id"]: row["completions"] for row in map(json.loads, f)}
 
 
 def by_k(metrics: dict) -> dict:

@@ -194,7 +194,7 @@ def is_correct(completion: str, gold: str) -> bool:
 # ------------------------------------------------------------------------------------- verified chains
 
 # whole numbers only: a sentence's full stop may follow, a decimal point and digit may not
-_STEP = re.compile(r"(?<![\d.])(\d+) ([-+*/]) (\d+) = (\d+)(?!\.?\d)")
+STEP = re.compile(r"(?<![\d.])(\d+) ([-+*/]) (\d+) = (\d+)(?!\.?\d)")
 _QUESTION_NUMBER = re.compile(r"(?<![\d.])\d+(?!\.?\d)")
 # the multipliers the worlds' questions state in words
 _NUMBER_WORDS = {"twice": 2, "double": 2, "doubles": 2, "triple": 3, "triples": 3, "three times": 3, "half": 2}
@@ -242,7 +242,7 @@ def verified(completion: str, question: str, gold: str) -> bool:
     lowered = question.lower()
     known |= {v for word, v in _NUMBER_WORDS.items() if re.search(rf"\b{word}\b", lowered)}
     last = None
-    for a, op, b, c in _STEP.findall(completion):
+    for a, op, b, c in STEP.findall(completion):
         a, b, c = int(a), int(b), int(c)
         if a not in known or b not in known or apply(a, op, b) != c:
             return False

@@ -153,7 +153,7 @@ def _splits(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool) -> 
     """Sample the checkpoint `study.split_n` times on `study.split_problems` training problems (0-shot, at the RL
     temperature: how RL will meet them) and write an easy and a hard world of equal size, each with the
     study's val and test problems. The base's per-problem counts are the unit's evaluation record."""
-    from excursions.evals.harness import evaluate_math
+    from excursions.evals.harness import evaluate_math, save_samples
     from excursions.model import load_model, parse_checkpoint, pick_device
     from excursions.tokenizer import load_tokenizer
 
@@ -178,7 +178,7 @@ def _splits(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool) -> 
         for part in ("val", "test"):
             write_jsonl(split_dir / k / family / f"{part}.jsonl", read_jsonl(world / family / f"{part}.jsonl"))
     result.update(task=f"{family}_train", sizes={k: len(g) for k, g in groups.items()}, used=size, metrics={})
-    write_json(split_dir / "base.json", result)
+    write_json(split_dir / "base.json", save_samples(split_dir / "base.json", result))
     write_json(unit.path, [str(split_dir / "base.json")])  # last: the unit is done when its record exists
 
 
