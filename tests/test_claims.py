@@ -11,6 +11,7 @@ from excursions.config import load_config
 from excursions.study.experiments.general import general_experiment
 from excursions.study.experiments.parallel import parallel_experiment
 from excursions.study.experiments.recipes import recipes_experiment
+from excursions.study.experiments.sharpening import sharpening_experiment
 from excursions.study.plan import Unit
 from excursions.study.results import Results
 from excursions.study.store import DB, Store
@@ -19,8 +20,9 @@ TOKENS = {"early": 5_000_000, "late": 10_000_000}
 
 
 def study(tmp_path: Path, rows: dict) -> Results:
-    """A study database holding `rows`: {(recipe, checkpoint): {"pass@1": pct, "pass@8": pct, "acc": pct}}, each
-    pass@k with an interval of +-2 points, every result one evaluation of its own unit."""
+    """A study database holding `rows`: {(recipe, checkpoint): {"pass@1": pct, "pass@8": pct, "acc": pct,
+    "problems": [(n, c), ...]}}, each pass@k with an interval of +-2 points, every result one evaluation of its own
+    unit (problems p0, p1, ... in order)."""
     cfg = load_config("smoke")
     store, units = Store(tmp_path / DB), []
     for (recipe, ckpt), numbers in rows.items():
@@ -28,8 +30,9 @@ def study(tmp_path: Path, rows: dict) -> Results:
                     ckpt, TOKENS[ckpt], recipe)
         metrics = {k: {"mean": v / 100, "lo": (v - 2) / 100, "hi": (v + 2) / 100} for k, v in numbers.items()
                    if k.startswith("pass@")}
+        problems = [{"id": f"p{i}", "n": n, "c": c} for i, (n, c) in enumerate(numbers.get("problems", []))]
         records = [(Path("gsm.json"), {"task": "gsm", "shots": cfg.eval.shots if recipe == "base" else 0, "n": 8,
-                                       "metrics": metrics})]
+                                       "metrics": metrics, "per_problem": problems})]
         if "acc" in numbers:  # 2,000 items: a Wilson interval of about +-2 points
             records.append((Path("general.json"), {"task": "general", "acc": numbers["acc"] / 100,
                                                    "acc_norm": numbers["acc"] / 100, "n": 2000}))
@@ -95,3 +98,24 @@ def test_rl_keeps_general_capability_unless_it_falls_below_the_base(tmp_path, rl
     rows = {("base", c): {"pass@1": 5, "acc": 55} for c in TOKENS} | {("rl", c): {"pass@1": 6, "acc": rl_acc}
                                                                        for c in TOKENS}
     assert claim_verdict(general_experiment(study(tmp_path, rows), tmp_path), "RL keeps general") == want
+
+
+def test_expansion_needs_problems_solved_by_rl_alone_not_only_a_higher_pass_at_k(tmp_path):
+    """pass@1 and pass@8 above the base's at both checkpoints; early RL solves 30 of 100 problems the base never
+    does (and loses none): expansion. Late RL solves exactly the base's problems, only more often: sharpening,
+    which pass@8 alone would have counted as expansion."""
+    base = [(8, 1)] * 50 + [(8, 0)] * 50
+    rows = {("base", "early"): {"pass@1": 5, "pass@8": 30, "problems": base},
+            ("rl", "early"): {"pass@1": 20, "pass@8": 60, "problems": [(8, 3)] * 80 + [(8, 0)] * 20},
+            ("base", "late"): {"pass@1": 5, "pass@8": 30, "problems": base},
+            ("rl", "late"): {"pass@1": 20, "pass@8": 60, "problems": [(8, 6)] * 50 + [(8, 0)] * 50}}
+    section = sharpening_experiment(study(tmp_path, rows), tmp_path)
+    assert claim_verdict(section, "Direct RL expands") == "reproduced"  # 1 of 2 in favour, none against
+    evidence = next(e for c, _, e in section.claims if c.startswith("Direct RL expands"))
+    assert "5.0M: pass@1 rl 20.0 [18.0, 22.0] vs base 5.0 [3.0, 7.0]" in evidence
+    assert "by the trained model only 30, by its start only 0, both 50, neither 20 (net 30.0" in evidence
+    assert "by the trained model only 0, by its start only 0, both 50, neither 50 (net 0.0 [0.0, 0.0])" in evidence
+    del rows[("rl", "early")]
+    (tmp_path / "late").mkdir()
+    assert claim_verdict(sharpening_experiment(study(tmp_path / "late", rows), tmp_path), "Direct RL expands") == (
+        "inconclusive")

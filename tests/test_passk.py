@@ -81,6 +81,9 @@ def test_coverage_transitions_on_hand_made_counts():
     assert t["trained_only"]["share"] == pytest.approx(2 / 6)
     assert all(t[k]["lo"] <= t[k]["share"] <= t[k]["hi"] for k in KINDS)
     assert t["neither"]["lo"] < t["neither"]["share"] < t["neither"]["hi"]  # 1 of 6: a wide interval
+    assert t["net"]["share"] == pytest.approx(1 / 6) and t["net"]["lo"] < 0 < t["net"]["hi"]  # 2 gained, 1 lost
+    gained = transitions([(32, 0)] * 40 + [(32, 3)] * 10, [(32, 2)] * 40 + [(32, 3)] * 10, iters=200)
+    assert gained["net"]["share"] == 0.8 and gained["net"]["lo"] > 0.6  # 40 of 50 gained, none lost
     with pytest.raises(ValueError, match="the same problems: 6 vs 5"):
         transitions(base, trained[:5])
 

@@ -27,20 +27,23 @@ KINDS = ("neither", "base_only", "trained_only", "both")
 def transitions(base: Sequence[tuple[int, int]], trained: Sequence[tuple[int, int]], iters: int = 1000,
                 seed: int = 0) -> dict[str, dict]:
     """Each problem by who solves it within its n samples (c > 0): {kind: {"count", "share", "lo", "hi"}}, the
-    share's 95% bootstrap interval over problems. "trained_only" is expansion, "base_only" what was lost.
+    share's 95% bootstrap interval over problems. "trained_only" is expansion, "base_only" what was lost; "net"
+    is their difference, trained_only - base_only, with its paired interval (the same problems resampled for
+    both: the test McNemar's would make).
 
     >>> t = transitions([(4, 0), (4, 1), (4, 0), (4, 2)], [(4, 0), (4, 0), (4, 3), (4, 4)], iters=10)
-    >>> [t[k]["count"] for k in KINDS], t["both"]["share"]
-    ([1, 1, 1, 1], 0.25)
+    >>> [t[k]["count"] for k in KINDS], t["both"]["share"], t["net"]["share"]
+    ([1, 1, 1, 1], 0.25, 0.0)
     """
     if len(base) != len(trained):
         raise ValueError(f"transitions compare the same problems: {len(base)} vs {len(trained)} results")
     kind = [KINDS[2 * (c_t > 0) + (c_b > 0)] for (_, c_b), (_, c_t) in zip(base, trained)]
+    per_problem = {k: [float(x == k) for x in kind] for k in KINDS}
+    per_problem["net"] = [a - b for a, b in zip(per_problem["trained_only"], per_problem["base_only"])]
     out = {}
-    for k in KINDS:
-        hits = [float(x == k) for x in kind]
-        lo, hi = bootstrap_ci(hits, iters, seed=seed) if hits else (0.0, 0.0)
-        out[k] = {"count": int(sum(hits)), "share": sum(hits) / max(1, len(hits)), "lo": lo, "hi": hi}
+    for k, values in per_problem.items():
+        lo, hi = bootstrap_ci(values, iters, seed=seed) if values else (0.0, 0.0)
+        out[k] = {"count": int(sum(values)), "share": sum(values) / max(1, len(values)), "lo": lo, "hi": hi}
     return out
 
 

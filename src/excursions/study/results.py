@@ -117,7 +117,8 @@ class Results:
         self.stats: dict[tuple, list[Stat]] = {}  # (task, recipe, shots, checkpoint, metric) -> one per seed
         self.seed_stats: dict[tuple, Stat] = {}  # (task, recipe, shots, checkpoint, metric, seed) -> stat
         self.tokens: dict[str, int] = {}
-        for r in store.evaluations([u.id for u in units if not u.world]):
+        self.unit_ids = [u.id for u in units if not u.world]
+        for r in store.evaluations(self.unit_ids):
             self.tokens[r["checkpoint"]] = r["tokens"]
             if r["metric"] is not None:
                 items = [(r["metric"], Stat(r["mean"], r["lo"], r["hi"]))]
@@ -145,6 +146,12 @@ class Results:
         if not found:
             return None
         return Stat(*(sum(getattr(s, f) for s in found) / len(found) for f in ("mean", "lo", "hi")))
+
+    def problems(self, task: str, recipe: str, ckpt: str, shots: int | None = None) -> dict[str, tuple[int, int]]:
+        """{problem: (n, c)} of a recipe's evaluation from a checkpoint (its first seed; base few-shot by default)."""
+        shots = (self.base_shots if recipe == "base" else 0) if shots is None else shots
+        seeds = self.seeds(recipe, ckpt)
+        return self.store.problem_table(self.unit_ids, ckpt, recipe, task, shots, seeds[0] if seeds else None)
 
     def label(self, ckpt: str) -> str:
         """A checkpoint as the report names it: its pretraining tokens (6.5M)."""

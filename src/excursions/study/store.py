@@ -187,6 +187,17 @@ class Store:
                                f"e.unit LEFT JOIN metrics m ON m.evaluation = e.id WHERE {where}",
                                (*units, *([task] if task else []))).fetchall()
 
+    def problem_table(self, units: list[str], checkpoint: str, recipe: str, task: str, shots: int | None,
+                      seed: int | None) -> dict[str, tuple[int, int]]:
+        """{problem: (n, c)} of one evaluation: a recipe's (of one seed) from a checkpoint, on a task at a shot
+        count, among these units' done ones; empty if there is none."""
+        marks = ", ".join("?" * len(units))
+        rows = self.db.execute(
+            f"SELECT p.problem, p.n, p.c FROM problems p JOIN evaluations e ON e.id = p.evaluation JOIN units u ON "
+            f"u.id = e.unit WHERE u.status = 'done' AND u.id IN ({marks}) AND e.checkpoint = ? AND e.recipe = ? AND "
+            f"e.task = ? AND e.shots IS ? AND e.seed IS ?", (*units, checkpoint, recipe, task, shots, seed))
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     def problem_counts(self, unit: str) -> list[tuple[int, int]]:
         """(n, c) of every problem the unit's evaluations sampled."""
         return [tuple(r) for r in self.db.execute("SELECT p.n, p.c FROM problems p JOIN evaluations e ON "

@@ -1,13 +1,48 @@
-"""Fig. 6: pass@1 and the largest tracked pass@k along RL training, direct RL vs SFT then RL."""
+"""Fig. 6: pass@1 and the largest tracked pass@k along RL training, direct RL vs SFT then RL; and expansion measured
+directly (issue 22): the problems each side solves that the other never does (`evals.expansion.transitions`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from excursions.evals.expansion import transitions
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
 from excursions.study.report import COLORS, Section, save
-from excursions.study.results import Results, compare, not_below, tally
+from excursions.study.results import Results, Stat, compare, jointly, not_below, tally
+
+PAIRS = (("rl", "base"), ("sft_rl", "sft"))  # (trained, its start)
+BARS = (("trained_only", "#2a9d8f"), ("base_only", "#e76f51"), ("both", "#8d99ae"), ("neither", "#e9ecef"))
+
+
+def coverage(res: Results, task: str, trained: str, start: str, ckpt: str) -> dict | None:
+    """`transitions` from `start`'s evaluation to `trained`'s on the problems both sampled, or None."""
+    a, b = res.problems(task, start, ckpt), res.problems(task, trained, ckpt)
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    return transitions([a[p] for p in common], [b[p] for p in common], res.cfg.eval.bootstrap, res.cfg.eval.seed)
+
+
+def net(t: dict) -> Stat:
+    """The share of problems only the trained side solves minus those only its start solves, paired interval."""
+    return Stat(t["net"]["share"], t["net"]["lo"], t["net"]["hi"])
+
+
+def side_by_side(res: Results, task: str, ckpt: str, pair: tuple[str, str], top: str, cover: dict):
+    """((pass@1, top) of the trained side, the same of its start, their transitions or None) at a checkpoint, and
+    the evidence text; (None, "") where a pass@k is missing."""
+    (a, b), stats = pair, [res.get(task, r, ckpt, m) for r in pair for m in ("pass@1", top)]
+    t = cover[(ckpt, pair)]
+    if not all(stats):
+        return None, ""
+    text = f"{res.label(ckpt)}: pass@1 {a} {stats[0]} vs {b} {stats[2]}, {top} {a} {stats[1]} vs {b} {stats[3]}"
+    return ((stats[0], stats[1]), (stats[2], stats[3]), t), text + (f"; {described(t)}" if t else "")
+
+
+def described(t: dict) -> str:
+    return (f"solved by the trained model only {t['trained_only']['count']}, by its start only "
+            f"{t['base_only']['count']}, both {t['both']['count']}, neither {t['neither']['count']} (net {net(t)})")
 
 
 @experiment(order=3)
@@ -16,8 +51,9 @@ def sharpening_experiment(res: Results, figdir: Path) -> Section:
     keys = sorted(res.store.training_keys(f"eval/{task}/pass@"), key=lambda k: int(k.split("@")[1]))
     tracked = [keys[0], keys[-1]] if len(keys) > 1 else keys
     ckpts = res.checkpoints
-    fig, axes = plt.subplots(len(tracked), len(ckpts), figsize=(3.2 * len(ckpts), 2.8 * len(tracked)),
+    fig, axes = plt.subplots(len(tracked) + 1, len(ckpts), figsize=(3.2 * len(ckpts), 2.8 * (len(tracked) + 1)),
                              squeeze=False)
+    cover = {(c, pair): coverage(res, task, *pair, c) for c in ckpts for pair in PAIRS}
     for j, c in enumerate(ckpts):
         for i, key in enumerate(tracked):
             ax = axes[i][j]
@@ -29,21 +65,50 @@ def sharpening_experiment(res: Results, figdir: Path) -> Section:
             ax.set_title(f"{res.tokens[c] / 1e6:.1f}M tokens", fontsize=9)
             ax.set_xlabel("RL step")
             ax.set_ylabel(key.split("/")[-1] + " (%)")
-    axes[0][0].legend(fontsize=7)
+        ax = axes[-1][j]  # the bottom row: who solves which problems (within n samples), trained vs its start
+        for y, pair in enumerate(PAIRS):
+            left, t = 0.0, cover[(c, pair)]
+            for kind, color in BARS if t else ():
+                ax.barh(y, 100 * t[kind]["share"], left=left, color=color, label=kind)
+                left += 100 * t[kind]["share"]
+        ax.set_yticks(range(len(PAIRS)), [f"{a} vs {b}" for a, b in PAIRS], fontsize=8)
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("problems (%)")
+        ax.set_title(f"{res.tokens[c] / 1e6:.1f}M tokens: who solves what", fontsize=9)
+    for row in axes:  # one legend a row, in the first panel that has something to name
+        ax = next((a for a in row if a.get_legend_handles_labels()[0]), None)
+        if ax is not None:
+            handles, labels = ax.get_legend_handles_labels()
+            named = dict(zip(labels, handles))
+            ax.legend(named.values(), named.keys(), fontsize=6)
     save(fig, figdir / "sharpening.png")
     top = res.ks[-1]
-    # "applying RL directly to M_t improves both pass@1 and pass@32, expanding the model's distribution rather
-    # than merely sharpening it" (Fig. 6, right)
-    expand, ev_expand = res.pairs(task, "rl", "base", {"pass@1": compare, top: compare})
-    # "under the standard pipeline, pass@1 continues to improve during RL but pass@32 decreases" (Fig. 6, left):
-    # SFT->RL against SFT, its pass@k below while its pass@1 is not
-    sharpen, ev_sharpen = res.pairs(task, "sft_rl", "sft", {"pass@1": not_below, top: lambda a, b: compare(b, a)})
-    claims = [(f"Direct RL expands: pass@1 and {top} both above the base checkpoint's", tally(expand),
-               "; ".join(ev_expand)),
+    expand, ev_expand, sharpen, ev_sharpen = [], [], [], []
+    for c in ckpts:
+        # "applying RL directly to M_t improves both pass@1 and pass@32, expanding the model's distribution rather
+        # than merely sharpening it" (Fig. 6, right); measured directly too: more problems solved by direct RL
+        # alone than by the base alone (paired interval)
+        got, text = side_by_side(res, task, c, PAIRS[0], top, cover)
+        if got and got[2]:
+            (rl, rl_top), (base, base_top), t = got
+            expand.append(jointly(compare(rl, base), compare(rl_top, base_top), compare(net(t), Stat(0, 0, 0))))
+            ev_expand.append(text)
+        # "under the standard pipeline, pass@1 continues to improve during RL but pass@32 decreases" (Fig. 6,
+        # left): SFT->RL against SFT, its pass@k below while its pass@1 is not
+        got, text = side_by_side(res, task, c, PAIRS[1], top, cover)
+        if got:
+            (a, a_top), (b, b_top), _ = got
+            sharpen.append(jointly(not_below(a, b), compare(b_top, a_top)))
+            ev_sharpen.append(text)
+    claims = [(f"Direct RL expands: pass@1 and {top} above the base checkpoint's, and more problems solved by RL "
+               f"alone than by the base alone", tally(expand), "; ".join(ev_expand)),
               (f"SFT->RL sharpens: {top} below SFT's while pass@1 is not", tally(sharpen), "; ".join(ev_sharpen))]
     big = tracked[-1].split("/")[-1] if tracked else top
     reading = (f"Test {' and '.join(k.split('/')[-1] for k in tracked)} (0-shot, tracked during training on a subset "
                f"of the test problems) along the RL steps of direct RL and of the RL stage of SFT->RL, from each "
                f"checkpoint. Expansion shows as {big} rising with pass@1; sharpening as pass@1 rising while {big} stays "
-               f"or falls. The claim below uses the final evaluations' {top}.")
+               f"or falls. The claim below uses the final evaluations' {top}. The bottom row measures expansion "
+               f"directly: of the problems both evaluations sampled, those the trained model solves within n "
+               f"samples and its start never does (trained_only), the reverse (base_only: what was lost), both, "
+               f"neither; direct RL expands where trained_only exceeds base_only beyond the paired interval.")
     return Section("Sharpening vs expansion (paper Fig. 6)", "sharpening.png", reading, claims=claims)
