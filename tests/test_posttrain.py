@@ -146,6 +146,10 @@ def test_every_recipe_runs_end_to_end(name, source, micro_run, post_cfg, tmp_pat
     rows = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(v == v for r in rows for v in r.values() if isinstance(v, float))  # no NaN
     assert any(k.startswith("eval/gsm/pass@1") for k in rows[-1])
+    if "rl" in name or name == "parallel":  # tracked from the starting model on, each point with its interval
+        first = rows[0]
+        assert first["step"] == 0
+        assert first["eval/gsm/lo/pass@1"] <= first["eval/gsm/pass@1"] <= first["eval/gsm/hi/pass@1"]
     kept = [r["train/kept_groups"] for r in rows if "train/kept_groups" in r]
     if post_cfg.rl.rollouts == "filter":  # 4 x 4 prompts drawn a step, at most 4 kept; a step keeping none is skipped
         assert len(kept) == post_cfg.rl.steps and all(0 <= k <= 4 for k in kept)
@@ -206,12 +210,14 @@ def test_until_positive_draws_again_for_the_unsolved_and_trains_on_every_draw(so
     monkeypatch.setattr(grpo, "math_rewards", lambda texts, *a, **k: [float(r) for r in draws[len(texts)]])
     base = dict(group_size=4, max_new_tokens=12, kl_coef=0.0, minibatches=1, temperature=1.0, prompts_per_step=5)
     every = grpo.rollout(model, None, tok, problems, RLConfig(**base), seed=3)
-    more = grpo.rollout(model, None, tok, problems, RLConfig(rollouts="until_positive", max_rollouts=12, **base), seed=3)
+    more = grpo.rollout(model, None, tok, problems, RLConfig(rollouts="until_positive", max_rollouts=12, **base),
+                        seed=3)
     assert more.rewards.tolist() == draws[20] + draws[8] + draws[4]  # groups: problems 0-4, then 0, 3, then 0
     completion = lambda b, i: b.responses[i][b.response_mask[i].bool()].tolist()
     assert all(completion(more, i) == completion(every, i) for i in range(20))
     assert [completion(more, i) for i in range(20, 24)] != [completion(more, i) for i in range(4)]  # a new draw
-    assert more.stats["train/rollouts_per_prompt"] == 32 / 5 and more.stats["train/solved_groups"] == pytest.approx(4 / 5)
+    assert more.stats["train/rollouts_per_prompt"] == 32 / 5
+    assert more.stats["train/solved_groups"] == pytest.approx(4 / 5)
     assert more.stats["train/kept_groups"] == 5 and every.stats["train/rollouts_per_prompt"] == 4
     third = [12, 13, 14, 15, 24, 25, 26, 27]  # problem 3's two draws: one group of 8
     assert more.advantages[third].tolist() == pytest.approx(
@@ -261,7 +267,7 @@ def test_rl_resumes_after_kill_9_to_the_same_weights(source, micro_run, micro_ov
     a, b = load_file(tmp_path / "straight/final/model.safetensors"), load_file(tmp_path / "killed/final/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed/metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 7))
+    assert steps == list(range(0, 7))  # step 0: the starting model's tracked pass@k, logged once
     assert set(assert_events_match_metrics(tmp_path / "killed")["train/reward"]) == set(range(1, 7))  # each once
 
 

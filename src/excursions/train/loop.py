@@ -285,7 +285,7 @@ class RunDir:
         from, the optimizer state it saved; (0, {}) for None, a fresh start). Metrics logged after that step are
         dropped (logged again)."""
         if latest is None:
-            self._truncate(0)
+            self._truncate(-1)  # a fresh start: not even a step-0 row of an earlier try stays
             return 0, {}
         from safetensors.torch import load_file
 
@@ -340,11 +340,13 @@ class _State:
 
 
 def track(model, tok, test: list[Problem], eval_cfg: EvalConfig, n: int, family: str) -> dict:
-    """Test pass@k (0-shot, k <= n) during training: the sharpening-vs-expansion curves."""
+    """Test pass@k (0-shot, k <= n) during training: the sharpening-vs-expansion curves, each point with its 95%
+    bootstrap interval (eval/<family>/lo/pass@k, .../hi/pass@k)."""
     cfg = EvalConfig(**{**eval_cfg.__dict__, "n": n, "ks": tuple(k for k in eval_cfg.ks if k <= n) or (1,),
-                        "bootstrap": 10})
+                        "bootstrap": 200})
     result = evaluate_math(model, tok, test, [], cfg, shots=0, progress=False)
     out = {f"eval/{family}/{k}": v["mean"] for k, v in result["metrics"].items()}
+    out |= {f"eval/{family}/{end}/{k}": v[end] for k, v in result["metrics"].items() for end in ("lo", "hi")}
     out |= {f"eval/{family}/verified_{k}": v["mean"] for k, v in result["verified"].items()}
     out[f"eval/{family}/format_rate"] = result["format_rate"]
     out[f"eval/{family}/problems"] = len(test)  # the size behind the tracked rates' uncertainty

@@ -175,6 +175,10 @@ def _loop(run: RunDir, trainee: Trainee, cfg: Config, steps: int, step_fn: Calla
              Timer(), Evaluate(evaluate, every(track_every, last=steps)),
              *([Log(run)] if d.main else []), Progress(bar, postfix),
              Save(lambda done: trainee.save(run, done), lambda done: done % save_every == 0 and done < steps)]
+    if start == 0 and track_every > 0:  # the curves start at the starting model (step 0), before any update
+        row = {"step": 0, **evaluate()}
+        if d.main:
+            run.log(row)
     train_loop(start, steps, step, hooks)
 
 

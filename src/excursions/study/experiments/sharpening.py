@@ -59,9 +59,15 @@ def sharpening_experiment(res: Results, figdir: Path) -> Section:
             ax = axes[i][j]
             for recipe in ("rl", "sft_rl"):
                 seeds = res.seeds(recipe, c)
-                steps, vals = res.run_curve(recipe, c, seeds[0] if seeds else 0, "rl", key)
+                seed, (family, metric) = seeds[0] if seeds else 0, key.rsplit("/", 1)
+                steps, vals = res.run_curve(recipe, c, seed, "rl", key)
                 if steps:
                     ax.plot(steps, [100 * v for v in vals], marker=".", label=recipe, color=COLORS[recipe])
+                band = [dict(zip(*res.run_curve(recipe, c, seed, "rl", f"{family}/{end}/{metric}"))) for end in
+                        ("lo", "hi")]
+                if steps and all(st in band[0] and st in band[1] for st in steps):  # runs tracked with intervals
+                    ax.fill_between(steps, [100 * band[0][st] for st in steps], [100 * band[1][st] for st in steps],
+                                    color=COLORS[recipe], alpha=0.15, linewidth=0)
             ax.set_title(f"{res.tokens[c] / 1e6:.1f}M tokens", fontsize=9)
             ax.set_xlabel("RL step")
             ax.set_ylabel(key.split("/")[-1] + " (%)")
@@ -105,8 +111,8 @@ def sharpening_experiment(res: Results, figdir: Path) -> Section:
               (f"SFT->RL sharpens: {top} below SFT's while pass@1 is not", tally(sharpen), "; ".join(ev_sharpen))]
     big = tracked[-1].split("/")[-1] if tracked else top
     reading = (f"Test {' and '.join(k.split('/')[-1] for k in tracked)} (0-shot, tracked during training on a subset "
-               f"of the test problems) along the RL steps of direct RL and of the RL stage of SFT->RL, from each "
-               f"checkpoint. Expansion shows as {big} rising with pass@1; sharpening as pass@1 rising while {big} stays "
+               f"of the test problems, with 95% bootstrap bands, from step 0: the starting model) along the RL "
+               f"steps of direct RL and of the RL stage of SFT->RL, from each checkpoint. Expansion shows as {big} rising with pass@1; sharpening as pass@1 rising while {big} stays "
                f"or falls. The claim below uses the final evaluations' {top}. The bottom row measures expansion "
                f"directly: of the problems both evaluations sampled, those the trained model solves within n "
                f"samples and its start never does (trained_only), the reverse (base_only: what was lost), both, "
