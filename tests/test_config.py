@@ -52,7 +52,7 @@ def test_config_is_frozen():
         ("pretrain.compile=1", "pretrain.compile", "true or false"),
         ("model=3", "model", "table of settings"),
         ("pretrain.num_checkpoints=5000", "pretrain.num_checkpoints", "do not fit"),
-        ("rl.rollouts='dapo'", "rl.rollouts", "unknown allocator; choose one of uniform, filter, until_positive"),
+        ("rl.rollouts='dapo'", "rl.rollouts", "unknown allocator; choose one of uniform, filter, until_positive, adaptive"),
     ],
 )
 def test_bad_values_name_the_field(override, field, words):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from excursions.objectives import (AGGREGATIONS, drgrpo_advantages, grpo_advantages, grpo_loss, kl_k1, kl_k2, kl_k3,
-                                   logprob_entropy, sft_loss)
+from excursions.objectives import (AGGREGATIONS, adaptive_groups, drgrpo_advantages, grpo_advantages, grpo_loss, kl_k1,
+                                   kl_k2, kl_k3, logprob_entropy, mixed_chance, sft_loss)
 from excursions.errors import UserError
 from excursions.optim import ParallelAveraging
 from excursions.registry import lookup
@@ -202,3 +203,20 @@ def test_parallel_weight_one_is_pure_rl():
     b.weight.grad = g[0].clone()
     opt.step()
     assert torch.allclose(a.weight, b.weight, atol=1e-7)
+
+
+def test_mixed_chance_and_the_adaptive_allocation_by_hand():
+    # Beta(1, 1) (never seen): E[p^k] = 1 / (k + 1), so k = 2 rollouts are mixed with chance 1 - 1/3 - 1/3 = 1/3.
+    # Beta(2, 1) (seen once, right): E[p^2] = 2 / 4, E[(1 - p)^2] = 2 / 12: 1 - 1/2 - 1/6 = 1/3 as well.
+    assert mixed_chance(0, 0, 2) == pytest.approx(1 / 3) and mixed_chance(1, 1, 2) == pytest.approx(1 / 3)
+    assert mixed_chance(100, 0, 8) < 0.1 and mixed_chance(100, 100, 8) < 0.1  # known hopeless, known solved
+    # the budget exactly, the cap per problem, and nothing to long-settled problems while open ones can take it
+    given = adaptive_groups([(1000, 1000), (0, 0), (1000, 0), (20, 10)], budget=5, group=8, cap=3)
+    assert sum(given) == 5 and given[0] == given[2] == 0 and max(given) <= 3
+    # greedy is the best split of the budget: every split of 5 groups over these 4 problems (cap 3) checked
+    counts = [(64, 64), (0, 0), (8, 1), (20, 10)]
+    total = lambda g: sum(mixed_chance(*c, 8 * m) for c, m in zip(counts, g))
+    splits = [g for g in itertools.product(range(4), repeat=4) if sum(g) == 5]
+    assert total(adaptive_groups(counts, budget=5, group=8, cap=3)) == pytest.approx(max(map(total, splits)))
+    assert adaptive_groups([(100, 100)] * 3, budget=3, group=8, cap=4) == [1, 1, 1]  # settled alone: spread evenly
+    assert sum(adaptive_groups([(0, 0)] * 2, budget=9, group=8, cap=2)) == 4  # no more than cap x problems

@@ -131,10 +131,10 @@ def test_sft_batches_mask_exactly_the_completion(source, micro_run):
         assert tok.decode(ids[r][att[r] == 1][: len(tok(prompt).input_ids)].tolist()) == prompt
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES) + ["rl/filter", "rl/until_positive"])
+@pytest.mark.parametrize("name", sorted(RECIPES) + ["rl/filter", "rl/until_positive", "rl/adaptive"])
 def test_every_recipe_runs_end_to_end(name, source, micro_run, post_cfg, tmp_path):
     if name.startswith("rl/"):  # filter: GRPO on the groups with a right and a wrong rollout (the micro model:
-        # often none); until_positive: up to 2 G rollouts a problem
+        # often none); until_positive: up to 2 G rollouts a problem; adaptive: prompts_per_step groups spread
         name, post_cfg = "rl", replace(post_cfg, rl=replace(post_cfg.rl, rollouts=name[3:],
                                                             max_rollouts=2 * post_cfg.rl.group_size))
     final = posttrain(str(source), name, post_cfg, tmp_path / name, micro_run / "world", progress=False)
@@ -156,9 +156,12 @@ def test_every_recipe_runs_end_to_end(name, source, micro_run, post_cfg, tmp_pat
         assert bool(changed) == any(kept), "filter: the weights move exactly when a step kept a group"
         return
     assert changed, "post-training left every parameter unchanged"
-    if post_cfg.rl.rollouts == "until_positive":  # the micro model is rarely right: often a second draw of G
-        G = post_cfg.rl.group_size
+    G = post_cfg.rl.group_size
+    if post_cfg.rl.rollouts in ("until_positive", "adaptive"):  # until_positive: the micro model is rarely right
         assert all(G <= r["train/rollouts_per_prompt"] <= 2 * G for r in rows if "train/rollouts_per_prompt" in r)
+    if post_cfg.rl.rollouts == "adaptive":  # the budget exactly: prompts_per_step groups a step
+        drawn = [r["train/rollouts_per_prompt"] * r["train/kept_groups"] for r in rows if "train/kept_groups" in r]
+        assert drawn == [post_cfg.rl.prompts_per_step * G] * post_cfg.rl.steps
     if "rl" in name or name == "parallel":
         assert {"train/reward", "train/kl", "train/entropy", "train/clip_frac", "total_rollout_flops"} <= set(rows[-1])
     # every stage's metrics in TensorBoard too, under the same names in every recipe
@@ -229,6 +232,28 @@ def test_until_positive_draws_again_for_the_unsolved_and_trains_on_every_draw(so
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_adaptive_spends_the_step_budget_exactly_where_the_record_says(source, micro_run):
+    """`adaptive`: prompts_per_step groups of G, in all, over the candidates as `adaptive_groups` gives them from
+    the record of earlier rollouts; problems seen solving everything or nothing get none while others are open."""
+    import excursions.train.grpo as grpo
+    from excursions.objectives import adaptive_groups
+
+    model, tok = AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+    problems = read_jsonl(micro_run / "world" / "gsm" / "train.jsonl")[:6]
+    seen = [(64, 64), (64, 0), (0, 0), (8, 4), (0, 0), (64, 63)]
+    cfg = RLConfig(group_size=4, prompts_per_step=4, rollouts="adaptive", max_rollouts=8, max_new_tokens=12,
+                   kl_coef=0.0, minibatches=1, temperature=1.0)
+    given = adaptive_groups(seen, 4, 4, 2)
+    assert sum(given) == 4 and given[0] == given[1] == 0 and max(given) <= 2
+    batch = grpo.rollout(model, None, tok, problems, cfg, seed=5, seen=seen)
+    assert batch.rewards.numel() == 4 * 4  # the budget, exactly
+    assert [n for n, _ in batch.counts] == [4 * g for g in given]
+    assert batch.stats["train/kept_groups"] == sum(g > 0 for g in given)
+    rates = grpo.PassRates({problems[3].id: [8, 4]})
+    rates.update([problems[3].id, problems[4].id], [(4, 1), (8, 0)])
+    assert rates.counts([problems[3].id, problems[4].id, problems[5].id]) == [(12, 5), (8, 0), (0, 0)]
+
+
 def test_a_batch_of_fewer_groups_than_minibatches_takes_a_step_per_group(source):
     """Under `filter` a step may keep 1 group where rl.minibatches = 2: one optimizer step over it, as uniform's
     own mini-batch of that group would be."""
@@ -248,8 +273,9 @@ def test_unknown_recipe_is_a_clear_error(source, micro_run, post_cfg, tmp_path):
         posttrain(str(source), "ppo", post_cfg, tmp_path, micro_run / "world")
 
 
-def test_rl_resumes_after_kill_9_to_the_same_weights(source, micro_run, micro_overrides, tmp_path):
-    overrides = micro_overrides + POST + ["rl.steps=6"]
+@pytest.mark.parametrize("rollouts", ["uniform", "adaptive"])  # adaptive: its record of the problems resumes too
+def test_rl_resumes_after_kill_9_to_the_same_weights(rollouts, source, micro_run, micro_overrides, tmp_path):
+    overrides = micro_overrides + POST + ["rl.steps=6", f"rl.rollouts={rollouts}", "rl.max_rollouts=8"]
     cmd = lambda out: [sys.executable, "-m", "excursions.cli", "posttrain", str(source), "--recipe", "rl",
                        "--preset", "smoke", "--out", str(out), "--quiet", *overrides]
     straight = subprocess.run(cmd(tmp_path / "straight"), capture_output=True, text=True)

@@ -12,8 +12,10 @@ follows VeRL's semantics (the paper's Table 1): PPO-clipped ratio against the ro
 
 from __future__ import annotations
 
+import heapq
+import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -86,11 +88,56 @@ def mixed_groups(correct: torch.Tensor, keep: int) -> list[int]:
     return mixed[:keep]
 
 
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def mixed_chance(seen: int, right: int, k: int) -> float:
+    """The chance that k rollouts of a problem hold both a right and a wrong one (a GRPO signal), its pass rate p
+    unknown: E[1 - p^k - (1 - p)^k] under the posterior Beta(1 + right, 1 + seen - right) of a uniform prior.
+
+    >>> round(mixed_chance(0, 0, 8), 4)   # never seen: 1 - 2 / 9
+    0.7778
+    >>> mixed_chance(0, 0, 0), mixed_chance(0, 0, 1)
+    (0.0, 0.0)
+    """
+    if k < 2:
+        return 0.0
+    a, b = 1.0 + right, 1.0 + seen - right
+    ab = _log_beta(a, b)
+    return max(0.0, 1.0 - math.exp(_log_beta(a + k, b) - ab) - math.exp(_log_beta(a, b + k) - ab))
+
+
+def adaptive_groups(counts: Sequence[tuple[int, int]], budget: int, group: int, cap: int) -> list[int]:
+    """`adaptive`: how many groups of `group` rollouts each candidate problem gets, `budget` groups in all (at most
+    `cap` each), from what earlier rollouts saw of it ((seen, right) per problem). Greedy on the gain in
+    `mixed_chance` of one more group, which is optimal because each problem's gains shrink as it gets more: an
+    unseen problem's first group is worth more than a problem seen failing 40 times, or solving 40 of 40.
+
+    >>> adaptive_groups([(0, 0), (40, 0), (40, 40), (16, 8)], budget=4, group=4, cap=4)
+    [2, 0, 0, 2]
+    >>> sum(adaptive_groups([(0, 0)] * 10, budget=7, group=8, cap=2))
+    7
+    """
+    gain = lambda i, m: (mixed_chance(*counts[i], (m + 1) * group) - mixed_chance(*counts[i], m * group))
+    given = [0] * len(counts)
+    heap = [(-gain(i, 0), i) for i in range(len(counts))]
+    heapq.heapify(heap)
+    for _ in range(min(budget, cap * len(counts))):
+        _, i = heapq.heappop(heap)
+        given[i] += 1
+        if given[i] < cap:
+            heapq.heappush(heap, (-gain(i, given[i]), i))
+    return given
+
+
 # rl.rollouts: name -> the groups a step trains on. `filter` steps sample rl.filter_over times the step's prompts
 # and keep up to rl.prompts_per_step mixed groups; `uniform` steps sample and keep rl.prompts_per_step;
 # `until_positive` steps (the paper's authors' adaptive rollouts) draw G more for every prompt without a right
-# rollout yet, up to rl.max_rollouts each, and train on all of them (RLConfig.rounds).
-ROLLOUTS: dict[str, Callable] = {"uniform": all_groups, "filter": mixed_groups, "until_positive": all_groups}
+# rollout yet, up to rl.max_rollouts each, and train on all of them (RLConfig.rounds); `adaptive` steps spread
+# prompts_per_step groups over rl.filter_over times as many candidates by `adaptive_groups`, and train on all.
+ROLLOUTS: dict[str, Callable] = {"uniform": all_groups, "filter": mixed_groups, "until_positive": all_groups,
+                                 "adaptive": all_groups}
 
 
 # ------------------------------------------------------------------------------------- KL to ref

@@ -42,10 +42,13 @@ class RLConfig:
     # dynamic sampling) up to prompts_per_step groups with both a right and a wrong rollout, out of filter_over
     # times the prompts; its rollout FLOPs count every sample drawn
     # or (`until_positive`, the authors' adaptive rollouts) G more for each prompt without a right one, up to
-    # max_rollouts per prompt, all trained on (advantages over each prompt's whole set)
+    # max_rollouts per prompt, all trained on (advantages over each prompt's whole set); or (`adaptive`) the
+    # step's prompts_per_step groups spread over filter_over times as many candidates, by what earlier rollouts
+    # (and `prior`, an evaluation JSON of training problems) say of each (objectives.adaptive_groups)
     rollouts: str = "uniform"
     filter_over: int = 4
     max_rollouts: int = 128
+    prior: str = ""
     aggregation: str = "token-mean"
     format_score: float = 0.1
     # what earns the reward of 1: the right answer (the paper), or the right answer reached by written work
@@ -60,13 +63,15 @@ class RLConfig:
 
     @property
     def prompts_sampled(self) -> int:
-        """Prompts a step samples: prompts_per_step, or under `filter` filter_over times as many to choose from."""
-        return self.prompts_per_step * (self.filter_over if self.rollouts == "filter" else 1)
+        """Prompts a step considers: prompts_per_step, or under `filter` and `adaptive` filter_over times as many to
+        choose from."""
+        return self.prompts_per_step * (self.filter_over if self.rollouts in ("filter", "adaptive") else 1)
 
     @property
     def rounds(self) -> int:
-        """Draws of G rollouts a prompt may get in one step: max_rollouts / G under `until_positive`, else 1."""
-        return self.max_rollouts // self.group_size if self.rollouts == "until_positive" else 1
+        """Draws of G rollouts a prompt may get in one step: max_rollouts / G under `until_positive` and
+        `adaptive`, else 1."""
+        return self.max_rollouts // self.group_size if self.rollouts in ("until_positive", "adaptive") else 1
 
     def __post_init__(self):
         from excursions.objectives import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, ROLLOUTS
@@ -84,7 +89,7 @@ class RLConfig:
         check(self.kl in KL_ESTIMATORS, "kl", f"unknown KL estimator; choose one of {', '.join(KL_ESTIMATORS)}")
         check(self.advantage in ADVANTAGES, "advantage", f"unknown estimator; choose one of {', '.join(ADVANTAGES)}")
         check(self.rollouts in ROLLOUTS, "rollouts", f"unknown allocator; choose one of {', '.join(ROLLOUTS)}")
-        if self.rollouts == "until_positive":
+        if self.rollouts in ("until_positive", "adaptive"):
             check(self.max_rollouts >= self.group_size and self.max_rollouts % self.group_size == 0, "max_rollouts",
                   f"must be a multiple of group_size ({self.group_size}): rollouts are drawn G at a time")
         check(self.aggregation in AGGREGATIONS, "aggregation", f"unknown mode; choose one of {', '.join(AGGREGATIONS)}")

@@ -18,7 +18,7 @@ import torch
 from excursions.config import RLConfig
 from excursions.data.problems import STOP_STRINGS, Problem, format_prompt
 from excursions.flops import generate_flops_per_token, model_dims, train_flops_per_token
-from excursions.objectives import ADVANTAGES, ROLLOUTS, chunk_share, grpo_loss, normaliser
+from excursions.objectives import ADVANTAGES, ROLLOUTS, adaptive_groups, chunk_share, grpo_loss, normaliser
 from excursions.rewards import math_rewards
 from excursions.sampling import Samples, sample
 from excursions.train.dist import SINGLE, Dist, global_sum, sum_stats
@@ -27,7 +27,8 @@ from excursions.train.logprobs import batch_logprobs, completion_logprobs, micro
 
 @dataclass(frozen=True)
 class Rollouts:
-    """One rollout batch, G completions per prompt grouped contiguously (N = prompts * G)."""
+    """One rollout batch, G completions per prompt grouped contiguously (N = groups * G; a prompt drawn more than
+    once, under `until_positive` or `adaptive`, has several groups, which share its advantages' statistics)."""
 
     input_ids: torch.Tensor  # [N, P + T] left-padded prompt, then the completion (right-padded)
     attention: torch.Tensor  # [N, P + T] 1 on real tokens
@@ -38,6 +39,7 @@ class Rollouts:
     old_logp: torch.Tensor | None  # [N, T] under the policy that sampled them (None: on-policy, one update)
     ref_logp: torch.Tensor | None  # [N, T] under the frozen reference (None without KL)
     stats: dict
+    counts: list[tuple[int, int]] = ()  # (rollouts drawn, right) of each problem asked, kept or not
 
     @property
     def responses(self) -> torch.Tensor:  # [N, T]
@@ -46,13 +48,16 @@ class Rollouts:
 
 @torch.no_grad()
 def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
-            stop: Sequence[str] = STOP_STRINGS, prompt_index: Sequence[int] | None = None, sampler=None) -> Rollouts:
+            stop: Sequence[str] = STOP_STRINGS, prompt_index: Sequence[int] | None = None, sampler=None,
+            seen: Sequence[tuple[int, int]] = ()) -> Rollouts:
     """Sample G completions per problem, score them, keep the groups `cfg.rollouts` trains on (all of them; under
     `filter` up to `cfg.prompts_per_step` with both a right and a wrong rollout; under `until_positive` G more
-    for each problem without a right one, up to `cfg.rounds` draws), and compute advantages and old / ref
+    for each problem without a right one, up to `cfg.rounds` draws; under `adaptive` cfg.prompts_per_step
+    groups spread over the problems by `adaptive_groups`), and compute advantages and old / ref
     log-probs of those. `prompt_index`: the problems' places in the step's whole batch when this is a shard of
     it. `sampler`: a `VLLMSampler` holding the policy's weights, to sample with instead of the policy itself.
-    The stats (accuracy, FLOPs) cover every rollout sampled, kept or not."""
+    `seen`: under `adaptive`, (rollouts, right) of each problem in earlier steps (`PassRates`), which decide how
+    many groups each problem gets. The stats (accuracy, FLOPs) cover every rollout sampled, kept or not."""
     G, t0 = cfg.group_size, time.perf_counter()
     index = list(range(len(problems))) if prompt_index is None else list(prompt_index)
     prompts = [format_prompt(p.question, tok=tok) for p in problems]
@@ -72,29 +77,40 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
                                else math_rewards(s.texts, answers, finished, cfg.format_score))
         return s, rewards, checked
 
-    s, rewards, checked = draw(list(range(len(problems))), 0)
-    owner = list(range(len(problems)))  # the problem each group of G rows belongs to
-    solved = (rewards.view(-1, G) == 1.0).any(-1)
-    for r in range(1, cfg.rounds):  # until_positive: more draws for the problems still without a right rollout
-        todo = (~solved).nonzero().flatten().tolist()
+    # Draw r samples G for each problem in `todo`: every problem once (uniform, filter, until_positive), then
+    # (until_positive) those still without a right rollout; or (adaptive) each as many times as it was given
+    given = (adaptive_groups(seen or [(0, 0)] * len(problems), cfg.prompts_per_step, G, cfg.rounds)
+             if cfg.rollouts == "adaptive" else None)
+    solved = torch.zeros(len(problems), dtype=torch.bool)
+    parts, owner = [], []  # the draws, and the problem each group of G rows belongs to
+    for r in range(cfg.rounds):
+        todo = ([i for i in range(len(problems)) if given[i] > r] if given is not None
+                else (~solved).nonzero().flatten().tolist() if r else list(range(len(problems))))
         if not todo:
             break
-        s_r, rewards_r, checked_r = draw(todo, r)
-        solved[todo] = (rewards_r.view(-1, G) == 1.0).any(-1)
-        s, rewards = Samples.concat([s, s_r], tok.pad_token_id), torch.cat([rewards, rewards_r])
-        checked, owner = checked + checked_r, owner + todo
+        part = draw(todo, r)
+        solved[todo] |= (part[1].view(-1, G) == 1.0).any(-1)
+        parts.append(part)
+        owner += todo
+    s = Samples.concat([p[0] for p in parts], tok.pad_token_id) if len(parts) > 1 else parts[0][0]
+    rewards, checked = torch.cat([p[1] for p in parts]), [c for p in parts for c in p[2]]
+    per_problem = torch.zeros(len(problems), 2, dtype=torch.long)  # (rollouts, right) of each problem
+    per_problem.index_add_(0, torch.tensor(owner).repeat_interleave(G),
+                           torch.stack([torch.ones_like(rewards), (rewards == 1.0).float()], -1).long())
     sample_seconds = time.perf_counter() - t0
     stats = {**rollout_stats(s, rewards, sample_seconds, policy, max(len(p) for p in s.prompt_ids)),
              "train/verified_accuracy": sum(r == 1.0 for r in checked) / len(s.texts),
-             "train/solved_groups": solved.float().mean().item(),  # per problem, over all of its draws
-             "train/rollouts_per_prompt": len(s.texts) / len(problems)}
-    kept = ROLLOUTS[cfg.rollouts]((rewards == 1.0).view(-1, G), cfg.prompts_per_step if cfg.rounds == 1 else len(owner))
+             "train/solved_groups": (solved[sorted(set(owner))]).float().mean().item(),  # sampled problems
+             "train/rollouts_per_prompt": len(s.texts) / len(set(owner))}
+    keep = cfg.prompts_per_step if cfg.rounds == 1 else len(owner)  # groups: under the rounds, every one drawn
+    kept = ROLLOUTS[cfg.rollouts]((rewards == 1.0).view(-1, G), keep)
     stats["train/kept_groups"] = len({owner[k] for k in kept})
     if len(kept) < len(owner):
         s, rewards, owner = s.prompts(kept), rewards.view(-1, G)[kept].flatten(), [owner[k] for k in kept]
+    counts = [tuple(c) for c in per_problem.tolist()]
     if not kept:  # nothing to learn from in this step's rollouts: the update is skipped
         return Rollouts(torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.long), s.mask, 0,
-                        rewards, rewards, None, None, stats)
+                        rewards, rewards, None, None, stats, counts)
     dev = next(policy.parameters()).device  # assembled on the CPU, trained on the policy's device
     ids, attention, P = pack(s, tok.pad_token_id)
     ids, attention, response_mask, tokens, rewards = (t.to(dev) for t in (ids, attention, s.mask, s.tokens, rewards))
@@ -106,7 +122,30 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
     # advantages within each problem's rollouts (a problem drawn more than once has them all in one group)
     groups = G if cfg.rounds == 1 else torch.tensor(owner).repeat_interleave(G)
     adv = ADVANTAGES[cfg.advantage](rewards, groups)
-    return Rollouts(ids, attention, response_mask, P, rewards, adv, old, ref_lp, stats)
+    return Rollouts(ids, attention, response_mask, P, rewards, adv, old, ref_lp, stats, counts)
+
+
+class PassRates:
+    """What earlier rollouts (and an optional prior evaluation) saw of each training problem: (rollouts, right) by
+    problem id, for `adaptive`'s allocation. Kept in the run's resume states, so a resumed run allocates the same."""
+
+    def __init__(self, seen: dict | None = None):
+        self.seen: dict[str, list[int]] = {k: list(v) for k, v in (seen or {}).items()}
+
+    @classmethod
+    def from_eval(cls, path: str) -> "PassRates":
+        """From an evaluation JSON's per-problem (n, c) (e.g. the study's splits unit's base.json of train problems)."""
+        from excursions.checkpoint import read_json
+
+        return cls({r["id"]: [r["n"], r["c"]] for r in read_json(path).get("per_problem", [])})
+
+    def counts(self, ids: Sequence[str]) -> list[tuple[int, int]]:
+        return [tuple(self.seen.get(i, (0, 0))) for i in ids]
+
+    def update(self, ids: Sequence[str], counts: Sequence[tuple[int, int]]) -> None:
+        for i, (n, c) in zip(ids, counts):
+            old = self.seen.get(i, [0, 0])
+            self.seen[i] = [old[0] + n, old[1] + c]
 
 
 def pack(s: Samples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -30,7 +30,7 @@ from excursions.registry import lookup
 from excursions.runtime import progress_bar
 from excursions.tokenizer import load_tokenizer
 from excursions.train import dist
-from excursions.train.grpo import grpo_gradients, grpo_update, rollout, training_flops
+from excursions.train.grpo import PassRates, grpo_gradients, grpo_update, rollout, training_flops
 from excursions.train.loop import (Evaluate, FiniteCheck, Log, Progress, RunDir, Save, Timer, Totals, every, track,
                                   train_loop)
 from excursions.train.sft import SFTBatches, demonstrations, sft_gradients
@@ -89,13 +89,20 @@ def _prompt_rows(step: int, n_items: int, per_step: int, seed: int) -> list[int]
 def _step_rollouts(setup: "_Setup", trainee: "Trainee", c: RLConfig, step: int, d: dist.Dist, parts: int = 1):
     """This rank's share of step `step`'s rollout batch: its prompts (cut into `parts` mini-batches first, see
     `dist.shard`), sampled with the step's seed, so every rank count draws the samples one process would.
-    Under `rl.rollouts = filter` the step draws `filter_over` times the prompts (epochs pass that much faster)."""
+    Under `rl.rollouts = filter` and `adaptive` the step considers `filter_over` times the prompts (epochs pass
+    that much faster); `adaptive` reads and updates the run's `PassRates`."""
     if c.rollouts != "uniform" and d.active:  # each rank would keep its own share of groups: unequal batches
         raise UserError(f"rl.rollouts={c.rollouts} runs in one process so far; launch without torchrun or use uniform")
     rows = _prompt_rows(step, len(setup.train), c.prompts_sampled, c.seed)
     mine = dist.shard(len(rows), d, parts)
-    return rollout(trainee.replica, setup.ref, setup.tok, [setup.train[rows[i]] for i in mine], c,
-                   seed=c.seed * 1_000_003 + step, prompt_index=mine, sampler=trainee.sampler)
+    problems = [setup.train[rows[i]] for i in mine]
+    rates = trainee.pass_rates(c) if c.rollouts == "adaptive" else None
+    batch = rollout(trainee.replica, setup.ref, setup.tok, problems, c, seed=c.seed * 1_000_003 + step,
+                    prompt_index=mine, sampler=trainee.sampler,
+                    seen=rates.counts([p.id for p in problems]) if rates else ())
+    if rates:
+        rates.update([p.id for p in problems], batch.counts)
+    return batch
 
 
 class Trainee:
@@ -113,6 +120,7 @@ class Trainee:
             self.replica = copy.deepcopy(setup.policy).eval().requires_grad_(False)
         self.module = dist.wrap(setup.policy, d)
         self.optimizers: dict = {}
+        self.rates: PassRates | None = None  # `adaptive`'s record, saved beside the optimizers' states
         self.sampler = None  # rollouts on a vLLM engine that follows the weights (distributed.sampler=vllm)
         if rollouts and setup.distributed.sampler == "vllm":
             from excursions.vllm_backend import VLLMSampler
@@ -138,8 +146,18 @@ class Trainee:
         if self.sampler is not None:
             self.sampler.sync(self.replica)
 
+    def pass_rates(self, c: RLConfig) -> PassRates:
+        """`adaptive`'s record of the training problems: resumed, or from `rl.prior`, or empty; saved with the run."""
+        if self.rates is None:
+            resumed = self._states.get("pass_rates")
+            self.rates = (PassRates(resumed) if resumed is not None
+                          else PassRates.from_eval(c.prior) if c.prior else PassRates())
+        return self.rates
+
     def save(self, run: RunDir, step: int) -> None:
         states = {name: dist.optimizer_state(self.module, opt, self.d) for name, opt in self.optimizers.items()}
+        if self.rates is not None:
+            states["pass_rates"] = self.rates.seen
         if self.d.main:
             run.save(step, self.replica, self.setup.tok, states)
         dist.barrier(self.d)
