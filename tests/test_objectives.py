@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from excursions.objectives import (AGGREGATIONS, adaptive_groups, drgrpo_advantages, grpo_advantages, grpo_loss, kl_k1,
-                                   kl_k2, kl_k3, logprob_entropy, mixed_chance, sft_loss)
+from excursions.objectives import (AGGREGATIONS, adaptive_groups, drgrpo_advantages, grpo_advantages, grpo_loss,
+                                   kl_k1, kl_k2, kl_k3, logprob_entropy, mixed_chance, sft_loss)
 from excursions.errors import UserError
 from excursions.optim import ParallelAveraging
 from excursions.registry import lookup
