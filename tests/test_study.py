@@ -26,7 +26,8 @@ STUDY = ["study.checkpoints=[1, 2]", "study.recipes=['rl', 'sft', 'sft_gold', 's
          "study.extra_seeds=[1]", "study.seed_checkpoint=2", "eval.problems=8", "eval.n=4", "eval.ks=[1, 2, 4]",
          "eval.bootstrap=20", "eval.shots=1", "world.general.mc_test=20", "study.nshot=[0, 1, 2]",
          "study.sft_epochs=2", "study.rollouts=[2, 4]", "study.split_problems=20", "study.split_n=8",
-         "study.rollout_steps=2", "study.scale_model=olmo2_3M", "study.scale_targeted=0.5"]
+         "study.rollout_steps=2", "study.scale_model=olmo2_3M", "study.scale_targeted=0.5",
+         "study.allocators=['uniform', 'adaptive']"]
 
 
 def micro_study(micro_overrides, *extra):
@@ -42,7 +43,8 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
     # 2 checkpoints x 5 recipes x 1 seed + 1 extra RL seed, each trained then evaluated; one SFT epochs run
     # + the rollouts experiment: one difficulty-split unit, then RL on each split (easy, hard) with 2 and 4 rollouts
     # + the scaling experiment: two more pretraining runs, and RL on hard from each of three final checkpoints
-    assert sum(u.kind == "posttrain" for u in units) == 16 + 3 and sum(u.kind == "eval" for u in units) == 11 + 3
+    # + the allocators: RL from the first checkpoint with uniform and with adaptive rollouts (tracked, no eval)
+    assert sum(u.kind == "posttrain" for u in units) == 16 + 3 + 2 and sum(u.kind == "eval" for u in units) == 11 + 3
     assert [u.id for u in units if u.kind == "pretrain"] == ["pretrain", "scaling/N/pretrain", "scaling/D/pretrain"]
     from excursions.study.plan import configured
 
@@ -72,7 +74,7 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
     # a changed RL setting moves exactly the units that depend on it
     other = {u.id: u.path for u in plan(micro_study(micro_overrides, "rl.lr=2e-3"), tmp_path)}
     moved = {u.id.split("/")[0] for u in units if other[u.id] != u.path}
-    assert moved == {"rl", "sft_rl", "parallel", "eval", "rollouts", "scaling"}
+    assert moved == {"rl", "sft_rl", "parallel", "eval", "rollouts", "allocators", "scaling"}
     assert all(other[u.id] == u.path for u in units
                if u.id.startswith(("pretrain", "base/", "sft/", "sft_gold/", "sft_epochs/")))
 
@@ -157,7 +159,7 @@ def test_study_writes_report_and_database(micro_study_dir):
                             "WHERE e.unit = ? AND e.task = 'gsm'", (f"eval/rl/{first}/s0",)).fetchone()[0]
     assert n_problems == 8
     steps = db.execute("SELECT COUNT(DISTINCT step) FROM training WHERE unit = ?", (f"rl/{first}/s0",)).fetchone()
-    assert steps[0] == 3
+    assert steps[0] == 1 + 3  # step 0 (the start's tracked pass@k), then the 3 steps
     stages = {r[0] for r in db.execute("SELECT DISTINCT stage FROM training WHERE unit LIKE 'sft_rl/%'")}
     assert stages == {"sft", "rl"}
     # the SFT epochs run: test pass@1 tracked at the end of each of its 2 epochs
@@ -179,7 +181,7 @@ def test_study_writes_report_and_database(micro_study_dir):
                              (f"rollouts/{split}/n4/%",)).fetchone()[0]
         world = split_dir / split / "gsm" / "train.jsonl"
         if list(kind.values()).count(split) >= 4:  # rl.prompts_per_step
-            assert trained == 2
+            assert trained == 1 + 2
             assert {json.loads(line)["id"] for line in world.read_text().splitlines()} <= \
                    {pid for pid, k in kind.items() if k == split}
         else:
@@ -191,10 +193,16 @@ def test_study_writes_report_and_database(micro_study_dir):
     md = (out / "report" / "report.md").read_text()
     html = (out / "report" / "report.html").read_text()
     for fig in ("recipes", "base-vs-rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs",
-                "rollouts", "scaling"):
+                "rollouts", "allocators", "scaling"):
         assert (out / "report" / "figures" / f"{fig}.png").stat().st_size > 1000
         assert f"figures/{fig}.png" in md
-    assert html.count("data:image/png;base64,") == 10
+    assert html.count("data:image/png;base64,") == 11
+    # the allocators: uniform and adaptive from the first checkpoint, tracked from step 0 on
+    for allocator in ("uniform", "adaptive"):
+        tracked = db.execute("SELECT COUNT(DISTINCT step) FROM training WHERE unit = ? AND key = 'eval/gsm/pass@1'",
+                             (f"allocators/{allocator}/{first}",)).fetchone()[0]
+        assert tracked == 1 + 2, allocator
+    assert "adaptive beats uniform rollouts at equal FLOPs" in md
     assert "| not run |" not in md  # every claim of the paper has an experiment behind it
     # scaling: each variant's final checkpoint and its RL result evaluated on hard; the variants' checkpoints
     # stay out of the study's own curves

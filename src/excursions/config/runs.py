@@ -259,6 +259,9 @@ class StudyConfig:
     split_n: int = 32  # samples per problem for the splits (paper: 64 at T = 1; here at rl.temperature)
     rollout_steps: int = 0  # RL steps of these runs (0 = rl.steps)
     rollout_prompts: int = 0  # prompts per RL step of these runs (0 = rl.prompts_per_step)
+    # beyond the paper: direct RL from the first chosen checkpoint under each rollout allocator (rl.rollouts), at
+    # equal FLOPs, the rollouts experiment's steps and prompts; () = off
+    allocators: tuple[str, ...] = ()
     # Fig. 4, 10-12: RL on `hard` from the final checkpoint of the study's run, of a bigger model on the same data
     # (scaling N), and of the same model with extra targeted `hard` math (scaling D). Each is a pretraining run.
     scale_model: str = ""  # scaling N: this model size (e.g. olmo2_3M); "" = no N variant
@@ -283,6 +286,10 @@ class StudyConfig:
         check(all(g >= 2 for g in self.rollouts), "rollouts", "rollout counts must be >= 2 (GRPO compares a group)")
         check(self.split_problems >= 1, "split_problems", "must be >= 1")
         check(self.split_n >= 8, "split_n", "must be >= 8 (hard means at most n / 8 correct)")
+        from excursions.objectives import ROLLOUTS
+
+        for i, name in enumerate(self.allocators):
+            check(name in ROLLOUTS, f"allocators[{i}]", f"unknown allocator {name!r}; choose from {', '.join(ROLLOUTS)}")
         check(self.rollout_steps >= 0, "rollout_steps", "must be >= 0 (0 = rl.steps)")
         check(self.rollout_prompts >= 0, "rollout_prompts", "must be >= 0 (0 = rl.prompts_per_step)")
         check(self.scale_targeted >= 0, "scale_targeted", "must be >= 0 (0 = no scaling-D variant)")

@@ -62,7 +62,7 @@ def scaling_units(cfg: Config, out: Path) -> list[Unit]:
     return [u for units in variant_units(cfg, out).values() for u in units.values()]
 
 
-@experiment(order=10, units=scaling_units)
+@experiment(order=11, units=scaling_units)
 def scaling_experiment(res: Results, figdir: Path) -> Section:
     stats: dict[tuple, Stat] = {}  # (variant, what, metric): what = base (few-shot) | base 0-shot | rl
     tokens: dict[str, int] = {}
