@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Sequence
 
@@ -73,13 +75,13 @@ def base_curve_figure(curve: Sequence[dict], path: Path, baselines: dict | None 
 def token_label(t: float) -> str:
     """A short token count for tick labels.
 
-    >>> [token_label(t) for t in (5e5, 6.5e6, 1e7, 3e8, 2.1e10)]
-    ['500K', '6.5M', '10M', '300M', '21B']
+    >>> [token_label(t) for t in (5e5, 6.5e6, 1e7, 3e8, 2.1e10, 999_424, 8_003_584, 10_502_144)]
+    ['500K', '6.5M', '10M', '300M', '21B', '1M', '8M', '10.5M']
     """
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if t >= scale:
-            v = t / scale
-            return f"{v:.1f}{unit}" if v < 10 and v != int(v) else f"{v:.0f}{unit}"
+        if t >= 0.995 * scale:  # a checkpoint a step short of 1M (999,424 tokens) is 1M
+            v = round(t / scale, 1)
+            return f"{v:.1f}{unit}" if v < 100 and v != int(v) else f"{v:.0f}{unit}"
     return f"{t:.0f}"
 
 
@@ -89,6 +91,22 @@ def tokens_axis(ax, tokens) -> None:
 
     ax.set_xscale("log")
     ticks = sorted(set(tokens))
-    ax.set_xticks(ticks, [token_label(t) for t in ticks])
+    shown = spaced(ticks)
+    ax.set_xticks(ticks, [token_label(t) if t in shown else "" for t in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("pretraining tokens")
+
+
+def spaced(ticks: list[float], ratio: float = 1.3) -> set[float]:
+    """The ticks to label on a log axis: from the last one down, each at least `ratio` below the one labelled
+    before it, so dense checkpoints (8M, 9M, 10.5M) do not print over each other.
+
+    >>> sorted(spaced([1e6, 4e6, 6e6, 8e6, 9e6, 10.5e6, 12e6, 14e6]))
+    [1000000.0, 4000000.0, 6000000.0, 8000000.0, 10500000.0, 14000000.0]
+    """
+    out, last = set(), math.inf
+    for t in sorted(ticks, reverse=True):
+        if t * ratio <= last:
+            out.add(t)
+            last = t
+    return out
