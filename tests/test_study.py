@@ -144,7 +144,7 @@ def test_study_writes_report_and_database(micro_study_dir):
     out = micro_study_dir
     db = sqlite3.connect(out / DB)
     assert {r[0] for r in db.execute("SELECT status FROM units")} == {"done"}
-    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22 + 1 + 5 + 11
+    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22 + 1 + 5 + 11 + 2  # + the two allocator runs
     assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 3
     # every recipe at both checkpoints, every base checkpoint few-shot and 0-shot, on gsm and general
     for recipe in ("base", "rl", "sft", "sft_gold", "sft_rl", "parallel"):
@@ -218,13 +218,13 @@ def test_study_writes_report_and_database(micro_study_dir):
     db.close()
 
     table = status_table(out)
-    assert "done: 43" in table and f"rl/{last}/s1" in table
+    assert "done: 45" in table and f"rl/{last}/s1" in table
 
     from excursions.study.runner import export
 
     files = export(out)
     units_csv = next(f for f in files if f.name == "units.csv").read_text().splitlines()
-    assert len(units_csv) == 1 + 43
+    assert len(units_csv) == 1 + 45
 
 
 def test_rollouts_reading_with_one_rollout_count_says_so(micro_study_dir, micro_overrides, tmp_path):
