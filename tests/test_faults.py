@@ -107,7 +107,8 @@ def test_a_diverged_unit_fails_alone_and_the_study_goes_on(small_ref, small_cfg,
     # the run kept its last good resume state and saved nothing of the diverged step
     assert [p.name for p in (rl.path / "resume").iterdir()] == ["step000001"] and not (rl.path / "final").exists()
     assert all(torch.isfinite(t).all() for t in load_file(rl.path / "resume/step000001/model.safetensors").values())
-    assert [json.loads(line)["step"] for line in (rl.path / "metrics.jsonl").read_text().splitlines()] == [0, 1]  # 0: the start
+    steps = [json.loads(line)["step"] for line in (rl.path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1]  # 0: the starting model's tracked pass@k
     # status lists the failure with its error, and the unit that reads it as blocked; the rest is done
     lines = {line.split()[0]: line for line in status_table(out).splitlines()[1:-1]}
     assert "failed" in lines[rl.id] and "not finite at step 2" in lines[rl.id]
