@@ -97,12 +97,12 @@ def tokens_axis(ax, tokens) -> None:
     ax.set_xlabel("pretraining tokens")
 
 
-def spaced(ticks: list[float], ratio: float = 1.3) -> set[float]:
+def spaced(ticks: list[float], ratio: float = 1.5) -> set[float]:
     """The ticks to label on a log axis: from the last one down, each at least `ratio` below the one labelled
     before it, so dense checkpoints (8M, 9M, 10.5M) do not print over each other.
 
     >>> sorted(spaced([1e6, 4e6, 6e6, 8e6, 9e6, 10.5e6, 12e6, 14e6]))
-    [1000000.0, 4000000.0, 6000000.0, 8000000.0, 10500000.0, 14000000.0]
+    [1000000.0, 4000000.0, 6000000.0, 9000000.0, 14000000.0]
     """
     out, last = set(), math.inf
     for t in sorted(ticks, reverse=True):
