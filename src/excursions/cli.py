@@ -30,7 +30,7 @@ examples:
   excursions report runs/study-tiny                  # the report again from study.db, nothing run
   excursions pretrain --preset smoke                 # 1-2 minutes: the whole path on a toy setting
   excursions eval runs/smoke/checkpoints/step000146-tokens299008 --task gsm,general
-  excursions pretrain --preset tiny                  # the default study's pretraining (~17 min, 2 cores)
+  excursions pretrain --preset tiny                  # the default study's pretraining (~26 min, 2 cores)
   excursions pretrain --preset tiny pretrain.lr=1e-3 model.size=olmo2_3M --out runs/tiny-3M
   excursions config --preset tiny                    # print the resolved tiny config
   excursions data data/real --family gsm --train gsm8k:gsm8k/train.jsonl --test gsm8k:gsm8k/test.jsonl
@@ -90,11 +90,11 @@ def cmd_eval(args) -> None:
     winogrande (real files in --data-dir, hub schemas).
 
     examples:
-      excursions eval runs/tiny/checkpoints/step001221-tokens10002432
-      excursions eval runs/tiny/checkpoints/step001221-tokens10002432 --task gsm,hard --n 32 --k 1,8,32
+      excursions eval runs/tiny/checkpoints/step001709-tokens14000128
+      excursions eval runs/tiny/checkpoints/step001709-tokens14000128 --task gsm,hard --n 32 --k 1,8,32
       excursions eval runs/tiny --task gsm,general          # every checkpoint: the base pass@k curve
-      excursions eval runs/tiny/checkpoints/step001221-tokens10002432 --task gsm --shots 0,1,2,4,8,16 --limit 200
-      excursions eval runs/tiny/checkpoints/step001221-tokens10002432 --task arc_easy,piqa --data-dir ../shared/data/general
+      excursions eval runs/tiny/checkpoints/step001709-tokens14000128 --task gsm --shots 0,1,2,4,8,16 --limit 200
+      excursions eval runs/tiny/checkpoints/step001709-tokens14000128 --task arc_easy,piqa --data-dir ../shared/data/general
     """
     from excursions.config import EvalConfig, build, to_dict
     from excursions.evals.harness import curve_table, evaluate_checkpoint, evaluate_run, is_run_dir, summary_table
