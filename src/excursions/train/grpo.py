@@ -77,21 +77,9 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
                                else math_rewards(s.texts, answers, finished, cfg.format_score))
         return s, rewards, checked
 
-    # Draw r samples G for each problem in `todo`: every problem once (uniform, filter, until_positive), then
-    # (until_positive) those still without a right rollout; or (adaptive) each as many times as it was given
     given = (adaptive_groups(seen or [(0, 0)] * len(problems), cfg.prompts_per_step, G, cfg.rounds)
              if cfg.rollouts == "adaptive" else None)
-    solved = torch.zeros(len(problems), dtype=torch.bool)
-    parts, owner = [], []  # the draws, and the problem each group of G rows belongs to
-    for r in range(cfg.rounds):
-        todo = ([i for i in range(len(problems)) if given[i] > r] if given is not None
-                else (~solved).nonzero().flatten().tolist() if r else list(range(len(problems))))
-        if not todo:
-            break
-        part = draw(todo, r)
-        solved[todo] |= (part[1].view(-1, G) == 1.0).any(-1)
-        parts.append(part)
-        owner += todo
+    parts, owner, solved = _rounds(draw, len(problems), G, cfg.rounds, given)
     s = Samples.concat([p[0] for p in parts], tok.pad_token_id) if len(parts) > 1 else parts[0][0]
     rewards, checked = torch.cat([p[1] for p in parts]), [c for p in parts for c in p[2]]
     per_problem = torch.zeros(len(problems), 2, dtype=torch.long)  # (rollouts, right) of each problem
@@ -146,6 +134,24 @@ class PassRates:
         for i, (n, c) in zip(ids, counts):
             old = self.seen.get(i, [0, 0])
             self.seen[i] = [old[0] + n, old[1] + c]
+
+
+def _rounds(draw, n: int, G: int, rounds: int, given: list[int] | None):
+    """The step's draws of G: every problem once (uniform, filter, until_positive), then (until_positive) those
+    still without a right rollout; or (adaptive) each problem as many times as it was `given`. Returns the draws,
+    the problem each group of G rows belongs to, and which problems got a right rollout."""
+    solved = torch.zeros(n, dtype=torch.bool)
+    parts, owner = [], []
+    for r in range(rounds):
+        todo = ([i for i in range(n) if given[i] > r] if given is not None
+                else (~solved).nonzero().flatten().tolist() if r else list(range(n)))
+        if not todo:
+            break
+        part = draw(todo, r)
+        solved[todo] |= (part[1].view(-1, G) == 1.0).any(-1)
+        parts.append(part)
+        owner += todo
+    return parts, owner, solved
 
 
 def pack(s: Samples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:

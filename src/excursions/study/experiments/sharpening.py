@@ -51,9 +51,44 @@ def sharpening_experiment(res: Results, figdir: Path) -> Section:
     keys = sorted(res.store.training_keys(f"eval/{task}/pass@"), key=lambda k: int(k.split("@")[1]))
     tracked = [keys[0], keys[-1]] if len(keys) > 1 else keys
     ckpts = res.checkpoints
+    cover = {(c, pair): coverage(res, task, *pair, c) for c in ckpts for pair in PAIRS}
+    _figure(res, tracked, cover, figdir / "sharpening.png")
+    top = res.ks[-1]
+    expand, ev_expand, sharpen, ev_sharpen = [], [], [], []
+    for c in ckpts:
+        # "applying RL directly to M_t improves both pass@1 and pass@32, expanding the model's distribution rather
+        # than merely sharpening it" (Fig. 6, right); measured directly too: more problems solved by direct RL
+        # alone than by the base alone (paired interval)
+        got, text = side_by_side(res, task, c, PAIRS[0], top, cover)
+        if got and got[2]:
+            (rl, rl_top), (base, base_top), t = got
+            expand.append(jointly(compare(rl, base), compare(rl_top, base_top), compare(net(t), Stat(0, 0, 0))))
+            ev_expand.append(text)
+        # "under the standard pipeline, pass@1 continues to improve during RL but pass@32 decreases" (Fig. 6,
+        # left): SFT->RL against SFT, its pass@k below while its pass@1 is not
+        got, text = side_by_side(res, task, c, PAIRS[1], top, cover)
+        if got:
+            (a, a_top), (b, b_top), _ = got
+            sharpen.append(jointly(not_below(a, b), compare(b_top, a_top)))
+            ev_sharpen.append(text)
+    claims = [(f"Direct RL expands: pass@1 and {top} above the base checkpoint's, and more problems solved by RL "
+               f"alone than by the base alone", tally(expand), "; ".join(ev_expand)),
+              (f"SFT->RL sharpens: {top} below SFT's while pass@1 is not", tally(sharpen), "; ".join(ev_sharpen))]
+    big = tracked[-1].split("/")[-1] if tracked else top
+    reading = (f"Test {' and '.join(k.split('/')[-1] for k in tracked)} (0-shot, tracked during training on a subset "
+               f"of the test problems, with 95% bootstrap bands, from step 0: the starting model) along the RL "
+               f"steps of direct RL and of the RL stage of SFT->RL, from each checkpoint. Expansion shows as {big} rising with pass@1; sharpening as pass@1 rising while {big} stays "
+               f"or falls. The claim below uses the final evaluations' {top}. The bottom row measures expansion "
+               f"directly: of the problems both evaluations sampled, those the trained model solves within n "
+               f"samples and its start never does (trained_only), the reverse (base_only: what was lost), both, "
+               f"neither; direct RL expands where trained_only exceeds base_only beyond the paired interval.")
+    return Section("Sharpening vs expansion (paper Fig. 6)", "sharpening.png", reading, claims=claims)
+
+def _figure(res: Results, tracked: list[str], cover: dict, path: Path) -> None:
+    """Per checkpoint: the tracked pass@k along RL (bands: 95% intervals), and who solves which problems."""
+    ckpts = res.checkpoints
     fig, axes = plt.subplots(len(tracked) + 1, len(ckpts), figsize=(3.2 * len(ckpts), 2.8 * (len(tracked) + 1)),
                              squeeze=False)
-    cover = {(c, pair): coverage(res, task, *pair, c) for c in ckpts for pair in PAIRS}
     for j, c in enumerate(ckpts):
         for i, key in enumerate(tracked):
             ax = axes[i][j]
@@ -87,34 +122,4 @@ def sharpening_experiment(res: Results, figdir: Path) -> Section:
             handles, labels = ax.get_legend_handles_labels()
             named = dict(zip(labels, handles))
             ax.legend(named.values(), named.keys(), fontsize=6)
-    save(fig, figdir / "sharpening.png")
-    top = res.ks[-1]
-    expand, ev_expand, sharpen, ev_sharpen = [], [], [], []
-    for c in ckpts:
-        # "applying RL directly to M_t improves both pass@1 and pass@32, expanding the model's distribution rather
-        # than merely sharpening it" (Fig. 6, right); measured directly too: more problems solved by direct RL
-        # alone than by the base alone (paired interval)
-        got, text = side_by_side(res, task, c, PAIRS[0], top, cover)
-        if got and got[2]:
-            (rl, rl_top), (base, base_top), t = got
-            expand.append(jointly(compare(rl, base), compare(rl_top, base_top), compare(net(t), Stat(0, 0, 0))))
-            ev_expand.append(text)
-        # "under the standard pipeline, pass@1 continues to improve during RL but pass@32 decreases" (Fig. 6,
-        # left): SFT->RL against SFT, its pass@k below while its pass@1 is not
-        got, text = side_by_side(res, task, c, PAIRS[1], top, cover)
-        if got:
-            (a, a_top), (b, b_top), _ = got
-            sharpen.append(jointly(not_below(a, b), compare(b_top, a_top)))
-            ev_sharpen.append(text)
-    claims = [(f"Direct RL expands: pass@1 and {top} above the base checkpoint's, and more problems solved by RL "
-               f"alone than by the base alone", tally(expand), "; ".join(ev_expand)),
-              (f"SFT->RL sharpens: {top} below SFT's while pass@1 is not", tally(sharpen), "; ".join(ev_sharpen))]
-    big = tracked[-1].split("/")[-1] if tracked else top
-    reading = (f"Test {' and '.join(k.split('/')[-1] for k in tracked)} (0-shot, tracked during training on a subset "
-               f"of the test problems, with 95% bootstrap bands, from step 0: the starting model) along the RL "
-               f"steps of direct RL and of the RL stage of SFT->RL, from each checkpoint. Expansion shows as {big} rising with pass@1; sharpening as pass@1 rising while {big} stays "
-               f"or falls. The claim below uses the final evaluations' {top}. The bottom row measures expansion "
-               f"directly: of the problems both evaluations sampled, those the trained model solves within n "
-               f"samples and its start never does (trained_only), the reverse (base_only: what was lost), both, "
-               f"neither; direct RL expands where trained_only exceeds base_only beyond the paired interval.")
-    return Section("Sharpening vs expansion (paper Fig. 6)", "sharpening.png", reading, claims=claims)
+    save(fig, path)
