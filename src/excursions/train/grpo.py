@@ -108,8 +108,7 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
     use_ref = ref is not None and cfg.kl_coef > 0
     ref_lp = batch_logprobs(ref, ids, attention, tokens, response_mask, P, cfg) if use_ref else None
     # advantages within each problem's rollouts (a problem drawn more than once has them all in one group)
-    groups = G if cfg.rounds == 1 else torch.tensor(owner).repeat_interleave(G)
-    adv = ADVANTAGES[cfg.advantage](rewards, groups)
+    adv = ADVANTAGES[cfg.advantage](rewards, torch.tensor(owner, device=dev).repeat_interleave(G))
     return Rollouts(ids, attention, response_mask, P, rewards, adv, old, ref_lp, stats, counts)
 
 

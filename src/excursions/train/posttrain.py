@@ -96,12 +96,11 @@ def _step_rollouts(setup: "_Setup", trainee: "Trainee", c: RLConfig, step: int, 
     rows = _prompt_rows(step, len(setup.train), c.prompts_sampled, c.seed)
     mine = dist.shard(len(rows), d, parts)
     problems = [setup.train[rows[i]] for i in mine]
-    rates = trainee.pass_rates(c) if c.rollouts == "adaptive" else None
+    ids, rates = [p.id for p in problems], trainee.pass_rates(c) if c.rollouts == "adaptive" else None
     batch = rollout(trainee.replica, setup.ref, setup.tok, problems, c, seed=c.seed * 1_000_003 + step,
-                    prompt_index=mine, sampler=trainee.sampler,
-                    seen=rates.counts([p.id for p in problems]) if rates else ())
+                    prompt_index=mine, sampler=trainee.sampler, seen=rates.counts(ids) if rates else ())
     if rates:
-        rates.update([p.id for p in problems], batch.counts)
+        rates.update(ids, batch.counts)
     return batch
 
 

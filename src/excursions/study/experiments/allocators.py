@@ -11,7 +11,7 @@ from pathlib import Path
 from excursions.config import Config
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
-from excursions.study.experiments.rollouts import value_at
+from excursions.study.experiments.rollouts import flops_curve, value_at
 from excursions.study.plan import Unit, chosen_checkpoints, configured, posttrain_dir, recipe_settings, rollout_prompts
 from excursions.study.report import Section, save
 from excursions.study.results import Results, separate, tally
@@ -42,14 +42,6 @@ def allocator_units(cfg: Config, out: Path) -> list[Unit]:
     return list(allocator_runs(cfg, out).values())
 
 
-def curves(res: Results, unit: str, task: str, metric: str) -> tuple[list[float], list[float]]:
-    """A run's tracked test `metric` against the FLOPs spent by then (training + rollouts; 0 at step 0)."""
-    flops = dict(zip(*res.training(unit, "rl", "total_train_flops")))
-    rflops = dict(zip(*res.training(unit, "rl", "total_rollout_flops")))
-    steps, vals = res.training(unit, "rl", f"eval/{task}/{metric}")
-    return [flops.get(st, 0) + rflops.get(st, 0) for st in steps], vals
-
-
 @experiment(order=10, units=allocator_units)
 def allocators_experiment(res: Results, figdir: Path) -> Section:
     planned = allocator_runs(res.cfg, res.out)
@@ -62,7 +54,7 @@ def allocators_experiment(res: Results, figdir: Path) -> Section:
                        claims=[(CLAIM.format(a), "not run", "set study.allocators") for a in others or ["adaptive"]])
     task = res.math_tasks[0]
     metrics = [m for m in ("pass@1", "pass@8") if res.training(ran["uniform"], "rl", f"eval/{task}/{m}")[0]]
-    lines = {(a, m): curves(res, u, task, m) for a, u in ran.items() for m in metrics}
+    lines = {(a, m): flops_curve(res, u, task, m)[1:] for a, u in ran.items() for m in metrics}  # (FLOPs, values)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         for a in ran:

@@ -79,13 +79,7 @@ def rollouts_experiment(res: Results, figdir: Path) -> Section:
     task = res.math_tasks[0]
     first = min(trained.values())  # every run tracks the same metrics on the same problems
     metrics = [k for k in ("pass@1", "pass@8") if res.training(first, "rl", f"eval/{task}/{k}")[0]]
-    curves = {}  # (split, G, metric) -> (steps, flops, values)
-    for (split, g), u in trained.items():
-        flops = dict(zip(*res.training(u, "rl", "total_train_flops")))
-        rflops = dict(zip(*res.training(u, "rl", "total_rollout_flops")))
-        for m in metrics:
-            steps, vals = res.training(u, "rl", f"eval/{task}/{m}")
-            curves[split, g, m] = (steps, [flops.get(st, 0) + rflops.get(st, 0) for st in steps], vals)
+    curves = {(split, g, m): flops_curve(res, u, task, m) for (split, g), u in trained.items() for m in metrics}
     _figure(curves, splits, gs, metrics, figdir / "rollouts.png")
     problems = res.training(first, "rl", f"eval/{task}/problems")[1]
     tracked = int(problems[0]) if problems else 100  # the runs' rl.track_problems, or fewer
@@ -165,6 +159,14 @@ def _reading(counts: list[tuple[int, int]], gs: list[int], tracked: int) -> str:
             f"first point already cost more, that point: the comparison then favours n = {many}), the second the two "
             "runs' final values; a difference counts where it exceeds 1.96 binomial standard errors over the tracked "
             "problems.")
+
+
+def flops_curve(res: Results, unit: str, task: str, metric: str) -> tuple[list[int], list[float], list[float]]:
+    """A run's tracked test `metric`: (steps, the FLOPs spent by then, training + rollouts; 0 at step 0, values)."""
+    flops = dict(zip(*res.training(unit, "rl", "total_train_flops")))
+    rflops = dict(zip(*res.training(unit, "rl", "total_rollout_flops")))
+    steps, vals = res.training(unit, "rl", f"eval/{task}/{metric}")
+    return steps, [flops.get(st, 0) + rflops.get(st, 0) for st in steps], vals
 
 
 def value_at(xs: list[float], ys: list[float], x: float) -> float:
