@@ -69,6 +69,15 @@ def test_until_positive_needs_whole_draws_of_a_group():
     assert load_config("smoke", overrides=["rl.rollouts='until_positive'", "rl.max_rollouts=12"]).rl.rounds == 3
 
 
+@pytest.mark.parametrize("allocator, widens, rounds", [("uniform", 1, 1), ("filter", 4, 1), ("until_positive", 1, 3),
+                                                       ("adaptive", 4, 3)])
+def test_each_allocator_samples_its_share_of_prompts_and_draws(allocator, widens, rounds):
+    """filter and adaptive choose among filter_over x the step's prompts; until_positive and adaptive may draw a
+    prompt up to max_rollouts / G times in a step."""
+    rl = load_config("smoke", overrides=[f"rl.rollouts='{allocator}'", "rl.max_rollouts=12", "rl.filter_over=4"]).rl
+    assert (rl.prompts_sampled, rl.rounds) == (widens * rl.prompts_per_step, rounds)
+
+
 def test_bad_override_syntax_and_sources(tmp_path):
     with pytest.raises(UserError, match="section.key=value"):
         load_config("smoke", overrides=["pretrain.lr"])

@@ -1,7 +1,7 @@
 """Training objectives as pure functions, and their variants in name -> function registries.
 
     adv = ADVANTAGES["grpo"](rewards, 8)                                   # [B*G], groups of 8 (or group ids)
-    kept = ROLLOUTS["filter"](correct.view(-1, 8), keep=32)                # the groups trained on
+    kept = ROLLOUTS["filter"].keep(correct.view(-1, 8), 32)                # the groups trained on
     loss, stats = grpo_loss(logp, old_logp, ref_logp, adv, mask, kl="k3", agg="token-mean")
     loss = sft_loss(logits, labels, mask)
 
@@ -131,13 +131,26 @@ def adaptive_groups(counts: Sequence[tuple[int, int]], budget: int, group: int, 
     return given
 
 
-# rl.rollouts: name -> the groups a step trains on. `filter` steps sample rl.filter_over times the step's prompts
-# and keep up to rl.prompts_per_step mixed groups; `uniform` steps sample and keep rl.prompts_per_step;
-# `until_positive` steps (the paper's authors' adaptive rollouts) draw G more for every prompt without a right
-# rollout yet, up to rl.max_rollouts each, and train on all of them (RLConfig.rounds); `adaptive` steps spread
-# prompts_per_step groups over rl.filter_over times as many candidates by `adaptive_groups`, and train on all.
-ROLLOUTS: dict[str, Callable] = {"uniform": all_groups, "filter": mixed_groups, "until_positive": all_groups,
-                                 "adaptive": all_groups}
+@dataclass(frozen=True)
+class Allocator:
+    """How an `rl.rollouts` allocator spends a step's rollouts: the groups it trains on (`keep`: all_groups or
+    mixed_groups), whether it samples filter_over times the step's prompts to choose from (`widens`), whether a
+    prompt may get more than one draw of G in a step, up to rl.max_rollouts (`rounds`), and whether the draws
+    follow what earlier rollouts saw of each problem (`by_rates`: `PassRates`, `adaptive_groups`)."""
+
+    keep: Callable[[torch.Tensor, int], list[int]]
+    widens: bool = False
+    rounds: bool = False
+    by_rates: bool = False
+
+
+# rl.rollouts: `uniform` samples and trains on rl.prompts_per_step groups; `filter` (DAPO's dynamic sampling) keeps
+# up to prompts_per_step mixed groups out of filter_over times the prompts; `until_positive` (the paper's authors'
+# adaptive rollouts) draws G more for every prompt without a right rollout yet, up to max_rollouts, and trains on
+# all; `adaptive` spreads prompts_per_step groups over filter_over times as many candidates by `adaptive_groups`.
+ROLLOUTS: dict[str, Allocator] = {"uniform": Allocator(all_groups), "filter": Allocator(mixed_groups, widens=True),
+                                  "until_positive": Allocator(all_groups, rounds=True),
+                                  "adaptive": Allocator(all_groups, widens=True, rounds=True, by_rates=True)}
 
 
 # ------------------------------------------------------------------------------------- KL to ref

@@ -65,13 +65,17 @@ class RLConfig:
     def prompts_sampled(self) -> int:
         """Prompts a step considers: prompts_per_step, or under `filter` and `adaptive` filter_over times as many to
         choose from."""
-        return self.prompts_per_step * (self.filter_over if self.rollouts in ("filter", "adaptive") else 1)
+        from excursions.objectives import ROLLOUTS
+
+        return self.prompts_per_step * (self.filter_over if ROLLOUTS[self.rollouts].widens else 1)
 
     @property
     def rounds(self) -> int:
         """Draws of G rollouts a prompt may get in one step: max_rollouts / G under `until_positive` and
         `adaptive`, else 1."""
-        return self.max_rollouts // self.group_size if self.rollouts in ("until_positive", "adaptive") else 1
+        from excursions.objectives import ROLLOUTS
+
+        return self.max_rollouts // self.group_size if ROLLOUTS[self.rollouts].rounds else 1
 
     def __post_init__(self):
         from excursions.objectives import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, ROLLOUTS
@@ -89,7 +93,7 @@ class RLConfig:
         check(self.kl in KL_ESTIMATORS, "kl", f"unknown KL estimator; choose one of {', '.join(KL_ESTIMATORS)}")
         check(self.advantage in ADVANTAGES, "advantage", f"unknown estimator; choose one of {', '.join(ADVANTAGES)}")
         check(self.rollouts in ROLLOUTS, "rollouts", f"unknown allocator; choose one of {', '.join(ROLLOUTS)}")
-        if self.rollouts in ("until_positive", "adaptive"):
+        if ROLLOUTS[self.rollouts].rounds:
             check(self.max_rollouts >= self.group_size and self.max_rollouts % self.group_size == 0, "max_rollouts",
                   f"must be a multiple of group_size ({self.group_size}): rollouts are drawn G at a time")
         check(self.aggregation in AGGREGATIONS, "aggregation", f"unknown mode; choose one of {', '.join(AGGREGATIONS)}")
@@ -266,6 +270,10 @@ class StudyConfig:
     # (scaling N), and of the same model with extra targeted `hard` math (scaling D). Each is a pretraining run.
     scale_model: str = ""  # scaling N: this model size (e.g. olmo2_3M); "" = no N variant
     scale_targeted: float = 0.0  # scaling D: extra targeted math tokens, as a share of pretrain.tokens; 0 = no D variant
+    # beyond the paper: pass@k to large k (Yue et al.), base vs direct RL from the first chosen checkpoint, with this
+    # many samples on the first `large_k_problems` test problems; 0 = off
+    large_k: int = 0
+    large_k_problems: int = 50
     # the experiments to run and report (study/experiments/, one file each; checked when the study plans);
     # () = every one, in the paper's order
     experiments: tuple[str, ...] = ()
@@ -292,6 +300,8 @@ class StudyConfig:
             check(name in ROLLOUTS, f"allocators[{i}]", f"unknown allocator {name!r}; choose from {', '.join(ROLLOUTS)}")
         check(self.rollout_steps >= 0, "rollout_steps", "must be >= 0 (0 = rl.steps)")
         check(self.rollout_prompts >= 0, "rollout_prompts", "must be >= 0 (0 = rl.prompts_per_step)")
+        check(self.large_k == 0 or self.large_k >= 2, "large_k", "must be 0 (off) or >= 2 samples per problem")
+        check(self.large_k_problems >= 1, "large_k_problems", "must be >= 1")
         check(self.scale_targeted >= 0, "scale_targeted", "must be >= 0 (0 = no scaling-D variant)")
         check(not (self.external and (self.scale_model or self.scale_targeted)), "scale_model",
               "the scaling variants pretrain from scratch; they need the study's own pretraining (no study.external)")

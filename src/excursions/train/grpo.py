@@ -77,8 +77,9 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
                                else math_rewards(s.texts, answers, finished, cfg.format_score))
         return s, rewards, checked
 
+    allocator = ROLLOUTS[cfg.rollouts]
     given = (adaptive_groups(seen or [(0, 0)] * len(problems), cfg.prompts_per_step, G, cfg.rounds)
-             if cfg.rollouts == "adaptive" else None)
+             if allocator.by_rates else None)
     parts, owner, solved = _rounds(draw, len(problems), G, cfg.rounds, given)
     s = Samples.concat([p[0] for p in parts], tok.pad_token_id) if len(parts) > 1 else parts[0][0]
     rewards, checked = torch.cat([p[1] for p in parts]), [c for p in parts for c in p[2]]
@@ -91,7 +92,7 @@ def rollout(policy, ref, tok, problems: list[Problem], cfg: RLConfig, seed: int,
              "train/solved_groups": (solved[sorted(set(owner))]).float().mean().item(),  # sampled problems
              "train/rollouts_per_prompt": len(s.texts) / len(set(owner))}
     keep = cfg.prompts_per_step if cfg.rounds == 1 else len(owner)  # groups: under the rounds, every one drawn
-    kept = ROLLOUTS[cfg.rollouts]((rewards == 1.0).view(-1, G), keep)
+    kept = allocator.keep((rewards == 1.0).view(-1, G), keep)
     stats["train/kept_groups"] = len({owner[k] for k in kept})
     if len(kept) < len(owner):
         s, rewards, owner = s.prompts(kept), rewards.view(-1, G)[kept].flatten(), [owner[k] for k in kept]

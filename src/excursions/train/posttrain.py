@@ -24,6 +24,7 @@ from excursions.config import Config, RLConfig, to_dict
 from excursions.data.problems import read_jsonl
 from excursions.errors import UserError
 from excursions.model import check_checkpoint, load_model, parse_checkpoint
+from excursions.objectives import ROLLOUTS
 from excursions.optim import ParallelAveraging, adamw, constant_with_warmup, set_lr
 from excursions.recipes import RECIPES
 from excursions.registry import lookup
@@ -96,7 +97,7 @@ def _step_rollouts(setup: "_Setup", trainee: "Trainee", c: RLConfig, step: int, 
     rows = _prompt_rows(step, len(setup.train), c.prompts_sampled, c.seed)
     mine = dist.shard(len(rows), d, parts)
     problems = [setup.train[rows[i]] for i in mine]
-    ids, rates = [p.id for p in problems], trainee.pass_rates(c) if c.rollouts == "adaptive" else None
+    ids, rates = [p.id for p in problems], trainee.pass_rates(c) if ROLLOUTS[c.rollouts].by_rates else None
     batch = rollout(trainee.replica, setup.ref, setup.tok, problems, c, seed=c.seed * 1_000_003 + step,
                     prompt_index=mine, sampler=trainee.sampler, seen=rates.counts(ids) if rates else ())
     if rates:
