@@ -27,7 +27,7 @@ STUDY = ["study.checkpoints=[1, 2]", "study.recipes=['rl', 'sft', 'sft_gold', 's
          "eval.bootstrap=20", "eval.shots=1", "world.general.mc_test=20", "study.nshot=[0, 1, 2]",
          "study.sft_epochs=2", "study.rollouts=[2, 4]", "study.split_problems=20", "study.split_n=8",
          "study.rollout_steps=2", "study.scale_model=olmo2_3M", "study.scale_targeted=0.5",
-         "study.allocators=['uniform', 'adaptive']"]
+         "study.allocators=['uniform', 'adaptive']", "study.large_k=8", "study.large_k_problems=4"]
 
 
 def micro_study(micro_overrides, *extra):
@@ -39,12 +39,14 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
     units = plan(cfg, tmp_path)
     ids = [u.id for u in units]
     assert ids[0] == "pretrain"
-    assert sum(u.kind == "base_eval" for u in units) == 2 + 3  # + each scaling variant's final checkpoint on hard
+    # + each scaling variant's final checkpoint on hard, + the first checkpoint with large_k samples
+    assert sum(u.kind == "base_eval" for u in units) == 2 + 3 + 1
     # 2 checkpoints x 5 recipes x 1 seed + 1 extra RL seed, each trained then evaluated; one SFT epochs run
     # + the rollouts experiment: one difficulty-split unit, then RL on each split (easy, hard) with 2 and 4 rollouts
     # + the scaling experiment: two more pretraining runs, and RL on hard from each of three final checkpoints
     # + the allocators: RL from the first checkpoint with uniform and with adaptive rollouts (tracked, no eval)
-    assert sum(u.kind == "posttrain" for u in units) == 16 + 3 + 2 and sum(u.kind == "eval" for u in units) == 11 + 3
+    # + direct RL from the first checkpoint evaluated with large_k samples
+    assert sum(u.kind == "posttrain" for u in units) == 16 + 3 + 2 and sum(u.kind == "eval" for u in units) == 11 + 3 + 1
     assert [u.id for u in units if u.kind == "pretrain"] == ["pretrain", "scaling/N/pretrain", "scaling/D/pretrain"]
     from excursions.study.plan import configured
 
@@ -74,7 +76,7 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
     # a changed RL setting moves exactly the units that depend on it
     other = {u.id: u.path for u in plan(micro_study(micro_overrides, "rl.lr=2e-3"), tmp_path)}
     moved = {u.id.split("/")[0] for u in units if other[u.id] != u.path}
-    assert moved == {"rl", "sft_rl", "parallel", "eval", "rollouts", "allocators", "scaling"}
+    assert moved == {"rl", "sft_rl", "parallel", "eval", "rollouts", "allocators", "scaling", "large_k"}
     assert all(other[u.id] == u.path for u in units
                if u.id.startswith(("pretrain", "base/", "sft/", "sft_gold/", "sft_epochs/")))
 
@@ -144,7 +146,7 @@ def test_study_writes_report_and_database(micro_study_dir):
     out = micro_study_dir
     db = sqlite3.connect(out / DB)
     assert {r[0] for r in db.execute("SELECT status FROM units")} == {"done"}
-    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22 + 1 + 5 + 11 + 2  # + the two allocator runs
+    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22 + 1 + 5 + 11 + 2 + 2  # + allocators, large k
     assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 3
     # every recipe at both checkpoints, every base checkpoint few-shot and 0-shot, on gsm and general
     for recipe in ("base", "rl", "sft", "sft_gold", "sft_rl", "parallel"):
@@ -193,10 +195,10 @@ def test_study_writes_report_and_database(micro_study_dir):
     md = (out / "report" / "report.md").read_text()
     html = (out / "report" / "report.html").read_text()
     for fig in ("recipes", "base-vs-rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs",
-                "rollouts", "allocators", "scaling"):
+                "rollouts", "allocators", "scaling", "large_k"):
         assert (out / "report" / "figures" / f"{fig}.png").stat().st_size > 1000
         assert f"figures/{fig}.png" in md
-    assert html.count("data:image/png;base64,") == 11
+    assert html.count("data:image/png;base64,") == 12
     # the allocators: uniform and adaptive from the first checkpoint, tracked from step 0 on
     for allocator in ("uniform", "adaptive"):
         tracked = db.execute("SELECT COUNT(DISTINCT step) FROM training WHERE unit = ? AND key = 'eval/gsm/pass@1'",
@@ -209,6 +211,15 @@ def test_study_writes_report_and_database(micro_study_dir):
     hard = db.execute("SELECT u.id FROM evaluations e JOIN units u ON u.id = e.unit WHERE e.task = 'hard'").fetchall()
     assert {r[0] for r in hard} == {f"scaling/{v}/{k}" for v in ("base", "N", "D") for k in ("base", "eval")}
     assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 3
+    # large k: the first checkpoint (few-shot and 0-shot) and direct RL from it, 8 samples on 4 problems; the
+    # study's own evaluations of the same models (4 samples on 8 problems) stay as they were
+    rows = db.execute("SELECT e.unit, p.n FROM problems p JOIN evaluations e ON e.id = p.evaluation "
+                      "WHERE e.unit LIKE 'large_k/%'").fetchall()
+    assert sorted({u for u, _ in rows}) == [f"large_k/base/{first}", f"large_k/rl/{first}"]
+    assert len(rows) == 4 * 3 and {n for _, n in rows} == {8}
+    assert {r[0] for r in db.execute("SELECT p.n FROM problems p JOIN evaluations e ON e.id = p.evaluation "
+                                     "WHERE e.unit IN (?, ?)", (f"base/{first}", f"eval/rl/{first}/s0"))} == {4}
+    assert "Direct RL's lead over the base holds at the largest k" in md and "; pass@8 rl " in md
     mean, lo, hi = db.execute(
         "SELECT m.mean, m.lo, m.hi FROM metrics m JOIN evaluations e ON e.id = m.evaluation WHERE e.recipe = 'rl' "
         "AND e.seed = 0 AND e.task = 'gsm' AND e.checkpoint = ? AND m.metric = 'pass@1'", (last,)).fetchone()
@@ -218,13 +229,13 @@ def test_study_writes_report_and_database(micro_study_dir):
     db.close()
 
     table = status_table(out)
-    assert "done: 45" in table and f"rl/{last}/s1" in table
+    assert "done: 47" in table and f"rl/{last}/s1" in table
 
     from excursions.study.runner import export
 
     files = export(out)
     units_csv = next(f for f in files if f.name == "units.csv").read_text().splitlines()
-    assert len(units_csv) == 1 + 45
+    assert len(units_csv) == 1 + 47
 
 
 def test_rollouts_reading_with_one_rollout_count_says_so(micro_study_dir, micro_overrides, tmp_path):

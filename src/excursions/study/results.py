@@ -109,7 +109,8 @@ def separate(a: float, b: float, problems: int) -> int:
 class Results:
     """The study's results on its own checkpoints as lookups: evaluation stats by (task, recipe, checkpoint), and
     the training curves and units behind them. Units on a world of their own (the scaling experiment's other
-    pretraining runs) are not the study's checkpoints: their experiments read them from `store` themselves."""
+    pretraining runs) are not the study's checkpoints, and evaluations with settings of their own (the large-k curves)
+    not the study's evaluations: their experiments read them from `store` themselves."""
 
     def __init__(self, store: Store, cfg: Config, out: Path, units: list[Unit]):
         self.store, self.cfg, self.out = store, cfg, Path(out)
@@ -117,7 +118,8 @@ class Results:
         self.stats: dict[tuple, list[Stat]] = {}  # (task, recipe, shots, checkpoint, metric) -> one per seed
         self.seed_stats: dict[tuple, Stat] = {}  # (task, recipe, shots, checkpoint, metric, seed) -> stat
         self.tokens: dict[str, int] = {}
-        self.unit_ids = [u.id for u in units if not u.world]
+        # not the study's own measurements: units on a world of their own, and evaluations with settings of their own
+        self.unit_ids = [u.id for u in units if not u.world and not (u.overrides and u.kind in ("base_eval", "eval"))]
         for r in store.evaluations(self.unit_ids):
             self.tokens[r["checkpoint"]] = r["tokens"]
             if r["metric"] is not None:

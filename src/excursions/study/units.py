@@ -134,8 +134,12 @@ def _evaluate(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool) -
     shots = {"base_eval": sorted({cfg.eval.shots, 0}), "eval": [0]}.get(unit.kind)
     if unit.kind == "nshot":
         tasks, shots = [next(t for t in cfg.study.tasks if t != "general")], sorted(cfg.study.nshot)
-    rows = evaluate_checkpoint(spec, tasks, cfg.eval, shots=shots, world_dir=world,
-                               out_dir=None if Path(spec).exists() else out / "evals" / "hub" / unit.checkpoint,
+    # An evaluation with settings of its own (more samples: the large-k curves) keeps its results beside its record,
+    # not next to the model, where the study's own evaluation of that model lives
+    ecfg = configured(cfg, unit.seed, unit.overrides).eval if unit.overrides else cfg.eval
+    out_dir = (unit.path.with_suffix("") if unit.overrides else None if Path(spec).exists()
+               else out / "evals" / "hub" / unit.checkpoint)
+    rows = evaluate_checkpoint(spec, tasks, ecfg, shots=shots, world_dir=world, out_dir=out_dir,
                                progress=progress, runtime=cfg.distributed, chat=cfg.prompt.chat_template)
     write_json(unit.path, [r["path"] for r in rows])
 
