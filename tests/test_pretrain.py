@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from excursions.config import load_config
 from excursions.errors import UserError
-from excursions.checkpoint import checkpoints
-from excursions.train.pretrain import Batches, pretrain
+from excursions.checkpoint import META, checkpoints, read_json, write_json
+from excursions.train.pretrain import Batches, Return, pretrain
 
 
 def test_run_directory_has_every_documented_output(micro_run, micro_cfg):
@@ -106,3 +106,56 @@ def test_resume_after_kill_9_ends_with_identical_weights(tmp_path, micro_run, mi
         assert torch.equal(resumed[name], straight[name]), name
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1))  # no step logged twice
+
+
+# ------------------------------------------------------------------------------------ excursion and return
+
+
+def _excursion(tmp_path: Path, checkpoint: Path, scale: float = 1.0) -> Path:
+    """An excursion's final/ directory off `checkpoint`: its weights unchanged (what an excursion at LR 0 leaves;
+    the configs refuse lr = 0) or scaled, and a meta.json naming its source as posttrain's does."""
+    final = tmp_path / f"excursion-{scale}" / "final"
+    final.mkdir(parents=True)
+    save_file({k: v * scale for k, v in load_file(checkpoint / "model.safetensors").items()}, final / "model.safetensors")
+    write_json(final / META, {"source": str(checkpoint)})
+    return final
+
+
+def test_a_return_after_a_zero_lr_excursion_ends_at_the_plain_runs_weights(tmp_path, micro_run, micro_cfg):
+    first = sorted((micro_run / "checkpoints").glob("step*"))[0]
+    out = tmp_path / "returned"
+    pretrain(micro_cfg, out, progress=False, back=Return(first, _excursion(tmp_path, first)))
+    kept = [c["step"] for c in checkpoints(out)]
+    assert kept == [c["step"] for c in checkpoints(micro_run)][1:]  # the run's later checkpoints, none before
+    returned, straight = _final_weights(out), _final_weights(micro_run)
+    for name in straight:  # same AdamW moments, LR schedule and data order from the checkpoint's step on
+        assert torch.equal(returned[name], straight[name]), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == read_json(first / META)["step"] + 1
+    assert not (out / "corpus").exists()  # it reads the run's data, it does not build its own
+
+
+def test_a_return_continues_from_the_excursions_weights(tmp_path, micro_run, micro_overrides):
+    first = sorted((micro_run / "checkpoints").glob("step*"))[0]
+    excursion = _excursion(tmp_path, first, scale=0.5)
+    out = tmp_path / "returned"
+    cmd = [sys.executable, "-m", "excursions.cli", "pretrain", "--return-from", str(excursion), "--out", str(out),
+           "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True)  # the config is the run's own config.toml
+    assert done.returncode == 0, done.stderr
+    returned, straight = _final_weights(out), _final_weights(micro_run)
+    assert any(not torch.equal(returned[k], straight[k]) for k in straight)
+    # finished: the same command again changes nothing; another excursion in the same directory is refused
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    assert torch.equal(_final_weights(out)[next(iter(straight))], returned[next(iter(straight))])
+    other = subprocess.run([*cmd[:5], str(_excursion(tmp_path, first, scale=0.25)), *cmd[6:]], capture_output=True,
+                           text=True)
+    assert other.returncode != 0 and "different settings" in other.stderr
+
+
+def test_a_return_with_other_pretraining_settings_is_refused(tmp_path, micro_run, micro_overrides):
+    first = sorted((micro_run / "checkpoints").glob("step*"))[0]
+    other = load_config("smoke", overrides=micro_overrides + ["pretrain.lr=1e-4"])
+    with pytest.raises(UserError, match="pretrained with other settings"):
+        pretrain(other, tmp_path / "x", progress=False, back=Return(first, _excursion(tmp_path, first)))
+    assert not (tmp_path / "x").exists()  # nothing half-written

@@ -57,16 +57,42 @@ def cmd_pretrain(args) -> None:
     metrics.jsonl. Interrupted at any point (Ctrl-C, kill -9), the same command resumes and ends with
     the same weights as an uninterrupted run. A finished run prints its checkpoint table.
 
+    --return-from EXCURSION continues a pretraining run after an excursion (beyond the paper): from
+    the checkpoint the excursion started from (its meta.json `source`, or --checkpoint), with the
+    run's AdamW state, LR schedule and data position and the excursion's weights, to the end of the
+    schedule, keeping checkpoints at the run's later token counts. Its config is the run's own.
+
     examples:
       excursions pretrain --preset smoke --out runs/smoke
       excursions pretrain --preset tiny
       excursions pretrain --config my.toml pretrain.tokens=8_000_000 pretrain.num_checkpoints=6
+      excursions pretrain --return-from runs/rl-9M/final --out runs/tiny-after-rl-9M
     """
     from excursions.train.pretrain import pretrain
 
-    cfg = _load(args)  # validated before anything is written
-    out = args.out or Path("runs") / (args.config.stem if args.config else cfg.name)
-    pretrain(cfg, out, progress=not args.quiet)
+    if args.return_from:
+        back = _return(args)
+        if not (args.preset or args.config):
+            args.config = back.run / "config.toml"
+        cfg = _load(args)
+        out = args.out or Path("runs") / f"{back.run.name}-return-{args.return_from.parent.name}"
+    else:
+        back, cfg = None, _load(args)  # validated before anything is written
+        out = args.out or Path("runs") / (args.config.stem if args.config else cfg.name)
+    pretrain(cfg, out, progress=not args.quiet, back=back)
+
+
+def _return(args):
+    """The Return of `pretrain --return-from EXCURSION [--checkpoint CKPT]`."""
+    from excursions.checkpoint import META, read_json
+    from excursions.train.pretrain import Return
+
+    meta = args.return_from / META
+    if args.checkpoint is None and not meta.exists():
+        raise UserError(f"{args.return_from} has no {META} naming the checkpoint it started from; give an excursion's "
+                        "final/ directory, or the checkpoint with --checkpoint")
+    checkpoint = args.checkpoint or Path(read_json(meta)["source"])
+    return Return(checkpoint, args.return_from)
 
 
 def _int_list(text: str) -> list[int]:
@@ -332,6 +358,10 @@ def _training_commands(sub) -> None:
     p = _command(sub, cmd_pretrain, "pretrain a model from scratch, keeping checkpoints")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<preset>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--return-from", type=Path, default=None, metavar="EXCURSION",
+                   help="continue a pretraining run from this excursion's weights (its final/ directory)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="with --return-from: the checkpoint it resumes from (default: the excursion's source)")
 
     p = _command(sub, cmd_eval, "evaluate a checkpoint: pass@k, general capability", config=False)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a directory, or hub id[@revision]")

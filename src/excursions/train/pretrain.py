@@ -6,20 +6,27 @@ The run directory holds the resolved config, the world's splits (`world/`), the 
 tokenized corpus, `checkpoints/step*-tokens*/` (HF directories, kept) and `resume/` (the latest
 resume state, pruned). Rerunning the same command continues from the newest state; the final
 weights equal those of an uninterrupted run (the data order and LR are pure functions of the step).
+
+Excursion and return (beyond the paper, its section 7): `pretrain(cfg, out, back=Return(checkpoint, weights))`
+continues the pretraining run that holds `checkpoint` from that checkpoint's step, AdamW moments, LR schedule and
+data position, with an excursion's weights in place of the checkpoint's; it reads the run's world, tokenizer and
+corpus and keeps its own checkpoints at the run's later token counts.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from excursions.checkpoint import (META, atomic_dir, atomic_write_text, checkpoint_name, checkpoints, read_json, save_state,
-                                   write_json)
-from excursions.config import PRETRAIN_SECTIONS, Config, to_dict
+                                   sha256, write_json)
+from excursions.config import PRETRAIN_SECTIONS, Config, diff, to_dict
 from excursions.data.problems import format_prompt, write_jsonl
 from excursions.errors import UserError
 from excursions.evals.math import is_correct
@@ -118,21 +125,60 @@ def greedy_accuracy(model, tok, problems, exemplars, shots: int, max_new_tokens:
 # ---------------------------------------------------------------------------------------- the loop
 
 
-def pretrain(cfg: Config, out: Path | str, progress: bool = True) -> Path:
-    """Run (or resume, or confirm finished) the pretraining of `cfg` in `out`; returns `out`."""
+@dataclass(frozen=True)
+class Return:
+    """Where pretraining resumes after an excursion: the run's state at `checkpoint` (a pretraining checkpoint
+    directory) with the weights of `weights` (an excursion's model directory) in place of the checkpoint's."""
+
+    checkpoint: Path
+    weights: Path
+
+    @property
+    def run(self) -> Path:
+        return self.checkpoint.parent.parent
+
+    def settings(self) -> dict:
+        """What the returned run is (its config.toml's `return` section): the checkpoint and the weights' digest."""
+        return {"checkpoint": self.checkpoint.name, "weights_sha256": sha256(self.weights / "model.safetensors")}
+
+    def check(self, cfg: Config) -> int:
+        """The checkpoint's step, after checking that the run and the weights are what a return needs."""
+        if not (self.checkpoint / META).exists() or self.checkpoint.parent.name != "checkpoints":
+            raise UserError(f"{self.checkpoint} is not a pretraining checkpoint (RUN/checkpoints/step*-tokens*/); "
+                            "give the checkpoint the excursion started from")
+        if not (self.weights / "model.safetensors").exists():
+            raise UserError(f"{self.weights} has no model.safetensors; give an excursion's final/ directory")
+        pick = lambda d: {k: v for k, v in d.items() if k in PRETRAIN_SECTIONS}
+        changed = diff(pick(tomllib.loads((self.run / "config.toml").read_text())), pick(to_dict(cfg)))
+        if changed:
+            raise UserError(f"{self.run} was pretrained with other settings ({'; '.join(changed[:5])}); a return "
+                            "continues that run: use its config (--config RUN/config.toml)")
+        return read_json(self.checkpoint / META)["step"]
+
+
+def pretrain(cfg: Config, out: Path | str, progress: bool = True, back: Return | None = None) -> Path:
+    """Run (or resume, or confirm finished) the pretraining of `cfg` in `out`; returns `out`. With `back`, the
+    pretraining of `back.run` continued from an excursion's weights (the module docstring)."""
     out, p = Path(out), cfg.pretrain
     torch.set_num_threads(p.threads or os.cpu_count() or 1)
+    first = back.check(cfg) if back else 0
     # the whole config is written; only the sections pretraining reads must match a run already there
-    run = RunDir(out, to_dict(cfg), tracking=cfg.tracking, compared=PRETRAIN_SECTIONS)
-    world = prepare_world(cfg, out)
-    tok, train_ids, val_ids = prepare_data(cfg, out, world, progress)
-    schedule = p.checkpoint_steps()
+    settings = to_dict(cfg) | ({"return": back.settings()} if back else {})
+    run = RunDir(out, settings, tracking=cfg.tracking, compared=PRETRAIN_SECTIONS + ("return",))
+    data = back.run if back else out  # a returned run reads the world, tokenizer and corpus of the run it continues
+    world = prepare_world(cfg, data)
+    tok, train_ids, val_ids = prepare_data(cfg, data, world, progress)
+    schedule = [s for s in p.checkpoint_steps() if s > first]
     latest = run.latest(schedule)
     if latest is not None and read_json(latest / META)["step"] >= p.total_steps:
         print(summary(out))
         return out
     model = build_model(cfg.model, len(tok), tok.eos_token_id, tok.eos_token_id, tok.pad_token_id, cfg.seed)
-    start, opt_state = run.resume(model, latest)
+    if latest is None and back:  # the return's first start: the run's step, moments and RNG, the excursion's weights
+        start, opt_state = run.resume(model, back.checkpoint)
+        _load_weights(model, back.weights)
+    else:
+        start, opt_state = run.resume(model, latest)
     dev = pick_device(cfg.distributed.device)
     model.to(dev).train()
     opt = adamw(model, p.lr, p.betas, p.weight_decay)
@@ -158,6 +204,16 @@ def pretrain(cfg: Config, out: Path | str, progress: bool = True) -> Path:
     train_loop(start, p.total_steps, step_fn, hooks)
     print(summary(out))
     return out
+
+
+def _load_weights(model, weights: Path) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(weights / "model.safetensors"), strict=False)
+    except RuntimeError as err:  # another shape: not an excursion of this model
+        raise UserError(f"{weights} does not hold weights of this run's model ({str(err).splitlines()[1].strip()}); "
+                        "give an excursion branched off one of its checkpoints") from None
 
 
 def pretrain_step(cfg: Config, model, opt, batches: "Batches", dev):
