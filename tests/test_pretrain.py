@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from excursions.config import load_config
 from excursions.errors import UserError
 from excursions.checkpoint import META, checkpoints, read_json, write_json
-from excursions.train.pretrain import Batches, Return, pretrain
+from excursions.train.pretrain import Batches, Interleave, Return, pretrain
 
 
 def test_run_directory_has_every_documented_output(micro_run, micro_cfg):
@@ -124,7 +124,7 @@ def _excursion(tmp_path: Path, checkpoint: Path, scale: float = 1.0) -> Path:
 def test_a_return_after_a_zero_lr_excursion_ends_at_the_plain_runs_weights(tmp_path, micro_run, micro_cfg):
     first = sorted((micro_run / "checkpoints").glob("step*"))[0]
     out = tmp_path / "returned"
-    pretrain(micro_cfg, out, progress=False, back=Return(first, _excursion(tmp_path, first)))
+    pretrain(micro_cfg, out, progress=False, branch=Return(first, _excursion(tmp_path, first)))
     kept = [c["step"] for c in checkpoints(out)]
     assert kept == [c["step"] for c in checkpoints(micro_run)][1:]  # the run's later checkpoints, none before
     returned, straight = _final_weights(out), _final_weights(micro_run)
@@ -157,5 +157,55 @@ def test_a_return_with_other_pretraining_settings_is_refused(tmp_path, micro_run
     first = sorted((micro_run / "checkpoints").glob("step*"))[0]
     other = load_config("smoke", overrides=micro_overrides + ["pretrain.lr=1e-4"])
     with pytest.raises(UserError, match="pretrained with other settings"):
-        pretrain(other, tmp_path / "x", progress=False, back=Return(first, _excursion(tmp_path, first)))
+        pretrain(other, tmp_path / "x", progress=False, branch=Return(first, _excursion(tmp_path, first)))
     assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+# ------------------------------------------------------------------------------------------ interleaved RL
+
+INTERLEAVE = ["rl.prompts_per_step=4", "rl.group_size=4", "rl.max_new_tokens=24", "interleave.every=4"]
+
+
+def test_interleaving_at_weight_0_is_plain_pretraining_exactly(tmp_path, micro_run, micro_overrides):
+    first = sorted((micro_run / "checkpoints").glob("step*"))[0]
+    cfg = load_config("smoke", overrides=micro_overrides + INTERLEAVE + ["interleave.mode=average",
+                                                                         "interleave.weight=0"])
+    out = tmp_path / "interleaved"
+    pretrain(cfg, out, progress=False, branch=Interleave(first))
+    mixed, plain = _final_weights(out), _final_weights(micro_run)
+    for name in plain:  # the RL update is computed, its AdamW steps, and none of it reaches the weights
+        assert torch.equal(mixed[name], plain[name]), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    start = read_json(first / META)["step"]
+    assert [r["step"] for r in rows if r["rl/step"] >= 0] == list(range(start + 4, rows[-1]["step"] + 1, 4))
+    assert all("rl/reward" in r for r in rows if r["rl/step"] >= 0)
+    flops = [read_json(Path(c["path"]) / META)["flops"] for c in checkpoints(out)]
+    assert 0 < flops[0]["extra"] < flops[-1]["extra"]  # RL's rollouts and updates, counted apart
+
+
+def test_interleaved_rl_resumes_after_kill_9_to_the_uninterrupted_result(tmp_path, micro_run, micro_overrides):
+    first = sorted((micro_run / "checkpoints").glob("step*"))[0]
+    straight = tmp_path / "straight"
+    pretrain(load_config("smoke", overrides=micro_overrides + INTERLEAVE), straight, progress=False,
+             branch=Interleave(first))
+    assert any(not torch.equal(a, b) for a, b in zip(_final_weights(straight).values(),
+                                                     _final_weights(micro_run).values()))
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "excursions.cli", "pretrain", "--interleave-from", str(first), "--out", str(run),
+           "--quiet", *INTERLEAVE]  # the config is the run's own, with the overrides on it
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    after_rl = read_json(first / META)["step"] + 4  # killed once a resume state holds an RL step's AdamW moments
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and \
+            not any(int(s.name[4:]) > after_rl for s in run.glob("resume/step*")):
+        time.sleep(0.01)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed, "the run finished before it could be killed; make the micro run longer"
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    resumed, uninterrupted = _final_weights(run), _final_weights(straight)
+    for name in uninterrupted:  # both AdamW states, the RL steps' prompts and samples: all resumed
+        assert torch.equal(resumed[name], uninterrupted[name]), name

@@ -27,7 +27,8 @@ STUDY = ["study.checkpoints=[1, 2]", "study.recipes=['rl', 'sft', 'sft_gold', 's
          "eval.bootstrap=20", "eval.shots=1", "world.general.mc_test=20", "study.nshot=[0, 1, 2]",
          "study.sft_epochs=2", "study.rollouts=[2, 4]", "study.split_problems=20", "study.split_n=8",
          "study.rollout_steps=2", "study.scale_model=olmo2_3M", "study.scale_targeted=0.5",
-         "study.allocators=['uniform', 'adaptive']", "study.large_k=8", "study.large_k_problems=4"]
+         "study.allocators=['uniform', 'adaptive']", "study.large_k=8", "study.large_k_problems=4",
+         "study.returns=['rl']"]
 
 
 def micro_study(micro_overrides, *extra):
@@ -39,8 +40,9 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
     units = plan(cfg, tmp_path)
     ids = [u.id for u in units]
     assert ids[0] == "pretrain"
-    # + each scaling variant's final checkpoint on hard, + the first checkpoint with large_k samples
-    assert sum(u.kind == "base_eval" for u in units) == 2 + 3 + 1
+    # + each scaling variant's final checkpoint on hard, + the first checkpoint with large_k samples, + the final
+    # checkpoint of the pretraining that RL from the first checkpoint returned to
+    assert sum(u.kind == "base_eval" for u in units) == 2 + 3 + 1 + 1
     # 2 checkpoints x 5 recipes x 1 seed + 1 extra RL seed, each trained then evaluated; one SFT epochs run
     # + the rollouts experiment: one difficulty-split unit, then RL on each split (easy, hard) with 2 and 4 rollouts
     # + the scaling experiment: two more pretraining runs, and RL on hard from each of three final checkpoints
@@ -72,11 +74,17 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
             trained = next(j for j, t in enumerate(units) if t.kind == "posttrain" and str(t.path) == u.source)
             assert trained < i  # evaluated after it is trained
     assert any(u.id.startswith("rl/") and u.id.endswith("/s1") for u in units)
+    from excursions.study.plan import dependencies
+
+    deps = dependencies(units, cfg, tmp_path)
+    (back,) = [u for u in units if u.kind == "return"]
+    assert back.id == f"return/rl/{units[1].checkpoint}" and f"rl/{units[1].checkpoint}/s0" in deps[back.id]
+    assert back.id in deps[back.id + "/eval"] and ids.index(back.id) < ids.index(back.id + "/eval")
 
     # a changed RL setting moves exactly the units that depend on it
     other = {u.id: u.path for u in plan(micro_study(micro_overrides, "rl.lr=2e-3"), tmp_path)}
     moved = {u.id.split("/")[0] for u in units if other[u.id] != u.path}
-    assert moved == {"rl", "sft_rl", "parallel", "eval", "rollouts", "allocators", "scaling", "large_k"}
+    assert moved == {"rl", "sft_rl", "parallel", "eval", "rollouts", "allocators", "scaling", "large_k", "return"}
     assert all(other[u.id] == u.path for u in units
                if u.id.startswith(("pretrain", "base/", "sft/", "sft_gold/", "sft_epochs/")))
 
@@ -146,7 +154,7 @@ def test_study_writes_report_and_database(micro_study_dir):
     out = micro_study_dir
     db = sqlite3.connect(out / DB)
     assert {r[0] for r in db.execute("SELECT status FROM units")} == {"done"}
-    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22 + 1 + 5 + 11 + 2 + 2  # + allocators, large k
+    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22 + 1 + 5 + 11 + 2 + 2 + 2  # + allocators, large k, return
     assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 3
     # every recipe at both checkpoints, every base checkpoint few-shot and 0-shot, on gsm and general
     for recipe in ("base", "rl", "sft", "sft_gold", "sft_rl", "parallel"):
@@ -195,10 +203,10 @@ def test_study_writes_report_and_database(micro_study_dir):
     md = (out / "report" / "report.md").read_text()
     html = (out / "report" / "report.html").read_text()
     for fig in ("recipes", "base-vs-rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs",
-                "rollouts", "allocators", "scaling", "large_k"):
+                "rollouts", "allocators", "scaling", "large_k", "returns"):
         assert (out / "report" / "figures" / f"{fig}.png").stat().st_size > 1000
         assert f"figures/{fig}.png" in md
-    assert html.count("data:image/png;base64,") == 12
+    assert html.count("data:image/png;base64,") == 13
     # the allocators: uniform and adaptive from the first checkpoint, tracked from step 0 on
     for allocator in ("uniform", "adaptive"):
         tracked = db.execute("SELECT COUNT(DISTINCT step) FROM training WHERE unit = ? AND key = 'eval/gsm/pass@1'",
@@ -220,6 +228,14 @@ def test_study_writes_report_and_database(micro_study_dir):
     assert {r[0] for r in db.execute("SELECT p.n FROM problems p JOIN evaluations e ON e.id = p.evaluation "
                                      "WHERE e.unit IN (?, ?)", (f"base/{first}", f"eval/rl/{first}/s0"))} == {4}
     assert "Direct RL's lead over the base holds at the largest k" in md and "; pass@8 rl " in md
+    # excursion and return: RL from the first checkpoint pretrained on to the last checkpoint, which is evaluated
+    # as a base checkpoint is, on gsm and general, and kept out of the study's own base results
+    (back,) = list((out / "returns").glob("rl-*"))
+    assert [p.name for p in sorted((back / "checkpoints").glob("step*"))] == [last]
+    shots = {r[0] for r in db.execute(f"SELECT shots FROM evaluations WHERE unit = 'return/rl/{first}/eval' "
+                                      "AND task = 'gsm'")}
+    assert shots == {0, 1}
+    assert "Beyond the paper: from" in md and "does what rl taught persist through more pretraining" in md
     mean, lo, hi = db.execute(
         "SELECT m.mean, m.lo, m.hi FROM metrics m JOIN evaluations e ON e.id = m.evaluation WHERE e.recipe = 'rl' "
         "AND e.seed = 0 AND e.task = 'gsm' AND e.checkpoint = ? AND m.metric = 'pass@1'", (last,)).fetchone()
@@ -229,13 +245,13 @@ def test_study_writes_report_and_database(micro_study_dir):
     db.close()
 
     table = status_table(out)
-    assert "done: 47" in table and f"rl/{last}/s1" in table
+    assert "done: 49" in table and f"rl/{last}/s1" in table
 
     from excursions.study.runner import export
 
     files = export(out)
     units_csv = next(f for f in files if f.name == "units.csv").read_text().splitlines()
-    assert len(units_csv) == 1 + 47
+    assert len(units_csv) == 1 + 49
 
 
 def test_rollouts_reading_with_one_rollout_count_says_so(micro_study_dir, micro_overrides, tmp_path):
@@ -319,7 +335,7 @@ def test_a_study_reads_and_resumes_the_same_from_any_directory(micro_study_dir, 
     db = sqlite3.connect(micro_study_dir / DB)
     assert db.execute("SELECT COUNT(*) FROM units WHERE finished > ?", (t0,)).fetchone()[0] == 0
     assert {p.split("/")[0] for (p,) in db.execute("SELECT path FROM units")} <= {"pretrain", "evals", "posttrain",
-                                                                                  "splits"}
+                                                                                  "splits", "returns"}
     db.close()
     report = micro_study_dir / "report" / "report.md"
     report.unlink()

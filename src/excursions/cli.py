@@ -61,25 +61,36 @@ def cmd_pretrain(args) -> None:
     the checkpoint the excursion started from (its meta.json `source`, or --checkpoint), with the
     run's AdamW state, LR schedule and data position and the excursion's weights, to the end of the
     schedule, keeping checkpoints at the run's later token counts. Its config is the run's own.
+    --interleave-from CKPT continues the run of CKPT with RL mixed in (beyond the paper): every
+    interleave.every-th step a GRPO step on the [rl] settings, after the pretraining step
+    (interleave.mode=alternate) or averaged with it from two AdamW states (mode=average, weight
+    interleave.weight on RL); the same data, LR schedule and checkpoints as the plain run.
 
     examples:
       excursions pretrain --preset smoke --out runs/smoke
       excursions pretrain --preset tiny
       excursions pretrain --config my.toml pretrain.tokens=8_000_000 pretrain.num_checkpoints=6
       excursions pretrain --return-from runs/rl-9M/final --out runs/tiny-after-rl-9M
+      excursions pretrain --interleave-from runs/tiny/checkpoints/step001099-tokens9003008 interleave.every=8
+      excursions pretrain --interleave-from runs/tiny/checkpoints/step001099-tokens9003008 interleave.mode=average
     """
-    from excursions.train.pretrain import pretrain
+    from excursions.train.pretrain import Interleave, pretrain
 
-    if args.return_from:
-        back = _return(args)
-        if not (args.preset or args.config):
-            args.config = back.run / "config.toml"
-        cfg = _load(args)
-        out = args.out or Path("runs") / f"{back.run.name}-return-{args.return_from.parent.name}"
+    if args.return_from and args.interleave_from:
+        raise UserError("--return-from and --interleave-from are two kinds of branch: give one")
+    branch = _return(args) if args.return_from else Interleave(args.interleave_from) if args.interleave_from else None
+    if branch and not (args.preset or args.config):
+        args.config = branch.run / "config.toml"  # a branch continues its run: the run's settings, then the overrides
+    cfg = _load(args)  # validated before anything is written
+    if args.out:
+        out = args.out
+    elif args.return_from:
+        out = Path("runs") / f"{branch.run.name}-return-{args.return_from.parent.name}"
+    elif branch:
+        out = Path("runs") / f"{branch.run.name}-interleave-{cfg.interleave.mode}{cfg.interleave.every}-{branch.checkpoint.name}"
     else:
-        back, cfg = None, _load(args)  # validated before anything is written
-        out = args.out or Path("runs") / (args.config.stem if args.config else cfg.name)
-    pretrain(cfg, out, progress=not args.quiet, back=back)
+        out = Path("runs") / (args.config.stem if args.config else cfg.name)
+    pretrain(cfg, out, progress=not args.quiet, branch=branch)
 
 
 def _return(args):
@@ -362,6 +373,8 @@ def _training_commands(sub) -> None:
                    help="continue a pretraining run from this excursion's weights (its final/ directory)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="with --return-from: the checkpoint it resumes from (default: the excursion's source)")
+    p.add_argument("--interleave-from", type=Path, default=None, metavar="CKPT",
+                   help="continue the pretraining run of this checkpoint with RL mixed in ([interleave], [rl])")
 
     p = _command(sub, cmd_eval, "evaluate a checkpoint: pass@k, general capability", config=False)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a directory, or hub id[@revision]")

@@ -92,18 +92,28 @@ class ParallelAveraging:
         self.rl = adamw(model, rl_lr, rl_betas, rl_weight_decay)
         self.sft = adamw(model, sft_lr, sft_betas, sft_weight_decay)
 
+    @classmethod
+    def of(cls, model: torch.nn.Module, rl: torch.optim.Optimizer, sft: torch.optim.Optimizer) -> "ParallelAveraging":
+        """Over two optimizers made elsewhere (interleaved pretraining: the "SFT" side is the run's own AdamW)."""
+        avg = cls.__new__(cls)
+        avg.params, avg.rl, avg.sft = [p for p in model.parameters() if p.requires_grad], rl, sft
+        return avg
+
     @torch.no_grad()
     def step(self, g_rl: list[torch.Tensor], g_sft: list[torch.Tensor], w: float = 0.5) -> None:
         snapshot = [p.detach().clone() for p in self.params]
-        deltas = []
-        for opt, grads in ((self.rl, g_rl), (self.sft, g_sft)):
-            for p, s, g in zip(self.params, snapshot, grads):
-                p.copy_(s)
-                p.grad = g
-            opt.step()
-            deltas.append([p - s for p, s in zip(self.params, snapshot)])
-        for p, s, d_rl, d_sft in zip(self.params, snapshot, *deltas):
-            p.copy_(s + w * d_rl + (1.0 - w) * d_sft)
+        for p, g in zip(self.params, g_rl):
+            p.grad = g
+        self.rl.step()
+        after_rl = [p.detach().clone() for p in self.params]
+        for p, s, g in zip(self.params, snapshot, g_sft):
+            p.copy_(s)
+            p.grad = g
+        self.sft.step()
+        # theta_bar + w delta_RL + (1 - w) delta_SFT, written from the SFT side's result so that w = 0 is exactly
+        # the SFT side's update (plain pretraining, where that side is the run's own optimizer)
+        for p, a in zip(self.params, after_rl):
+            p.add_(a - p, alpha=w)
             p.grad = None
 
     def state_dict(self) -> dict:

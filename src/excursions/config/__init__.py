@@ -15,7 +15,7 @@ from pathlib import Path
 
 from excursions.config.loader import (apply_override, build, check, diff, digest, load_raw, preset_names, read_toml,
                                       to_dict, to_toml)
-from excursions.config.runs import (DistributedConfig, ParallelConfig, PromptConfig, RLConfig, SFTConfig, SFTRLConfig,
+from excursions.config.runs import (DistributedConfig, InterleaveConfig, ParallelConfig, PromptConfig, RLConfig, SFTConfig, SFTRLConfig,
                                     StudyConfig, TrackingConfig)
 from excursions.config.sections import (SIZES, DataConfig, EvalConfig, GeneralWorldConfig, MathFamilyConfig,
                                         ModelConfig, PretrainConfig, TokenizerConfig, WorldConfig)
@@ -25,7 +25,7 @@ PRETRAIN_SECTIONS = ("seed", "world", "data", "tokenizer", "model", "pretrain")
 
 __all__ = ["PRETRAIN_SECTIONS", "Config", "load_config", "prompt_settings", "apply_override", "build", "check", "diff", "digest",
            "load_raw", "preset_names", "read_toml", "to_dict", "to_toml", "SIZES", "DataConfig", "DistributedConfig",
-           "EvalConfig", "GeneralWorldConfig", "MathFamilyConfig", "ModelConfig", "ParallelConfig", "PretrainConfig",
+           "EvalConfig", "GeneralWorldConfig", "InterleaveConfig", "MathFamilyConfig", "ModelConfig", "ParallelConfig", "PretrainConfig",
            "PromptConfig", "RLConfig", "SFTConfig", "SFTRLConfig", "StudyConfig", "TokenizerConfig", "TrackingConfig", "WorldConfig"]
 
 
@@ -45,6 +45,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     sft_rl: SFTRLConfig = field(default_factory=SFTRLConfig)
+    interleave: InterleaveConfig = field(default_factory=InterleaveConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)

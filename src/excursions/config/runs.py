@@ -164,6 +164,24 @@ class ParallelConfig:
 
 
 @dataclass(frozen=True)
+class InterleaveConfig:
+    """RL inside pretraining (beyond the paper, its section 7; `excursions pretrain --interleave-from CKPT`): from a
+    pretraining checkpoint to the end of its schedule, GRPO steps with the [rl] settings mixed into next-token
+    prediction, every `every`-th pretraining step. mode "alternate": one GRPO step through its own AdamW after that
+    pretraining step; "average": that step's next-token update and a GRPO update, both from the same weights and each
+    through its own AdamW, averaged with `weight` on RL (paper Algorithm 1 with the pretraining batch in place of
+    the SFT batch; weight 0 is plain pretraining, exactly). The data, LR schedule and checkpoints stay the run's."""
+
+    mode: Literal["alternate", "average"] = "alternate"
+    every: int = 8
+    weight: float = 0.5
+
+    def __post_init__(self):
+        check(self.every >= 1, "every", "must be >= 1 (1: an RL step with every pretraining step)")
+        check(0 <= self.weight <= 1, "weight", "must be between 0 and 1")
+
+
+@dataclass(frozen=True)
 class SFTRLConfig:
     """The RL stage of SFT->RL (`sft_rl`, `sft_gold_rl`): [rl] with what is set here laid over it; a field left at
     its default keeps [rl]'s. The authors ran this stage with their SFT trainer's settings, not direct RL's: lr 4e-5,
@@ -274,6 +292,9 @@ class StudyConfig:
     # many samples on the first `large_k_problems` test problems; 0 = off
     large_k: int = 0
     large_k_problems: int = 50
+    # beyond the paper (its section 7): excursion and return. These recipes' runs from the first chosen checkpoint
+    # (first seed) go back to pretraining, with the run's optimizer state, LR schedule and data position, to its end
+    returns: tuple[str, ...] = ()
     # the experiments to run and report (study/experiments/, one file each; checked when the study plans);
     # () = every one, in the paper's order
     experiments: tuple[str, ...] = ()
@@ -302,6 +323,10 @@ class StudyConfig:
         check(self.rollout_prompts >= 0, "rollout_prompts", "must be >= 0 (0 = rl.prompts_per_step)")
         check(self.large_k == 0 or self.large_k >= 2, "large_k", "must be 0 (off) or >= 2 samples per problem")
         check(self.large_k_problems >= 1, "large_k_problems", "must be >= 1")
+        for i, name in enumerate(self.returns):
+            check(name in self.recipes, f"returns[{i}]", f"{name!r} is not one of study.recipes ({', '.join(self.recipes)})")
+        check(not (self.external and self.returns), "returns", "a return continues the study's own pretraining (no "
+              "study.external)")
         check(self.scale_targeted >= 0, "scale_targeted", "must be >= 0 (0 = no scaling-D variant)")
         check(not (self.external and (self.scale_model or self.scale_targeted)), "scale_model",
               "the scaling variants pretrain from scratch; they need the study's own pretraining (no study.external)")

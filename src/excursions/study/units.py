@@ -21,7 +21,7 @@ from excursions.data.problems import read_jsonl, write_jsonl
 from excursions.errors import UserError
 from excursions.evals.passk import SPLITS, difficulty
 from excursions.recipes import RECIPES
-from excursions.study.plan import Unit, configured, rollout_prompts, world_dir
+from excursions.study.plan import Unit, configured, pretrain_dir, rollout_prompts, world_dir
 from excursions.study.store import Store
 
 SKIPPED = "skipped.json"  # a unit with nothing to do (a difficulty split too small to train on), and why
@@ -38,7 +38,7 @@ class Kind:
 def execute(unit: Unit, cfg: Config, out: Path, progress: bool) -> None:
     """Run (or resume, or confirm finished) one unit. A damaged source is never loaded: the unit that wrote it is
     checked (and run again) on the study's next run."""
-    source = RECIPES[unit.recipe].final(Path(unit.source)) if unit.kind == "eval" else Path(unit.source)
+    source = RECIPES[unit.recipe].final(Path(unit.source)) if unit.kind in ("eval", "return") else Path(unit.source)
     bad = damaged(manifest(source)) if unit.source and source.is_dir() else []
     if bad:
         raise UserError(f"{bad[0]} does not match its recorded checksum (truncated or corrupt); run the study again "
@@ -91,6 +91,27 @@ def _pretrain_ingest(store: Store, unit: Unit) -> None:
     for c in checkpoints(unit.path) if not unit.overrides else ():  # the study's own run's checkpoints
         store.add_checkpoint(Path(c["path"]).name, c["step"], c["tokens"], c.get("val_loss"), c["path"])
     store.add_training(unit.id, "pretrain", unit.path / "metrics.jsonl")
+
+
+def _return(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool) -> None:
+    """Excursion and return: the study's pretraining continued from `unit.source`'s (a recipe run's) weights."""
+    from excursions.train.pretrain import Return, pretrain
+
+    checkpoint = pretrain_dir(cfg, out) / "checkpoints" / unit.checkpoint
+    pretrain(cfg, unit.path, progress, branch=Return(checkpoint, RECIPES[unit.recipe].final(Path(unit.source))))
+
+
+def _return_done(unit: Unit, cfg: Config) -> bool:
+    from excursions.checkpoint import checkpoint_name
+
+    p = cfg.pretrain
+    return all((unit.path / "checkpoints" / checkpoint_name(st, st * p.tokens_per_step) / META).exists()
+               for st in p.checkpoint_steps() if st * p.tokens_per_step > unit.tokens)
+
+
+def _return_ingest(store: Store, unit: Unit) -> None:
+    _states(store, unit)
+    store.add_training(unit.id, "return", unit.path / "metrics.jsonl")
 
 
 # ----------------------------------------------------------------------------------------- post-training
@@ -189,6 +210,7 @@ def _splits(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool) -> 
 KINDS: dict[str, Kind] = {
     "pretrain": Kind(_pretrain, _pretrain_done, _pretrain_ingest, states=True),
     "posttrain": Kind(_posttrain, _posttrain_done, _posttrain_ingest, states=True),
+    "return": Kind(_return, _return_done, _return_ingest, states=True),  # pretraining resumed after an excursion
     "base_eval": Kind(_evaluate, _record_done, _record_ingest),
     "nshot": Kind(_evaluate, _record_done, _record_ingest),
     "eval": Kind(_evaluate, _record_done, _record_ingest),

@@ -77,7 +77,7 @@ class _Setup:
         self.src, self.distributed = src, cfg.distributed
 
 
-def _prompt_rows(step: int, n_items: int, per_step: int, seed: int) -> list[int]:
+def prompt_rows(step: int, n_items: int, per_step: int, seed: int) -> list[int]:
     """The training problems of a step: an epoch permutation, a pure function of the step."""
     import numpy as np
 
@@ -94,7 +94,7 @@ def _step_rollouts(setup: "_Setup", trainee: "Trainee", c: RLConfig, step: int, 
     that much faster); `adaptive` reads and updates the run's `PassRates`."""
     if c.rollouts != "uniform" and d.active:  # each rank would keep its own share of groups: unequal batches
         raise UserError(f"rl.rollouts={c.rollouts} runs in one process so far; launch without torchrun or use uniform")
-    rows = _prompt_rows(step, len(setup.train), c.prompts_sampled, c.seed)
+    rows = prompt_rows(step, len(setup.train), c.prompts_sampled, c.seed)
     mine = dist.shard(len(rows), d, parts)
     problems = [setup.train[rows[i]] for i in mine]
     ids, rates = [p.id for p in problems], trainee.pass_rates(c) if ROLLOUTS[c.rollouts].by_rates else None
@@ -271,24 +271,31 @@ def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, name:
     return _finish(run, trainee, src, name, world, steps, t0)
 
 
+def take_gradients(module, params: list, clip: float) -> list[torch.Tensor]:
+    """The accumulated gradients, clipped to norm `clip`, as a list (zeros where none), with the module's cleared."""
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    out = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    module.zero_grad(set_to_none=True)
+    return out
+
+
+def rl_gradient(module, params: list, batch, r, d: dist.Dist = dist.SINGLE) -> tuple[list[torch.Tensor], dict]:
+    """Algorithm 1's RL half: the GRPO gradient of the whole rollout batch (mini-batches accumulated), clipped on its
+    own, and its stats. A batch with no group to learn from (`filter` found none with a right and a wrong rollout)
+    gives a zero gradient (AdamW's momentum still moves)."""
+    if not batch.rewards.numel():
+        return [torch.zeros_like(p) for p in params], {}
+    stats = grpo_gradients(module, batch, torch.arange(batch.rewards.numel(), device=batch.rewards.device), r, d)
+    return take_gradients(module, params, r.grad_clip), stats
+
+
 def parallel_gradients(module, params: list, batch, sft_batch, r, s, d: dist.Dist = dist.SINGLE):
     """Algorithm 1's two gradients at the same weights, each clipped on its own: (g_rl, g_sft, RL stats, SFT
-    loss). The RL gradient covers the whole rollout batch (one update per step, mini-batches accumulated). Under
-    torchrun `batch` is this rank's shard and the SFT rows are split over the ranks; the engine reduces both."""
-
-    def take(clip: float) -> list[torch.Tensor]:
-        torch.nn.utils.clip_grad_norm_(params, clip)
-        out = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
-        module.zero_grad(set_to_none=True)
-        return out
-
-    if batch.rewards.numel():
-        rl_stats = grpo_gradients(module, batch, torch.arange(batch.rewards.numel(), device=batch.rewards.device), r, d)
-        g_rl = take(r.grad_clip)
-    else:  # `filter` found no group with a right and a wrong rollout: a zero RL gradient (AdamW's momentum still moves)
-        rl_stats, g_rl = {}, [torch.zeros_like(p) for p in params]
+    loss). Under torchrun `batch` is this rank's shard and the SFT rows are split over the ranks; the engine
+    reduces both."""
+    g_rl, rl_stats = rl_gradient(module, params, batch, r, d)
     sft_loss = sft_gradients(module, sft_batch, d=d)
-    return g_rl, take(s.grad_clip), rl_stats, sft_loss
+    return g_rl, take_gradients(module, params, s.grad_clip), rl_stats, sft_loss
 
 
 def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool, name: str = "parallel") -> Path:

@@ -32,11 +32,11 @@ from excursions.errors import UserError
 from excursions.evals.math import is_correct
 from excursions.flops import model_dims, train_flops_per_token
 from excursions.model import build_model, count_params, pick_device
-from excursions.optim import adamw, pretrain_lr, set_lr
+from excursions.optim import ParallelAveraging, adamw, pretrain_lr, set_lr
 from excursions.runtime import progress_bar
 from excursions.sampling import generate
 from excursions.tokenizer import load_tokenizer, train_tokenizer
-from excursions.train.loop import FiniteCheck, Log, Progress, RunDir, Save, check_finite, train_loop
+from excursions.train.loop import FiniteCheck, Log, Progress, RunDir, Save, Totals, check_finite, train_loop
 from excursions.worlds.corpus import FAMILIES, SPLITS, build_world, tokenize_stream, tokenizer_sample
 
 # ------------------------------------------------------------------------------------------ prepare
@@ -125,47 +125,99 @@ def greedy_accuracy(model, tok, problems, exemplars, shots: int, max_new_tokens:
 # ---------------------------------------------------------------------------------------- the loop
 
 
-@dataclass(frozen=True)
-class Return:
-    """Where pretraining resumes after an excursion: the run's state at `checkpoint` (a pretraining checkpoint
-    directory) with the weights of `weights` (an excursion's model directory) in place of the checkpoint's."""
+class Branch:
+    """A run that continues the pretraining run holding `checkpoint` (a `RUN/checkpoints/step*-tokens*/`
+    directory) from its step, AdamW moments, LR schedule and data position; it reads that run's world, tokenizer
+    and corpus and keeps its own checkpoints at the run's later token counts."""
 
     checkpoint: Path
-    weights: Path
 
     @property
     def run(self) -> Path:
         return self.checkpoint.parent.parent
 
-    def settings(self) -> dict:
-        """What the returned run is (its config.toml's `return` section): the checkpoint and the weights' digest."""
-        return {"checkpoint": self.checkpoint.name, "weights_sha256": sha256(self.weights / "model.safetensors")}
+    def settings(self, cfg: Config) -> dict:  # what the branched run is (its config.toml's `branch` section)
+        raise NotImplementedError
+
+    def extra_flops(self) -> int:
+        """FLOPs spent beyond next-token prediction before the branch starts (an excursion's)."""
+        return 0
 
     def check(self, cfg: Config) -> int:
-        """The checkpoint's step, after checking that the run and the weights are what a return needs."""
+        """The checkpoint's step, after checking that it is a checkpoint of a run pretrained with `cfg`."""
         if not (self.checkpoint / META).exists() or self.checkpoint.parent.name != "checkpoints":
             raise UserError(f"{self.checkpoint} is not a pretraining checkpoint (RUN/checkpoints/step*-tokens*/); "
-                            "give the checkpoint the excursion started from")
-        if not (self.weights / "model.safetensors").exists():
-            raise UserError(f"{self.weights} has no model.safetensors; give an excursion's final/ directory")
+                            "give one of the run's checkpoints")
         pick = lambda d: {k: v for k, v in d.items() if k in PRETRAIN_SECTIONS}
         changed = diff(pick(tomllib.loads((self.run / "config.toml").read_text())), pick(to_dict(cfg)))
         if changed:
-            raise UserError(f"{self.run} was pretrained with other settings ({'; '.join(changed[:5])}); a return "
+            raise UserError(f"{self.run} was pretrained with other settings ({'; '.join(changed[:5])}); a branch "
                             "continues that run: use its config (--config RUN/config.toml)")
         return read_json(self.checkpoint / META)["step"]
 
 
-def pretrain(cfg: Config, out: Path | str, progress: bool = True, back: Return | None = None) -> Path:
-    """Run (or resume, or confirm finished) the pretraining of `cfg` in `out`; returns `out`. With `back`, the
-    pretraining of `back.run` continued from an excursion's weights (the module docstring)."""
+@dataclass(frozen=True)
+class Return(Branch):
+    """Excursion and return: the run's state at `checkpoint` with the weights of `weights` (the final/ directory of an
+    excursion from that checkpoint) in place of the checkpoint's."""
+
+    checkpoint: Path
+    weights: Path
+
+    def settings(self, cfg: Config) -> dict:
+        return {"kind": "return", "checkpoint": self.checkpoint.name,
+                "weights_sha256": sha256(self.weights / "model.safetensors")}
+
+    def extra_flops(self) -> int:
+        final = read_json(self.weights / META).get("final", {}) if (self.weights / META).exists() else {}
+        return int(final.get("total_train_flops", 0) + final.get("total_rollout_flops", 0))
+
+    def check(self, cfg: Config) -> int:
+        if not (self.weights / "model.safetensors").exists():
+            raise UserError(f"{self.weights} has no model.safetensors; give an excursion's final/ directory")
+        return super().check(cfg)
+
+
+@dataclass(frozen=True)
+class Interleave(Branch):
+    """Interleaved RL from `checkpoint` on: GRPO steps mixed into the run's pretraining as `[interleave]` says."""
+
+    checkpoint: Path
+
+    def settings(self, cfg: Config) -> dict:
+        return {"kind": "interleave", "checkpoint": self.checkpoint.name, "interleave": to_dict(cfg.interleave),
+                "rl": to_dict(cfg.rl)}
+
+    def check(self, cfg: Config) -> int:
+        if cfg.rl.rollouts != "uniform":  # filter / until_positive / adaptive keep state or vary the batch
+            raise UserError(f"interleaved RL runs rl.rollouts=uniform so far, not {cfg.rl.rollouts}; set rl.rollouts=uniform")
+        return super().check(cfg)
+
+
+class _Optimizers:
+    """Pretraining's AdamW and interleaved RL's, saved and resumed as one state."""
+
+    def __init__(self, **opts):
+        self.opts = opts
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.opts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, opt in self.opts.items():
+            opt.load_state_dict(state[name])
+
+
+def pretrain(cfg: Config, out: Path | str, progress: bool = True, branch: Branch | None = None) -> Path:
+    """Run (or resume, or confirm finished) the pretraining of `cfg` in `out`; returns `out`. With `branch`, the
+    pretraining of `branch.run` continued from one of its checkpoints (the module docstring)."""
     out, p = Path(out), cfg.pretrain
     torch.set_num_threads(p.threads or os.cpu_count() or 1)
-    first = back.check(cfg) if back else 0
+    first = branch.check(cfg) if branch else 0
     # the whole config is written; only the sections pretraining reads must match a run already there
-    settings = to_dict(cfg) | ({"return": back.settings()} if back else {})
-    run = RunDir(out, settings, tracking=cfg.tracking, compared=PRETRAIN_SECTIONS + ("return",))
-    data = back.run if back else out  # a returned run reads the world, tokenizer and corpus of the run it continues
+    settings = to_dict(cfg) | ({"branch": branch.settings(cfg)} if branch else {})
+    run = RunDir(out, settings, tracking=cfg.tracking, compared=PRETRAIN_SECTIONS + ("branch",))
+    data = branch.run if branch else out  # a branch reads the world, tokenizer and corpus of the run it continues
     world = prepare_world(cfg, data)
     tok, train_ids, val_ids = prepare_data(cfg, data, world, progress)
     schedule = [s for s in p.checkpoint_steps() if s > first]
@@ -174,33 +226,39 @@ def pretrain(cfg: Config, out: Path | str, progress: bool = True, back: Return |
         print(summary(out))
         return out
     model = build_model(cfg.model, len(tok), tok.eos_token_id, tok.eos_token_id, tok.pad_token_id, cfg.seed)
-    if latest is None and back:  # the return's first start: the run's step, moments and RNG, the excursion's weights
-        start, opt_state = run.resume(model, back.checkpoint)
-        _load_weights(model, back.weights)
-    else:
-        start, opt_state = run.resume(model, latest)
+    fresh_branch = latest is None and branch is not None
+    # a branch's first start: the run's step, moments and RNG at the checkpoint (and a return's excursion weights)
+    start, opt_state = run.resume(model, branch.checkpoint if fresh_branch else latest)
+    if fresh_branch and isinstance(branch, Return):
+        _load_weights(model, branch.weights)
     dev = pick_device(cfg.distributed.device)
     model.to(dev).train()
     opt = adamw(model, p.lr, p.betas, p.weight_decay)
+    mix = _RLSide(cfg, model, tok, data / "world", branch.checkpoint, first, dev) \
+        if isinstance(branch, Interleave) else None
+    saved = _Optimizers(opt=opt, rl=mix.opt) if mix else opt
     if opt_state:
-        opt.load_state_dict(opt_state)
+        (opt if fresh_branch else saved).load_state_dict(opt_state)
+    rows = run.rows()
+    totals = Totals(("extra_flops",), rows[-1] if rows else {"total_extra_flops": branch.extra_flops() if branch else 0})
 
     def save(step: int) -> None:
         if step in schedule:  # a kept checkpoint is also the newest resume state
             run.tracker.flush()
-            _save_checkpoint(cfg, out, model, tok, opt, step, world, val_ids)
+            _save_checkpoint(cfg, out, model, tok, saved, step, world, val_ids, totals.totals["extra_flops"])
             run.prune(keep=0)
         else:
-            run.save(step, model, tok, opt.state_dict())
+            run.save(step, model, tok, saved.state_dict())
 
     saving = lambda step: step in schedule or step % p.save_every == 0
-    bar = progress_bar(total=p.total_steps, initial=start, unit="step",
-                       desc=f"pretrain {count_params(model) / 1e6:.2f}M", disable=not progress)
-    postfix = lambda r: dict(loss=f"{r['loss']:.3f}", tok_s=f"{r['tok_per_s']:,.0f}", lr=f"{r['lr']:.2e}")
-    hooks = [Log(run), Progress(bar, postfix),
+    bar = progress_bar(total=p.total_steps, initial=start, unit="step", disable=not progress,
+                       desc=f"pretrain{'+rl' if mix else ''} {count_params(model) / 1e6:.2f}M")
+    postfix = lambda r: dict(loss=f"{r['loss']:.3f}", tok_s=f"{r['tok_per_s']:,.0f}", lr=f"{r['lr']:.2e}",
+                             **({"reward": f"{mix.reward:.3f}"} if mix else {}))
+    hooks = [totals, Log(run), Progress(bar, postfix),
              # an infinite step can leave a finite loss and broken weights: they are checked before every save
              FiniteCheck("pretrain", model, values=False, weights_at=saving), Save(save, saving)]
-    step_fn = pretrain_step(cfg, model, opt, Batches(train_ids, p.seq_len, p.batch_size, cfg.seed), dev)
+    step_fn = pretrain_step(cfg, model, opt, Batches(train_ids, p.seq_len, p.batch_size, cfg.seed), dev, mix)
     train_loop(start, p.total_steps, step_fn, hooks)
     print(summary(out))
     return out
@@ -216,37 +274,98 @@ def _load_weights(model, weights: Path) -> None:
                         "give an excursion branched off one of its checkpoints") from None
 
 
-def pretrain_step(cfg: Config, model, opt, batches: "Batches", dev):
-    """One optimizer step of next-token prediction at the schedule's LR: the step's metrics row."""
+class _RLSide:
+    """The GRPO half of interleaved pretraining: the [rl] training problems and settings, the RL AdamW, and (for the
+    KL term) the checkpoint the branch started from, frozen. RL step j (the j-th pretraining step after `first` that
+    `interleave.every` picks) draws its prompts and samples as direct RL's step j does: a pure function of j."""
+
+    def __init__(self, cfg: Config, model, tok, world: Path, checkpoint: Path, first: int, dev):
+        from excursions.data.problems import read_jsonl
+        from excursions.model import load_model
+
+        self.c, self.mix, self.tok, self.first = cfg.rl, cfg.interleave, tok, first
+        self.problems = read_jsonl(world / self.c.family / "train.jsonl")
+        self.ref = load_model(str(checkpoint), None, device=dev).eval().requires_grad_(False) \
+            if self.c.kl_coef > 0 else None
+        self.opt = adamw(model, self.c.lr, self.c.betas, self.c.weight_decay)
+        self.reward = 0.0
+
+    def turn(self, step: int) -> int | None:
+        """The RL step that goes with pretraining step `step` (0-based), or None."""
+        done = step + 1 - self.first
+        return done // self.mix.every - 1 if done > 0 and done % self.mix.every == 0 else None
+
+    def rollouts(self, model, j: int):
+        from excursions.train.grpo import rollout
+        from excursions.train.posttrain import prompt_rows
+
+        c = self.c
+        rows = prompt_rows(j, len(self.problems), c.prompts_sampled, c.seed)
+        batch = rollout(model, self.ref, self.tok, [self.problems[i] for i in rows], c, seed=c.seed * 1_000_003 + j)
+        model.train()
+        self.reward = batch.stats["train/reward"]
+        return batch
+
+
+def pretrain_step(cfg: Config, model, opt, batches: "Batches", dev, mix: _RLSide | None = None):
+    """One optimizer step of next-token prediction at the schedule's LR: the step's metrics row. With `mix`
+    (interleaved RL), at the steps it picks, a GRPO step after it or averaged with it (`[interleave]`)."""
+    from excursions.train.grpo import grpo_update, training_flops
+    from excursions.train.posttrain import rl_gradient
+
     p = cfg.pretrain
     n_params, n_layers, d_model = model_dims(model)
     flops_per_token = train_flops_per_token(n_params, n_layers, d_model, p.seq_len)
     forward = torch.compile(model) if p.compile else model
+    average = mix is not None and mix.mix.mode == "average"
+    avg = ParallelAveraging.of(model, mix.opt, opt) if average else None
 
     def step_fn(step: int) -> dict:
         t0 = time.perf_counter()
         lr = pretrain_lr(p.schedule, (step + 1) * p.tokens_per_step, p.lr, p.warmup_tokens, p.tokens, p.min_lr_ratio,
                          p.decay_fraction)
         set_lr(opt, lr)
+        j = mix.turn(step) if mix else None
+        rl_row: dict = {}
+        if j is not None and average:  # the RL gradient at the weights the next-token gradient sees
+            batch = mix.rollouts(model, j)
+            g_rl, stats = rl_gradient(model, avg.params, batch, mix.c)
+            rl_row = {**batch.stats, **{f"train/{k}": v for k, v in stats.items()},
+                      "train_flops": training_flops(model, batch.attention)}
         x = batches.batch(step).to(dev)
         loss = forward(input_ids=x, labels=x).loss
         check_finite(step + 1, "pretrain", {"loss": loss.item()})
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip).item()
         check_finite(step + 1, "pretrain", {"grad_norm": grad_norm})  # before the update: the weights stay good
-        opt.step()
+        if j is not None and average:
+            avg.step(g_rl, [q.grad if q.grad is not None else torch.zeros_like(q) for q in avg.params],
+                     mix.mix.weight)
+        else:
+            opt.step()
         opt.zero_grad(set_to_none=True)
+        if j is not None and not average:  # alternate: a GRPO step from the weights the pretraining step left
+            batch = mix.rollouts(model, j)
+            rl_row = {**batch.stats, **grpo_update(model, mix.opt, batch, mix.c, flops_model=model)}
         tps = p.tokens_per_step / (time.perf_counter() - t0)
-        return {"tokens": (step + 1) * p.tokens_per_step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
-                "tok_per_s": tps, "tflops": tps * flops_per_token / 1e12}
+        row = {"tokens": (step + 1) * p.tokens_per_step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
+               "tok_per_s": tps, "tflops": tps * flops_per_token / 1e12}
+        if mix is not None:
+            row["extra_flops"] = rl_row.pop("train_flops", 0) + rl_row.pop("rollout_flops", 0)
+            row |= {f"rl/{k.split('/', 1)[-1]}": v for k, v in rl_row.items()} | {"rl/step": -1 if j is None else j}
+        return row
 
     return step_fn
 
 
-def _save_checkpoint(cfg: Config, out: Path, model, tok, opt, step: int, world, val_ids) -> None:
+def _save_checkpoint(cfg: Config, out: Path, model, tok, opt, step: int, world, val_ids, extra_flops: int) -> None:
     p = cfg.pretrain
     tokens = step * p.tokens_per_step
-    meta = {"step": step, "tokens": tokens, "val_loss": val_loss(model, val_ids, p.seq_len), "config": to_dict(cfg)}
+    n_params, n_layers, d_model = model_dims(model)
+    # FLOPs to reach this checkpoint: next-token prediction's, and what RL (or an excursion) spent beyond it
+    flops = {"pretrain": tokens * train_flops_per_token(n_params, n_layers, d_model, p.seq_len), "extra": extra_flops}
+    meta = {"step": step, "tokens": tokens, "val_loss": val_loss(model, val_ids, p.seq_len), "config": to_dict(cfg),
+            "flops": flops}
     if p.eval_problems:
         test = world.problems["gsm"][cfg.eval.split][: p.eval_problems]  # val while settings are being chosen
         meta["gsm_greedy"] = greedy_accuracy(model, tok, test, world.problems["gsm"]["train"], p.eval_shots)
