@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from excursions.checkpoint import META, read_json
 from excursions.config import load_config, to_toml
 from excursions.errors import ConfigError, UserError
 from excursions.study.runner import plan, run_study, status_table, study_lock
@@ -28,7 +29,7 @@ STUDY = ["study.checkpoints=[1, 2]", "study.recipes=['rl', 'sft', 'sft_gold', 's
          "study.sft_epochs=2", "study.rollouts=[2, 4]", "study.split_problems=20", "study.split_n=8",
          "study.rollout_steps=2", "study.scale_model=olmo2_3M", "study.scale_targeted=0.5",
          "study.allocators=['uniform', 'adaptive']", "study.large_k=8", "study.large_k_problems=4",
-         "study.returns=['rl']"]
+         "study.returns=['rl']", "study.interleaves=['alternate']", "interleave.every=16"]
 
 
 def micro_study(micro_overrides, *extra):
@@ -41,8 +42,8 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
     ids = [u.id for u in units]
     assert ids[0] == "pretrain"
     # + each scaling variant's final checkpoint on hard, + the first checkpoint with large_k samples, + the final
-    # checkpoint of the pretraining that RL from the first checkpoint returned to
-    assert sum(u.kind == "base_eval" for u in units) == 2 + 3 + 1 + 1
+    # checkpoint of the pretraining that RL from the first checkpoint returned to, + that of the interleaved run
+    assert sum(u.kind == "base_eval" for u in units) == 2 + 3 + 1 + 1 + 1
     # 2 checkpoints x 5 recipes x 1 seed + 1 extra RL seed, each trained then evaluated; one SFT epochs run
     # + the rollouts experiment: one difficulty-split unit, then RL on each split (easy, hard) with 2 and 4 rollouts
     # + the scaling experiment: two more pretraining runs, and RL on hard from each of three final checkpoints
@@ -80,11 +81,14 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
     (back,) = [u for u in units if u.kind == "return"]
     assert back.id == f"return/rl/{units[1].checkpoint}" and f"rl/{units[1].checkpoint}/s0" in deps[back.id]
     assert back.id in deps[back.id + "/eval"] and ids.index(back.id) < ids.index(back.id + "/eval")
+    (mixed,) = [u for u in units if u.kind == "interleave"]
+    assert mixed.id == f"interleave/alternate/{units[1].checkpoint}" and "pretrain" in deps[mixed.id]
 
     # a changed RL setting moves exactly the units that depend on it
     other = {u.id: u.path for u in plan(micro_study(micro_overrides, "rl.lr=2e-3"), tmp_path)}
     moved = {u.id.split("/")[0] for u in units if other[u.id] != u.path}
-    assert moved == {"rl", "sft_rl", "parallel", "eval", "rollouts", "allocators", "scaling", "large_k", "return"}
+    assert moved == {"rl", "sft_rl", "parallel", "eval", "rollouts", "allocators", "scaling", "large_k", "return",
+                     "interleave"}
     assert all(other[u.id] == u.path for u in units
                if u.id.startswith(("pretrain", "base/", "sft/", "sft_gold/", "sft_epochs/")))
 
@@ -154,7 +158,7 @@ def test_study_writes_report_and_database(micro_study_dir):
     out = micro_study_dir
     db = sqlite3.connect(out / DB)
     assert {r[0] for r in db.execute("SELECT status FROM units")} == {"done"}
-    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22 + 1 + 5 + 11 + 2 + 2 + 2  # + allocators, large k, return
+    assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22 + 1 + 5 + 11 + 2 + 2 + 4  # + allocators, large k, branches
     assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 3
     # every recipe at both checkpoints, every base checkpoint few-shot and 0-shot, on gsm and general
     for recipe in ("base", "rl", "sft", "sft_gold", "sft_rl", "parallel"):
@@ -236,6 +240,11 @@ def test_study_writes_report_and_database(micro_study_dir):
                                       "AND task = 'gsm'")}
     assert shots == {0, 1}
     assert "Beyond the paper: from" in md and "does what rl taught persist through more pretraining" in md
+    # interleaved RL: the same span of pretraining with GRPO steps mixed in, its FLOPs counted beyond the plain run's
+    (mixed,) = list((out / "returns").glob("interleave-alternate-*"))
+    assert [p.name for p in sorted((mixed / "checkpoints").glob("step*"))] == [last]
+    assert read_json(mixed / "checkpoints" / last / META)["flops"]["extra"] > 0
+    assert "does pretraining with RL mixed in (interleaved (alternate)) end above plain pretraining" in md
     mean, lo, hi = db.execute(
         "SELECT m.mean, m.lo, m.hi FROM metrics m JOIN evaluations e ON e.id = m.evaluation WHERE e.recipe = 'rl' "
         "AND e.seed = 0 AND e.task = 'gsm' AND e.checkpoint = ? AND m.metric = 'pass@1'", (last,)).fetchone()
@@ -245,13 +254,13 @@ def test_study_writes_report_and_database(micro_study_dir):
     db.close()
 
     table = status_table(out)
-    assert "done: 49" in table and f"rl/{last}/s1" in table
+    assert "done: 51" in table and f"rl/{last}/s1" in table
 
     from excursions.study.runner import export
 
     files = export(out)
     units_csv = next(f for f in files if f.name == "units.csv").read_text().splitlines()
-    assert len(units_csv) == 1 + 49
+    assert len(units_csv) == 1 + 51
 
 
 def test_rollouts_reading_with_one_rollout_count_says_so(micro_study_dir, micro_overrides, tmp_path):

@@ -295,6 +295,10 @@ class StudyConfig:
     # beyond the paper (its section 7): excursion and return. These recipes' runs from the first chosen checkpoint
     # (first seed) go back to pretraining, with the run's optimizer state, LR schedule and data position, to its end
     returns: tuple[str, ...] = ()
+    # beyond the paper (its section 7): interleaved RL, [interleave] in each of these modes (alternate, average), from
+    # the same checkpoint to the end of the pretraining schedule
+    interleaves: tuple[str, ...] = ()
+    branch_at: int = 0  # where returns and interleaved runs start: a position in study.checkpoints (0: the first)
     # the experiments to run and report (study/experiments/, one file each; checked when the study plans);
     # () = every one, in the paper's order
     experiments: tuple[str, ...] = ()
@@ -327,6 +331,12 @@ class StudyConfig:
             check(name in self.recipes, f"returns[{i}]", f"{name!r} is not one of study.recipes ({', '.join(self.recipes)})")
         check(not (self.external and self.returns), "returns", "a return continues the study's own pretraining (no "
               "study.external)")
+        for i, mode in enumerate(self.interleaves):
+            check(mode in ("alternate", "average"), f"interleaves[{i}]", f"unknown mode {mode!r}; choose alternate or average")
+        check(not (self.external and self.interleaves), "interleaves", "interleaved RL continues the study's own "
+              "pretraining (no study.external)")
+        check(not self.checkpoints or -len(self.checkpoints) <= self.branch_at < len(self.checkpoints), "branch_at",
+              f"must be a position in study.checkpoints (0..{len(self.checkpoints) - 1})")
         check(self.scale_targeted >= 0, "scale_targeted", "must be >= 0 (0 = no scaling-D variant)")
         check(not (self.external and (self.scale_model or self.scale_targeted)), "scale_model",
               "the scaling variants pretrain from scratch; they need the study's own pretraining (no study.external)")

@@ -27,7 +27,7 @@ class Unit:
     """One piece of work. `id` is stable across settings (for status); `path` carries the settings digest."""
 
     id: str  # e.g. "rl/step000338-tokens2768896/s0"
-    kind: str  # pretrain | base_eval | nshot | posttrain | eval | splits | return (study/units.py runs each)
+    kind: str  # pretrain | base_eval | nshot | posttrain | eval | splits | return | interleave (study/units.py)
     path: Path  # a run directory, or an evaluation's record (the result files it wrote); named by digest
     checkpoint: str = ""  # the source checkpoint's name
     tokens: int = 0  # its pretraining tokens

@@ -101,6 +101,13 @@ def _return(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool) -> 
     pretrain(cfg, unit.path, progress, branch=Return(checkpoint, RECIPES[unit.recipe].final(Path(unit.source))))
 
 
+def _interleave(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool) -> None:
+    """Interleaved RL: the study's pretraining continued from `unit.source` (a checkpoint) with RL mixed in."""
+    from excursions.train.pretrain import Interleave, pretrain
+
+    pretrain(configured(cfg, unit.seed, unit.overrides), unit.path, progress, branch=Interleave(Path(unit.source)))
+
+
 def _return_done(unit: Unit, cfg: Config) -> bool:
     from excursions.checkpoint import checkpoint_name
 
@@ -111,7 +118,7 @@ def _return_done(unit: Unit, cfg: Config) -> bool:
 
 def _return_ingest(store: Store, unit: Unit) -> None:
     _states(store, unit)
-    store.add_training(unit.id, "return", unit.path / "metrics.jsonl")
+    store.add_training(unit.id, unit.kind, unit.path / "metrics.jsonl")
 
 
 # ----------------------------------------------------------------------------------------- post-training
@@ -211,6 +218,7 @@ KINDS: dict[str, Kind] = {
     "pretrain": Kind(_pretrain, _pretrain_done, _pretrain_ingest, states=True),
     "posttrain": Kind(_posttrain, _posttrain_done, _posttrain_ingest, states=True),
     "return": Kind(_return, _return_done, _return_ingest, states=True),  # pretraining resumed after an excursion
+    "interleave": Kind(_interleave, _return_done, _return_ingest, states=True),  # pretraining with RL mixed in
     "base_eval": Kind(_evaluate, _record_done, _record_ingest),
     "nshot": Kind(_evaluate, _record_done, _record_ingest),
     "eval": Kind(_evaluate, _record_done, _record_ingest),

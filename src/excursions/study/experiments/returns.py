@@ -1,14 +1,18 @@
-"""Beyond the paper (its section 7, issue 21): excursion and return. A recipe's run from the first chosen checkpoint
-goes back to pretraining with the run's own AdamW state, LR schedule and data position, to the end of the schedule;
-its final checkpoint is evaluated as a base checkpoint is (few-shot, 0-shot, general) and set beside the plain
-run's. Does what RL taught persist through more pretraining, wash out, or compound? Opt-in: `study.returns`.
+"""Beyond the paper (its section 7, issue 21): RL inside pretraining. From one chosen checkpoint (`study.branch_at`)
+the study's pretraining goes on to the end of its schedule, with the run's own AdamW state, LR schedule and data
+position, in two ways: *excursion and return* (`study.returns`: a recipe's run from that checkpoint, then more
+pretraining from its weights) and *interleaved RL* (`study.interleaves`: GRPO steps mixed into the pretraining,
+`[interleave]`). Each branch's final checkpoint is evaluated as a base checkpoint is (few-shot, 0-shot, general) and
+set beside the plain run's, against tokens and against FLOPs. Does what RL taught persist through more pretraining,
+wash out, or compound? Opt-in: both lists are empty by default.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from excursions.config import Config, digest
+from excursions.checkpoint import META, read_json
+from excursions.config import Config, digest, to_dict
 from excursions.errors import UserError
 from excursions.evals.figures import plt, tokens_axis
 from excursions.study.experiments import experiment
@@ -17,41 +21,48 @@ from excursions.study.plan import (Unit, all_checkpoints, backbone, chosen_check
 from excursions.study.report import Section, line, save
 from excursions.study.results import Results, Stat, compare, wilson
 
-TITLE = "Excursion and return: RL, then more pretraining (beyond the paper, its section 7)"
+TITLE = "RL inside pretraining: excursion and return, interleaved RL (beyond the paper, its section 7)"
 ANSWER = {1: "above the plain run", 0: "level with the plain run (the intervals overlap)", -1: "below the plain run"}
 
 
-def return_runs(cfg: Config, out: Path) -> dict[str, dict[str, Unit]]:
-    """{recipe: {"return": the pretraining resumed from its run, "eval": the returned final checkpoint's evaluation}}
-    for each recipe of `study.returns`, from the first chosen checkpoint with the first seed."""
+def branch_runs(cfg: Config, out: Path) -> dict[str, dict[str, Unit]]:
+    """{label: {"run": the branched pretraining, "eval": its final checkpoint's evaluation}}: a return for each recipe
+    of `study.returns` (its first-seed run from the branch checkpoint), an interleaved run for each mode of
+    `study.interleaves`."""
     s = cfg.study
-    if not s.returns:
+    if not (s.returns or s.interleaves):
         return {}
-    name, tokens, _ = chosen_checkpoints(cfg, out)[0][0]
+    name, tokens, source = chosen_checkpoints(cfg, out)[0][s.branch_at]
     final, final_tokens, _ = all_checkpoints(cfg, out)[-1]
     if name == final:
-        raise UserError("config: study.returns: the first of study.checkpoints is the last checkpoint, so there is no "
-                        "pretraining to return to; choose an earlier one first")
-    runs = {u.id: u for u in backbone(cfg, out)}
-    found, ev = {}, eval_digest(cfg)
+        raise UserError("config: study.branch_at picks the last checkpoint, so there is no pretraining left to branch "
+                        "into; choose an earlier one of study.checkpoints")
+    runs, ev, plain = {u.id: u for u in backbone(cfg, out)}, eval_digest(cfg), pretrain_dir(cfg, out).name
+    branches: dict[str, Unit] = {}
     for recipe in s.returns:
         run = runs[recipe_unit_id(recipe, name, s.seeds[0])]
-        back = out / "returns" / f"{recipe}-{name}-{digest({'excursion': run.path.name, 'pretrain': pretrain_dir(cfg, out).name})}"
-        found[recipe] = {
-            "return": Unit(f"return/{recipe}/{name}", "return", back, name, tokens, recipe, run.seed, str(run.path)),
-            # on the study's world, but not one of its checkpoints: `world` keeps it out of the study's own results
-            "eval": Unit(f"return/{recipe}/{name}/eval", "base_eval", out / "evals" / "return" /
-                         f"{back.name}-{ev}.json", final, final_tokens, source=str(back / "checkpoints" / final),
-                         world=str(world_dir(cfg, out)))}
-    return found
+        path = out / "returns" / f"{recipe}-{name}-{digest({'excursion': run.path.name, 'pretrain': plain})}"
+        branches[recipe] = Unit(f"return/{recipe}/{name}", "return", path, name, tokens, recipe, run.seed, str(run.path))
+    for mode in s.interleaves:
+        settings = {"interleave": {**to_dict(cfg.interleave), "mode": mode}, "rl": to_dict(cfg.rl), "pretrain": plain,
+                    "seed": s.seeds[0]}
+        path = out / "returns" / f"interleave-{mode}-{name}-{digest(settings)}"
+        branches[f"interleaved ({mode})"] = Unit(f"interleave/{mode}/{name}", "interleave", path, name, tokens,
+                                                 seed=s.seeds[0], source=source,
+                                                 overrides=(("interleave", "mode", mode),))
+    # on the study's world, but not one of its checkpoints: `world` keeps the evaluations out of the study's results
+    return {label: {"run": u, "eval": Unit(f"{u.id}/eval", "base_eval", out / "evals" / "return" /
+                                           f"{u.path.name}-{ev}.json", final, final_tokens,
+                                           source=str(u.path / "checkpoints" / final), world=str(world_dir(cfg, out)))}
+            for label, u in branches.items()}
 
 
-def return_units(cfg: Config, out: Path) -> list[Unit]:
-    return [u for units in return_runs(cfg, out).values() for u in units.values()]
+def branch_units(cfg: Config, out: Path) -> list[Unit]:
+    return [u for units in branch_runs(cfg, out).values() for u in units.values()]
 
 
-def returned_stats(res: Results, unit: Unit) -> dict[tuple[str, str, int | None], Stat]:
-    """{(task, metric, shots): stat} of a returned run's evaluation, as the study's base evaluations are read."""
+def branch_stats(res: Results, unit: Unit) -> dict[tuple[str, str, int | None], Stat]:
+    """{(task, metric, shots): stat} of a branch's evaluation, as the study's base evaluations are read."""
     stats = {}
     for r in res.store.evaluations([unit.id]):
         if r["metric"] is not None:
@@ -61,49 +72,77 @@ def returned_stats(res: Results, unit: Unit) -> dict[tuple[str, str, int | None]
     return stats
 
 
-@experiment(order=13, units=return_units)
+def _flops(unit: Unit, final: str) -> tuple[float, float]:
+    """(next-token FLOPs per token, FLOPs beyond next-token prediction) of a branch at its final checkpoint."""
+    f = read_json(unit.path / "checkpoints" / final / META)["flops"]
+    return f["pretrain"] / read_json(unit.path / "checkpoints" / final / META)["tokens"], f["extra"]
+
+
+@experiment(order=13, units=branch_units)
 def returns_experiment(res: Results, figdir: Path) -> Section:
-    planned = return_runs(res.cfg, res.out)
-    got = {recipe: returned_stats(res, u["eval"]) for recipe, u in planned.items()}
-    got = {recipe: st for recipe, st in got.items() if st}
+    planned = branch_runs(res.cfg, res.out)
+    got = {label: (u, branch_stats(res, u["eval"])) for label, u in planned.items()}
+    got = {label: (u, st) for label, (u, st) in got.items() if st}
     if not got:
-        return Section(TITLE, reading="Not run: set study.returns (e.g. [\"rl\"]) to send a recipe's run from the "
-                                      "first chosen checkpoint back to pretraining.")
+        return Section(TITLE, reading="Not run: set study.returns (e.g. [\"rl\"]) to send a recipe's run from a chosen "
+                                      "checkpoint back to pretraining, study.interleaves (e.g. [\"alternate\"]) to "
+                                      "pretrain from there with RL mixed in; study.branch_at picks the checkpoint.")
     task = res.math_tasks[0] if res.math_tasks else "gsm"
-    first = next(iter(planned.values()))  # every return starts at the same checkpoint and ends at the last one
-    (start, t0), (final, t1) = ((first[k].checkpoint, first[k].tokens) for k in ("return", "eval"))
+    first = next(iter(planned.values()))  # every branch starts at the same checkpoint and ends at the last one
+    (start, t0), (final, t1) = ((first[k].checkpoint, first[k].tokens) for k in ("run", "eval"))
     start_label, final_label, shots = f"{t0 / 1e6:.1f}M", f"{t1 / 1e6:.1f}M", res.base_shots
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    per_token = _flops(first["run"], final)[0]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     x = [res.tokens[c] for c in res.checkpoints]
-    panels = [(axes[0], task, "pass@1", f"{task} pass@1, {shots}-shot (%)"), (axes[1], "general", "acc",
-                                                                              "general MC accuracy (%)")]
-    for ax, t, metric, ylabel in panels:
-        line(ax, x, [res.get(t, "base", c, metric) for c in res.checkpoints], "base")
-        for recipe, st in got.items():
+    panels = [(axes[0], task, "pass@1", x, f"{task} pass@1, {shots}-shot (%)"),
+              (axes[1], "general", "acc", x, "general MC accuracy (%)"),
+              (axes[2], task, "pass@1", [per_token * t for t in x], f"{task} pass@1, {shots}-shot (%)")]
+    for ax, t, metric, xs, ylabel in panels:
+        flops_x = xs is not x
+        line(ax, xs, [res.get(t, "base", c, metric) for c in res.checkpoints], "base")
+        for label, (u, st) in got.items():
             after = st.get((t, metric, shots if t != "general" else None))
-            excursion = res.get(t, recipe, start, metric)  # the excursion's own result (0-shot), at its start
-            line(ax, [t0, t1], [excursion, after], recipe, linestyle=":")
-        tokens_axis(ax, x)
+            returned = u["run"].kind == "return"
+            # where the branch starts: a return at its excursion's own result (0-shot), interleaving at the base
+            begin = res.get(t, u["run"].recipe if returned else "base", start, metric)
+            extra = _flops(u["run"], final)[1]
+            ends = [per_token * t0 + (extra if returned else 0), per_token * t1 + extra] if flops_x else [t0, t1]
+            line(ax, ends, [begin, after], label, linestyle=":" if returned else "--")
+        if flops_x:
+            ax.set_xlabel("FLOPs (next-token prediction + RL: training and rollouts)")
+        else:
+            tokens_axis(ax, x)
         ax.set_ylabel(ylabel)
     axes[0].legend(fontsize=7)
     save(fig, figdir / "returns.png")
-    table = [["", f"{task} pass@1 {shots}-shot", f"{task} pass@32 {shots}-shot", f"{task} pass@1 0-shot", "general acc"]]
     keys = [(task, "pass@1", shots), (task, "pass@32", shots), (task, "pass@1", 0), ("general", "acc", None)]
+    table = [["", f"{task} pass@1 {shots}-shot", f"{task} pass@32 {shots}-shot", f"{task} pass@1 0-shot",
+              "general acc", "FLOPs (x plain)"]]
     plain = {k: res.get(k[0], "base", final, k[1], k[2]) for k in keys}
-    table.append([f"plain run, {final_label}"] + [str(plain[k] or "") for k in keys])
+    table.append([f"plain run, {final_label}"] + [str(plain[k] or "") for k in keys] + ["1.00"])
     claims = []
-    for recipe, st in got.items():
-        table.append([f"{recipe} at {start_label}, then pretraining to {final_label}"]
-                     + [str(st.get(k, "")) for k in keys])
-        for k, question in ((keys[0], f"does what {recipe} taught persist through more pretraining ({task} pass@1)?"),
-                            (keys[3], f"does {recipe}'s excursion change general capability after the return?")):
+    for label, (u, st) in got.items():
+        ratio = 1 + _flops(u["run"], final)[1] / (per_token * t1)
+        what = (f"{label} at {start_label}, then pretraining to {final_label}" if u["run"].kind == "return"
+                else f"pretraining {start_label} to {final_label} with RL mixed in ({label.split('(')[1][:-1]})")
+        table.append([what] + [str(st.get(k, "")) for k in keys] + [f"{ratio:.2f}"])
+        questions = ((keys[0], f"does what {label} taught persist through more pretraining ({task} pass@1)?"),
+                     (keys[3], f"does {label}'s excursion change general capability after the return?")) \
+            if u["run"].kind == "return" else \
+            ((keys[0], f"does pretraining with RL mixed in ({label}) end above plain pretraining ({task} pass@1)?"),
+             (keys[3], f"does RL mixed into pretraining ({label}) change general capability?"))
+        for k, question in questions:
             if st.get(k) and plain[k]:
-                sign = compare(st[k], plain[k])
-                claims.append((f"Beyond the paper: from {start_label}, {question}", ANSWER[sign],
-                               f"{final_label}: returned {st[k]} vs plain {plain[k]}"))
-    reading = (f"From the {start_label}-token checkpoint, each recipe's run (dotted, its 0-shot result at its "
-               f"start) goes back to pretraining with the plain run's AdamW state, LR schedule and data, to "
-               f"{final_label} tokens; the returned model is evaluated as the base checkpoints are ({shots}-shot "
-               f"and 0-shot, 95% intervals) beside the plain run (solid). Level means more pretraining washes the "
-               f"excursion out; above means it persists or compounds. Not the paper's claims: its section 7 asks.")
+                claims.append((f"Beyond the paper: from {start_label}, {question}", ANSWER[compare(st[k], plain[k])],
+                               f"{final_label}: {st[k]} vs plain {plain[k]}, at {ratio:.2f}x the plain run's FLOPs"))
+    reading = (f"From the {start_label}-token checkpoint the study's pretraining goes on to {final_label} tokens with "
+               f"the plain run's AdamW state, LR schedule and data: after an excursion, from its weights (dotted: the "
+               f"excursion's own 0-shot result at its start), or with GRPO steps mixed in (dashed: "
+               f"[interleave] every {res.cfg.interleave.every} pretraining steps, {res.cfg.rl.prompts_per_step} prompts "
+               f"x {res.cfg.rl.group_size} rollouts each). Each branch's final checkpoint is evaluated as the base "
+               f"checkpoints are ({shots}-shot and 0-shot, 95% intervals) beside the plain run (solid); right: against "
+               f"the FLOPs spent (6N per trained token, 2N per generated one). The plain run stops at {final_label}, so "
+               f"a branch that spent more FLOPs is compared with it at its own last checkpoint, not at equal FLOPs: the "
+               f"last column says by how much. Level means more pretraining washes RL out; above, it persists or "
+               f"compounds. Not the paper's claims: its section 7 asks.")
     return Section(TITLE, "returns.png", reading, table, claims)
