@@ -325,3 +325,58 @@ def test_prompt_section_enters_digests_only_when_set(micro_cfg):
     assert "prompt" not in plain  # results from before the section existed keep their directory names
     chat = recipe_settings(replace(micro_cfg, prompt=PromptConfig(chat_template=True)), "rl")
     assert chat == {**plain, "prompt": {"chat_template": True}}
+
+
+# ------------------------------------------------------------------------------ continued pretraining, real scale
+
+
+def test_continued_pretraining_of_an_hf_model_on_a_local_corpus_with_rl_mixed_in(hf_dir, real_world, tmp_path):
+    """model.init + data.corpus: a real checkpoint pretrained on on real text (BoolQ's passages), tokenized with its
+    own tokenizer; then RL on GSM8K mixed into that pretraining from one of its checkpoints."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from excursions.checkpoint import META, checkpoints, read_json
+    from excursions.config import load_config
+    from excursions.errors import ConfigError
+    from excursions.train.pretrain import Interleave, pretrain
+
+    from conftest import MICRO
+
+    passages = DATA / "general" / "boolq.validation.jsonl"
+    real = [*MICRO, f"model.init={hf_dir}", f"data.corpus={passages}", "data.text_field=passage",
+            "pretrain.eval_problems=0", "pretrain.tokens=20000"]
+    with pytest.raises(ConfigError, match="needs a text stream: set data.corpus"):
+        load_config("smoke", overrides=[*MICRO, f"model.init={hf_dir}"])
+    with pytest.raises(UserError, match="no text field 'text'"):  # BoolQ's documents are its `passage` column
+        pretrain(load_config("smoke", overrides=real[:-3] + ["pretrain.eval_problems=0"]), tmp_path / "bad",
+                 progress=False)
+    assert not (tmp_path / "bad" / "corpus").exists()
+
+    out = tmp_path / "continued"
+    pretrain(load_config("smoke", overrides=real), out, progress=False)
+    stats = read_json(out / "corpus" / "stats.json")
+    assert stats["train_tokens"] == 20000 - 20000 % 512 and stats["val_tokens"] == 2000
+    ids = np.load(out / "corpus" / "train.npy")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)  # the checkpoint's own tokenizer, not one trained on the corpus
+    first_passage = json.loads(passages.open().readline())["passage"]
+    assert tok.decode(np.load(out / "corpus" / "val.npy")[:20].tolist()) in first_passage
+    assert ids.max() < len(tok)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["loss"] for r in rows[-5:]) < sum(r["loss"] for r in rows[:5]) - 0.5  # it learns the text
+    start = load_file(hf_dir / "model.safetensors")  # from the checkpoint's weights, not a fresh init
+    ckpts = checkpoints(out)
+    assert len(ckpts) == 3
+
+    mixed = tmp_path / "mixed"
+    cfg = load_config("smoke", overrides=real + ["rl.prompts_per_step=2", "rl.group_size=2", "rl.max_new_tokens=16",
+                                                 "interleave.every=4"])
+    with pytest.raises(UserError, match="set interleave.world"):  # a corpus run has no world of problems
+        pretrain(cfg, mixed, progress=False, branch=Interleave(Path(ckpts[0]["path"])))
+    cfg = load_config("smoke", overrides=real + ["rl.prompts_per_step=2", "rl.group_size=2", "rl.max_new_tokens=16",
+                                                 "interleave.every=4", f"interleave.world={real_world}"])
+    pretrain(cfg, mixed, progress=False, branch=Interleave(Path(ckpts[0]["path"])))
+    assert read_json(Path(checkpoints(mixed)[-1]["path"]) / META)["flops"]["extra"] > 0
+    assert set(start) == set(load_file(Path(checkpoints(mixed)[-1]["path"]) / "model.safetensors"))

@@ -54,6 +54,10 @@ class Config:
     def __post_init__(self):
         p = self.pretrain
         check(p.seq_len <= self.model.context, "pretrain.seq_len", f"must be <= model.context ({self.model.context})")
+        check(bool(self.model.init) or not self.data.corpus, "data.corpus", "a real text stream is tokenized with "
+              "the tokenizer of the checkpoint it continues: set model.init=CHECKPOINT too")
+        check(bool(self.data.corpus) or not self.model.init, "model.init", "continuing pretraining of a real "
+              "checkpoint needs a text stream: set data.corpus=FILE|DIR|ID[:CONFIG]@SPLIT (a `text` column)")
         first_step_tokens = p.tokens_per_step
         check(
             p.first_checkpoint >= first_step_tokens or p.checkpoint_tokens,

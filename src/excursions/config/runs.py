@@ -175,6 +175,7 @@ class InterleaveConfig:
     mode: Literal["alternate", "average"] = "alternate"
     every: int = 8
     weight: float = 0.5
+    world: str = ""  # the world/ directory whose [rl] family's train problems RL steps on; "" = the run's own
 
     def __post_init__(self):
         check(self.every >= 1, "every", "must be >= 1 (1: an RL step with every pretraining step)")

@@ -110,6 +110,11 @@ class DataConfig:
     hard_share: float = 0.25  # share of the `math` pages drawn from the hard family
     drills: float = 0.0  # share of math pages that are arithmetic drills ("7 + 5 = 12" lines)
     val_tokens: int = 100_000  # held-out pretraining text for the validation loss
+    # Real scale: a text stream to pretrain on instead of the synthetic mixture, tokenized with model.init's
+    # tokenizer and packed (documents joined by EOS): a .jsonl / .json / .parquet file or a directory of them (the
+    # `text_field` column; .txt files whole), or a hub dataset ID[:CONFIG]@SPLIT. The first val_tokens are held out.
+    corpus: str = ""
+    text_field: str = "text"
 
     def __post_init__(self):
         for name in ("general", "math", "targeted", "hard_share", "drills"):
@@ -139,6 +144,9 @@ class ModelConfig:
     n_heads: int = 0
     d_ff: int = 0
     context: int = 1024  # longest sequence (prompt + completion) the model is used at
+    # Real scale: an HF causal LM to continue pretraining from (a directory or hub id[@revision]): its architecture,
+    # weights and tokenizer (the size fields above are then unused), with a fresh AdamW; needs data.corpus
+    init: str = ""
 
     def __post_init__(self):
         check(self.size in SIZES, "size", f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")

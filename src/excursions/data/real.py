@@ -300,3 +300,38 @@ def build_commands(world: Path | str) -> str:
             f"--subset gsm8k,augmented_gsm8k --max-solutions 8 --test gsm8k:openai/gsm8k:main@test\n"
             f"  excursions data {world} --family hard --test math:HuggingFaceH4/MATH-500@test --train "
             + " ".join(f"math:EleutherAI/hendrycks_math:{s}@train" for s in subjects.split(",")))
+
+
+# ------------------------------------------------------------------------------------------- text streams
+
+TEXT_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
+
+
+def read_texts(where: str, field: str = "text") -> Iterator[str]:
+    """The documents of a text stream (`data.corpus`, continued pretraining at real scale): the `field` column of a
+    .jsonl / .json / .parquet file, a .txt file whole, every such file under a directory (sorted), or a hub dataset
+    `ID[:CONFIG]@SPLIT`. A row without the text field stops the stream with its file and line: a corpus with
+    another schema would otherwise train on nothing."""
+    path = Path(where)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+        if not files:
+            raise UserError(f"corpus {path} holds no {' / '.join(TEXT_SUFFIXES)} files; point data.corpus at one")
+        sources = [str(f) for f in files]
+    else:
+        sources = [where]
+    for source in sources:
+        if source.endswith(".txt"):
+            if not Path(source).is_file():
+                raise UserError(f"corpus file {source} does not exist")
+            yield Path(source).read_text(encoding="utf-8")
+            continue
+        for location, row, problem in read_rows(source):
+            if row is None:
+                raise UserError(f"{location}: {problem}; a corpus file holds one JSON object per line")
+            text = row.get(field)
+            if not isinstance(text, str):
+                raise UserError(f"{location}: no text field {field!r} (it has {', '.join(sorted(row))[:100]}); set "
+                                "data.text_field to the column that holds the documents")
+            if text.strip():
+                yield text

@@ -31,7 +31,7 @@ from excursions.data.problems import format_prompt, write_jsonl
 from excursions.errors import UserError
 from excursions.evals.math import is_correct
 from excursions.flops import model_dims, train_flops_per_token
-from excursions.model import build_model, count_params, pick_device
+from excursions.model import build_model, count_params, load_model, parse_checkpoint, pick_device
 from excursions.optim import ParallelAveraging, adamw, pretrain_lr, set_lr
 from excursions.runtime import progress_bar
 from excursions.sampling import generate
@@ -43,7 +43,10 @@ from excursions.worlds.corpus import FAMILIES, SPLITS, build_world, tokenize_str
 
 
 def prepare_world(cfg: Config, out: Path):
-    """The world's splits as JSONL files (written once; every later stage reads them)."""
+    """The world's splits as JSONL files (written once; every later stage reads them). None for a run on a real
+    corpus (`data.corpus`): its post-training problems are a world/ directory of real data (`excursions data`)."""
+    if cfg.data.corpus:
+        return None
     world = build_world(cfg.world)
     root = out / "world"
     for family in FAMILIES:
@@ -57,18 +60,24 @@ def prepare_world(cfg: Config, out: Path):
 
 
 def prepare_data(cfg: Config, out: Path, world, progress: bool = True):
-    """Tokenizer and tokenized corpus (train and val streams), built once and cached on disk."""
+    """Tokenizer and tokenized corpus (train and val streams), built once and cached on disk: the synthetic mixture
+    with a tokenizer trained on it, or `data.corpus` with `model.init`'s tokenizer."""
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         with atomic_dir(tok_dir) as tmp:
-            train_tokenizer(tokenizer_sample(cfg, world), cfg.tokenizer.vocab_size).save_pretrained(tmp)
+            tok = load_tokenizer(*parse_checkpoint(cfg.model.init)) if cfg.model.init else \
+                train_tokenizer(tokenizer_sample(cfg, world), cfg.tokenizer.vocab_size)
+            tok.save_pretrained(tmp)
     tok = load_tokenizer(str(tok_dir))
     corpus = out / "corpus"
     if not (corpus / "stats.json").exists():
         need = cfg.pretrain.total_steps * cfg.pretrain.tokens_per_step
         bar = progress_bar(total=need + cfg.data.val_tokens, unit="tok", unit_scale=True, desc="corpus", disable=not progress)
-        train, counts = tokenize_stream(cfg, world, tok, "train", need, bar)
-        val, _ = tokenize_stream(cfg, world, tok, "val", cfg.data.val_tokens, bar)
+        if cfg.data.corpus:
+            train, val, counts = _tokenize_text(cfg, tok, need, bar)
+        else:
+            train, counts = tokenize_stream(cfg, world, tok, "train", need, bar)
+            val, _ = tokenize_stream(cfg, world, tok, "val", cfg.data.val_tokens, bar)
         bar.close()
         corpus.mkdir(parents=True, exist_ok=True)
         for name, arr in (("train", train), ("val", val)):
@@ -78,6 +87,32 @@ def prepare_data(cfg: Config, out: Path, world, progress: bool = True):
         write_json(corpus / "stats.json", {"train_tokens": len(train), "val_tokens": len(val),
                                            "shares": {k: v / total for k, v in counts.items()}})
     return tok, np.load(corpus / "train.npy", mmap_mode="r"), np.load(corpus / "val.npy")
+
+
+def _tokenize_text(cfg: Config, tok, need: int, bar) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(train, val, counts) of `data.corpus`: documents tokenized in order and joined by EOS, the first
+    `data.val_tokens` held out, then up to `need` for training (a shorter stream is read again in later epochs)."""
+    from excursions.data.real import read_texts
+
+    dtype = np.uint16 if len(tok) <= np.iinfo(np.uint16).max else np.uint32
+    parts: dict[str, list[np.ndarray]] = {"val": [], "train": []}
+    have = {"val": 0, "train": 0}
+    docs, want = read_texts(cfg.data.corpus, cfg.data.text_field), {"val": cfg.data.val_tokens, "train": need}
+    while have["train"] < need:
+        batch = [d for _, d in zip(range(256), docs)]
+        if not batch:
+            break
+        for ids in tok(batch).input_ids:
+            split = "val" if have["val"] < want["val"] else "train"
+            ids.append(tok.eos_token_id)
+            parts[split].append(np.asarray(ids, dtype=dtype))
+            have[split] += len(ids)
+        bar.update(min(sum(have.values()), need + want["val"]) - bar.n)
+    if have["val"] < want["val"] or not have["train"]:
+        raise UserError(f"corpus {cfg.data.corpus} has {sum(have.values()):,} tokens, fewer than data.val_tokens "
+                        f"({want['val']:,}) and a batch to train on; give a larger corpus or lower data.val_tokens")
+    train, val = (np.concatenate(parts[k]) for k in ("train", "val"))
+    return train[:need], val[: want["val"]], {"corpus": len(train[:need])}
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -191,7 +226,15 @@ class Interleave(Branch):
     def check(self, cfg: Config) -> int:
         if cfg.rl.rollouts != "uniform":  # filter / until_positive / adaptive keep state or vary the batch
             raise UserError(f"interleaved RL runs rl.rollouts=uniform so far, not {cfg.rl.rollouts}; set rl.rollouts=uniform")
+        if not (self.world(cfg) / cfg.rl.family / "train.jsonl").is_file():
+            raise UserError(f"{self.world(cfg)} has no {cfg.rl.family}/train.jsonl for the RL steps; set "
+                            "interleave.world to a world/ directory (a run on data.corpus has none: `excursions data` "
+                            "writes one)")
         return super().check(cfg)
+
+    def world(self, cfg: Config) -> Path:
+        """Whose training problems the RL steps draw: `interleave.world`, else the run's own world."""
+        return Path(cfg.interleave.world) if cfg.interleave.world else self.run / "world"
 
 
 class _Optimizers:
@@ -225,7 +268,8 @@ def pretrain(cfg: Config, out: Path | str, progress: bool = True, branch: Branch
     if latest is not None and read_json(latest / META)["step"] >= p.total_steps:
         print(summary(out))
         return out
-    model = build_model(cfg.model, len(tok), tok.eos_token_id, tok.eos_token_id, tok.pad_token_id, cfg.seed)
+    model = load_model(*parse_checkpoint(cfg.model.init)) if cfg.model.init else \
+        build_model(cfg.model, len(tok), tok.eos_token_id, tok.eos_token_id, tok.pad_token_id, cfg.seed)
     fresh_branch = latest is None and branch is not None
     # a branch's first start: the run's step, moments and RNG at the checkpoint (and a return's excursion weights)
     start, opt_state = run.resume(model, branch.checkpoint if fresh_branch else latest)
@@ -234,7 +278,7 @@ def pretrain(cfg: Config, out: Path | str, progress: bool = True, branch: Branch
     dev = pick_device(cfg.distributed.device)
     model.to(dev).train()
     opt = adamw(model, p.lr, p.betas, p.weight_decay)
-    mix = _RLSide(cfg, model, tok, data / "world", branch.checkpoint, first, dev) \
+    mix = _RLSide(cfg, model, tok, branch.world(cfg), branch.checkpoint, first, dev) \
         if isinstance(branch, Interleave) else None
     saved = _Optimizers(opt=opt, rl=mix.opt) if mix else opt
     if opt_state:
@@ -366,7 +410,7 @@ def _save_checkpoint(cfg: Config, out: Path, model, tok, opt, step: int, world, 
     flops = {"pretrain": tokens * train_flops_per_token(n_params, n_layers, d_model, p.seq_len), "extra": extra_flops}
     meta = {"step": step, "tokens": tokens, "val_loss": val_loss(model, val_ids, p.seq_len), "config": to_dict(cfg),
             "flops": flops}
-    if p.eval_problems:
+    if p.eval_problems and world is not None:  # a quick look on the synthetic world (none at real scale)
         test = world.problems["gsm"][cfg.eval.split][: p.eval_problems]  # val while settings are being chosen
         meta["gsm_greedy"] = greedy_accuracy(model, tok, test, world.problems["gsm"]["train"], p.eval_shots)
     save_state(out / "checkpoints" / checkpoint_name(step, tokens), model, tok, opt, {"step": step}, meta)
