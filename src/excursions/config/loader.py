@@ -137,17 +137,35 @@ def load_raw(preset: str | None = None, path: Path | str | None = None, override
     return data
 
 
+def added(default: Any) -> Any:
+    """A field added after results were named by their settings: at its default it stays out of `to_dict` (config
+    files, settings digests, the settings a run directory is claimed for), so those results keep their names and
+    runs written before it resume."""
+    return dataclasses.field(default=default, metadata={"added": True})
+
+
 def to_dict(cfg: Any) -> dict:
-    """A plain nested dict of a config, tuples as lists (TOML- and JSON-ready)."""
+    """A plain nested dict of a config, tuples as lists (TOML- and JSON-ready); `added` fields at their default left out.
+
+    >>> @dataclasses.dataclass
+    ... class C:
+    ...     lr: float = 1e-3
+    ...     corpus: str = added("")
+    >>> to_dict(C()), to_dict(C(corpus="text.jsonl"))
+    ({'lr': 0.001}, {'lr': 0.001, 'corpus': 'text.jsonl'})
+    """
 
     def plain(v):
-        if isinstance(v, tuple):
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)
+                    if not (f.metadata.get("added") and getattr(v, f.name) == f.default)}
+        if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    return plain(dataclasses.asdict(cfg))
+    return plain(cfg)
 
 
 def to_toml(cfg: Any) -> str:

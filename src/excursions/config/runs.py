@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from excursions.config.loader import check
+from excursions.config.loader import added, check
 from excursions.recipes import RECIPES
 
 def _check_optim(lr: float, betas: tuple, weight_decay: float, grad_clip: float, prefix: str = "") -> None:
@@ -175,7 +175,7 @@ class InterleaveConfig:
     mode: Literal["alternate", "average"] = "alternate"
     every: int = 8
     weight: float = 0.5
-    world: str = ""  # the world/ directory whose [rl] family's train problems RL steps on; "" = the run's own
+    world: str = added("")  # the world/ directory whose [rl] family's train problems RL steps on; "" = the run's own
 
     def __post_init__(self):
         check(self.every >= 1, "every", "must be >= 1 (1: an RL step with every pretraining step)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from excursions.config.loader import check
+from excursions.config.loader import added, check
 
 # Named sizes, OLMo-core style. The name is the approximate parameter count with a 2048-token vocab
 # (tied embeddings); d_ff is ~8/3 d_model rounded, as in SwiGLU models.
@@ -113,8 +113,8 @@ class DataConfig:
     # Real scale: a text stream to pretrain on instead of the synthetic mixture, tokenized with model.init's
     # tokenizer and packed (documents joined by EOS): a .jsonl / .json / .parquet file or a directory of them (the
     # `text_field` column; .txt files whole), or a hub dataset ID[:CONFIG]@SPLIT. The first val_tokens are held out.
-    corpus: str = ""
-    text_field: str = "text"
+    corpus: str = added("")
+    text_field: str = added("text")
 
     def __post_init__(self):
         for name in ("general", "math", "targeted", "hard_share", "drills"):
@@ -146,7 +146,7 @@ class ModelConfig:
     context: int = 1024  # longest sequence (prompt + completion) the model is used at
     # Real scale: an HF causal LM to continue pretraining from (a directory or hub id[@revision]): its architecture,
     # weights and tokenizer (the size fields above are then unused), with a fresh AdamW; needs data.corpus
-    init: str = ""
+    init: str = added("")
 
     def __post_init__(self):
         check(self.size in SIZES, "size", f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")

@@ -96,7 +96,7 @@ def returns_experiment(res: Results, figdir: Path) -> Section:
     x = [res.tokens[c] for c in res.checkpoints]
     panels = [(axes[0], task, "pass@1", x, f"{task} pass@1, {shots}-shot (%)"),
               (axes[1], "general", "acc", x, "general MC accuracy (%)"),
-              (axes[2], task, "pass@1", [per_token * t for t in x], f"{task} pass@1, {shots}-shot (%)")]
+              (axes[2], task, "pass@1", [per_token * t / 1e12 for t in x], f"{task} pass@1, {shots}-shot (%)")]
     for ax, t, metric, xs, ylabel in panels:
         flops_x = xs is not x
         line(ax, xs, [res.get(t, "base", c, metric) for c in res.checkpoints], "base")
@@ -106,10 +106,11 @@ def returns_experiment(res: Results, figdir: Path) -> Section:
             # where the branch starts: a return at its excursion's own result (0-shot), interleaving at the base
             begin = res.get(t, u["run"].recipe if returned else "base", start, metric)
             extra = _flops(u["run"], final)[1]
-            ends = [per_token * t0 + (extra if returned else 0), per_token * t1 + extra] if flops_x else [t0, t1]
+            ends = [(per_token * t0 + (extra if returned else 0)) / 1e12, (per_token * t1 + extra) / 1e12] \
+                if flops_x else [t0, t1]
             line(ax, ends, [begin, after], label, linestyle=":" if returned else "--")
         if flops_x:
-            ax.set_xlabel("FLOPs (next-token prediction + RL: training and rollouts)")
+            ax.set_xlabel("TFLOPs (next-token + RL training + rollouts)")
         else:
             tokens_axis(ax, x)
         ax.set_ylabel(ylabel)
