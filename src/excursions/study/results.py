@@ -8,6 +8,8 @@ intervals into a verdict on a claim.
 
 from __future__ import annotations
 
+import json
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +156,13 @@ class Results:
         shots = (self.base_shots if recipe == "base" else 0) if shots is None else shots
         seeds = self.seeds(recipe, ckpt)
         return self.store.problem_table(self.unit_ids, ckpt, recipe, task, shots, seeds[0] if seeds else None)
+
+    def record(self, task: str, recipe: str, ckpt: str, shots: int | None = None) -> dict | None:
+        """The result file of the evaluation `problems` reads (as `evals.harness` wrote it), or None."""
+        shots = (self.base_shots if recipe == "base" else 0) if shots is None else shots
+        seeds = self.seeds(recipe, ckpt)
+        path = self.store.record_path(self.unit_ids, ckpt, recipe, task, shots, seeds[0] if seeds else None)
+        return json.loads(Path(path).read_text()) if path and Path(path).is_file() else None
 
     def label(self, ckpt: str) -> str:
         """A checkpoint as the report names it: its pretraining tokens (6.5M)."""

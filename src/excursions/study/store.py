@@ -198,6 +198,16 @@ class Store:
             f"e.task = ? AND e.shots IS ? AND e.seed IS ?", (*units, checkpoint, recipe, task, shots, seed))
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    def record_path(self, units: list[str], checkpoint: str, recipe: str, task: str, shots: int | None,
+                    seed: int | None) -> str | None:
+        """The result file of the evaluation `problem_table` reads (per-problem diversity is kept there), or None."""
+        marks = ", ".join("?" * len(units))
+        row = self.db.execute(
+            f"SELECT e.path FROM evaluations e JOIN units u ON u.id = e.unit WHERE u.status = 'done' AND u.id IN "
+            f"({marks}) AND e.checkpoint = ? AND e.recipe = ? AND e.task = ? AND e.shots IS ? AND e.seed IS ?",
+            (*units, checkpoint, recipe, task, shots, seed)).fetchone()
+        return row[0] if row else None
+
     def problem_counts(self, unit: str) -> list[tuple[int, int]]:
         """(n, c) of every problem the unit's evaluations sampled."""
         return [tuple(r) for r in self.db.execute("SELECT p.n, p.c FROM problems p JOIN evaluations e ON "

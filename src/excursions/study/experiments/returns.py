@@ -92,29 +92,30 @@ def returns_experiment(res: Results, figdir: Path) -> Section:
     (start, t0), (final, t1) = ((first[k].checkpoint, first[k].tokens) for k in ("run", "eval"))
     start_label, final_label, shots = f"{t0 / 1e6:.1f}M", f"{t1 / 1e6:.1f}M", res.base_shots
     per_token = _flops(first["run"], final)[0]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     x = [res.tokens[c] for c in res.checkpoints]
-    panels = [(axes[0], task, "pass@1", x, f"{task} pass@1, {shots}-shot (%)"),
-              (axes[1], "general", "acc", x, "general MC accuracy (%)"),
-              (axes[2], task, "pass@1", [per_token * t / 1e12 for t in x], f"{task} pass@1, {shots}-shot (%)")]
-    for ax, t, metric, xs, ylabel in panels:
-        flops_x = xs is not x
-        line(ax, xs, [res.get(t, "base", c, metric) for c in res.checkpoints], "base")
-        for label, (u, st) in got.items():
-            after = st.get((t, metric, shots if t != "general" else None))
-            returned = u["run"].kind == "return"
-            # where the branch starts: a return at its excursion's own result (0-shot), interleaving at the base
-            begin = res.get(t, u["run"].recipe if returned else "base", start, metric)
-            extra = _flops(u["run"], final)[1]
-            ends = [(per_token * t0 + (extra if returned else 0)) / 1e12, (per_token * t1 + extra) / 1e12] \
-                if flops_x else [t0, t1]
-            line(ax, ends, [begin, after], label, linestyle=":" if returned else "--")
-        if flops_x:
-            ax.set_xlabel("TFLOPs (next-token + RL training + rollouts)")
-        else:
-            tokens_axis(ax, x)
-        ax.set_ylabel(ylabel)
-    axes[0].legend(fontsize=7)
+    metrics = [(task, "pass@1", f"{task} pass@1, {shots}-shot (%)"), (task, "pass@32", f"{task} pass@32, {shots}-shot (%)"),
+               ("general", "acc", "general MC accuracy (%)")]
+    for row, flops_x in enumerate((False, True)):  # against pretraining tokens, then against the FLOPs spent
+        for col, (t, metric, ylabel) in enumerate(metrics):
+            ax = axes[row][col]
+            xs = [per_token * t_ / 1e12 for t_ in x] if flops_x else x
+            line(ax, xs, [res.get(t, "base", c, metric) for c in res.checkpoints], "base")
+            for label, (u, st) in got.items():
+                after = st.get((t, metric, shots if t != "general" else None))
+                returned = u["run"].kind == "return"
+                # where the branch starts: a return at its excursion's own result (0-shot), interleaving at the base
+                begin = res.get(t, u["run"].recipe if returned else "base", start, metric)
+                extra = _flops(u["run"], final)[1]
+                ends = [(per_token * t0 + (extra if returned else 0)) / 1e12, (per_token * t1 + extra) / 1e12] \
+                    if flops_x else [t0, t1]
+                line(ax, ends, [begin, after], label, linestyle=":" if returned else "--")
+            if flops_x:
+                ax.set_xlabel("TFLOPs (next-token + RL training + rollouts)")
+            else:
+                tokens_axis(ax, x)
+            ax.set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=7)
     save(fig, figdir / "returns.png")
     keys = [(task, "pass@1", shots), (task, "pass@32", shots), (task, "pass@1", 0), ("general", "acc", None)]
     table = [["", f"{task} pass@1 {shots}-shot", f"{task} pass@32 {shots}-shot", f"{task} pass@1 0-shot",
@@ -141,8 +142,8 @@ def returns_experiment(res: Results, figdir: Path) -> Section:
                f"excursion's own 0-shot result at its start), or with GRPO steps mixed in (dashed: "
                f"[interleave] every {res.cfg.interleave.every} pretraining steps, {res.cfg.rl.prompts_per_step} prompts "
                f"x {res.cfg.rl.group_size} rollouts each). Each branch's final checkpoint is evaluated as the base "
-               f"checkpoints are ({shots}-shot and 0-shot, 95% intervals) beside the plain run (solid); right: against "
-               f"the FLOPs spent (6N per trained token, 2N per generated one). The plain run stops at {final_label}, so "
+               f"checkpoints are ({shots}-shot and 0-shot, 95% intervals) beside the plain run (solid); bottom row: "
+               f"against the FLOPs spent (6N per trained token, 2N per generated one). The plain run stops at {final_label}, so "
                f"a branch that spent more FLOPs is compared with it at its own last checkpoint, not at equal FLOPs: the "
                f"last column says by how much. Level means more pretraining washes RL out; above, it persists or "
                f"compounds. Not the paper's claims: its section 7 asks.")
