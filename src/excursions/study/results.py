@@ -9,7 +9,6 @@ intervals into a verdict on a claim.
 from __future__ import annotations
 
 import json
-
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +107,17 @@ def separate(a: float, b: float, problems: int) -> int:
     return 0 if abs(a - b) <= 1.96 * se else 1 if a > b else -1
 
 
+def row_stats(r) -> list[tuple[str, Stat]]:
+    """(metric, stat) of one row of `Store.evaluations`: its pass@k (and, with pass@1, the format rate), or a
+    multiple-choice evaluation's accuracies with Wilson intervals."""
+    if r["metric"] is not None:
+        items = [(r["metric"], Stat(r["mean"], r["lo"], r["hi"]))]
+        if r["metric"] == "pass@1" and r["format_rate"] is not None:  # one per evaluation, as a metric
+            items.append(("format_rate", Stat(r["format_rate"], r["format_rate"], r["format_rate"])))
+        return items
+    return [(k, wilson(r[k], r["n"])) for k in ("acc", "acc_norm") if r[k] is not None]
+
+
 class Results:
     """The study's results on its own checkpoints as lookups: evaluation stats by (task, recipe, checkpoint), and
     the training curves and units behind them. Units on a world of their own (the scaling experiment's other
@@ -124,13 +134,7 @@ class Results:
         self.unit_ids = [u.id for u in units if not u.world and not (u.overrides and u.kind in ("base_eval", "eval"))]
         for r in store.evaluations(self.unit_ids):
             self.tokens[r["checkpoint"]] = r["tokens"]
-            if r["metric"] is not None:
-                items = [(r["metric"], Stat(r["mean"], r["lo"], r["hi"]))]
-                if r["metric"] == "pass@1" and r["format_rate"] is not None:  # one per evaluation, as a metric
-                    items.append(("format_rate", Stat(r["format_rate"], r["format_rate"], r["format_rate"])))
-            else:
-                items = [(k, wilson(r[k], r["n"])) for k in ("acc", "acc_norm") if r[k] is not None]
-            for metric, stat in items:
+            for metric, stat in row_stats(r):
                 key = (r["task"], r["recipe"], r["shots"], r["checkpoint"], metric)
                 self.stats.setdefault(key, []).append(stat)
                 self.seed_stats[key + (r["seed"],)] = stat

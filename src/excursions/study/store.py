@@ -191,21 +191,17 @@ class Store:
                       seed: int | None) -> dict[str, tuple[int, int]]:
         """{problem: (n, c)} of one evaluation: a recipe's (of one seed) from a checkpoint, on a task at a shot
         count, among these units' done ones; empty if there is none."""
-        marks = ", ".join("?" * len(units))
-        rows = self.db.execute(
-            f"SELECT p.problem, p.n, p.c FROM problems p JOIN evaluations e ON e.id = p.evaluation JOIN units u ON "
-            f"u.id = e.unit WHERE u.status = 'done' AND u.id IN ({marks}) AND e.checkpoint = ? AND e.recipe = ? AND "
-            f"e.task = ? AND e.shots IS ? AND e.seed IS ?", (*units, checkpoint, recipe, task, shots, seed))
+        where, args = _one_evaluation(units, checkpoint, recipe, task, shots, seed)
+        rows = self.db.execute(f"SELECT p.problem, p.n, p.c FROM problems p JOIN evaluations e ON e.id = p.evaluation "
+                               f"JOIN units u ON u.id = e.unit WHERE {where}", args)
         return {r[0]: (r[1], r[2]) for r in rows}
 
     def record_path(self, units: list[str], checkpoint: str, recipe: str, task: str, shots: int | None,
                     seed: int | None) -> str | None:
         """The result file of the evaluation `problem_table` reads (per-problem diversity is kept there), or None."""
-        marks = ", ".join("?" * len(units))
-        row = self.db.execute(
-            f"SELECT e.path FROM evaluations e JOIN units u ON u.id = e.unit WHERE u.status = 'done' AND u.id IN "
-            f"({marks}) AND e.checkpoint = ? AND e.recipe = ? AND e.task = ? AND e.shots IS ? AND e.seed IS ?",
-            (*units, checkpoint, recipe, task, shots, seed)).fetchone()
+        where, args = _one_evaluation(units, checkpoint, recipe, task, shots, seed)
+        row = self.db.execute(f"SELECT e.path FROM evaluations e JOIN units u ON u.id = e.unit WHERE {where}",
+                              args).fetchone()
         return row[0] if row else None
 
     def problem_counts(self, unit: str) -> list[tuple[int, int]]:
@@ -242,3 +238,12 @@ class Store:
             raise ValueError(f"no table {table!r}")
         cur = self.db.execute(f"SELECT * FROM {table}")
         return [d[0] for d in cur.description], [tuple(r) for r in cur.fetchall()]
+
+
+def _one_evaluation(units: list[str], checkpoint: str, recipe: str, task: str, shots: int | None,
+                    seed: int | None) -> tuple[str, tuple]:
+    """The WHERE clause (over evaluations e joined with units u) and its arguments that pick one evaluation: a
+    recipe's (of one seed) from a checkpoint, on a task at a shot count, among these units' done ones."""
+    marks = ", ".join("?" * len(units))
+    return (f"u.status = 'done' AND u.id IN ({marks}) AND e.checkpoint = ? AND e.recipe = ? AND e.task = ? AND "
+            f"e.shots IS ? AND e.seed IS ?", (*units, checkpoint, recipe, task, shots, seed))

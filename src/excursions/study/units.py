@@ -78,12 +78,16 @@ def _pretrain(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool) -
     pretrain(configured(cfg, cfg.seed, unit.overrides) if unit.overrides else cfg, unit.path, progress)
 
 
-def _pretrain_done(unit: Unit, cfg: Config) -> bool:
+def _checkpoints_written(path: Path, p, after_tokens: int = 0) -> bool:
+    """Every checkpoint of pretraining schedule `p` past `after_tokens` is in run directory `path`."""
     from excursions.checkpoint import checkpoint_name
 
-    p = configured(cfg, cfg.seed, unit.overrides).pretrain
-    return all((unit.path / "checkpoints" / checkpoint_name(st, st * p.tokens_per_step) / META).exists()
-               for st in p.checkpoint_steps())
+    return all((path / "checkpoints" / checkpoint_name(st, st * p.tokens_per_step) / META).exists()
+               for st in p.checkpoint_steps() if st * p.tokens_per_step > after_tokens)
+
+
+def _pretrain_done(unit: Unit, cfg: Config) -> bool:
+    return _checkpoints_written(unit.path, configured(cfg, cfg.seed, unit.overrides).pretrain)
 
 
 def _pretrain_ingest(store: Store, unit: Unit) -> None:
@@ -108,12 +112,8 @@ def _interleave(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool)
     pretrain(configured(cfg, unit.seed, unit.overrides), unit.path, progress, branch=Interleave(Path(unit.source)))
 
 
-def _return_done(unit: Unit, cfg: Config) -> bool:
-    from excursions.checkpoint import checkpoint_name
-
-    p = cfg.pretrain
-    return all((unit.path / "checkpoints" / checkpoint_name(st, st * p.tokens_per_step) / META).exists()
-               for st in p.checkpoint_steps() if st * p.tokens_per_step > unit.tokens)
+def _return_done(unit: Unit, cfg: Config) -> bool:  # a branch writes the checkpoints after the one it starts from
+    return _checkpoints_written(unit.path, cfg.pretrain, after_tokens=unit.tokens)
 
 
 def _return_ingest(store: Store, unit: Unit) -> None:

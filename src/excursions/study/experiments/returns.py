@@ -19,7 +19,7 @@ from excursions.study.experiments import experiment
 from excursions.study.plan import (Unit, all_checkpoints, backbone, chosen_checkpoints, eval_digest, pretrain_dir,
                                    recipe_unit_id, world_dir)
 from excursions.study.report import Section, line, save
-from excursions.study.results import Results, Stat, compare, wilson
+from excursions.study.results import Results, Stat, compare, row_stats
 
 TITLE = "RL inside pretraining: excursion and return, interleaved RL (beyond the paper, its section 7)"
 ANSWER = {1: "above the plain run", 0: "level with the plain run (the intervals overlap)", -1: "below the plain run"}
@@ -63,19 +63,13 @@ def branch_units(cfg: Config, out: Path) -> list[Unit]:
 
 def branch_stats(res: Results, unit: Unit) -> dict[tuple[str, str, int | None], Stat]:
     """{(task, metric, shots): stat} of a branch's evaluation, as the study's base evaluations are read."""
-    stats = {}
-    for r in res.store.evaluations([unit.id]):
-        if r["metric"] is not None:
-            stats[r["task"], r["metric"], r["shots"]] = Stat(r["mean"], r["lo"], r["hi"])
-        elif r["acc"] is not None:
-            stats[r["task"], "acc", None] = wilson(r["acc"], r["n"])
-    return stats
+    return {(r["task"], metric, r["shots"]): stat for r in res.store.evaluations([unit.id]) for metric, stat in row_stats(r)}
 
 
 def _flops(unit: Unit, final: str) -> tuple[float, float]:
     """(next-token FLOPs per token, FLOPs beyond next-token prediction) of a branch at its final checkpoint."""
-    f = read_json(unit.path / "checkpoints" / final / META)["flops"]
-    return f["pretrain"] / read_json(unit.path / "checkpoints" / final / META)["tokens"], f["extra"]
+    meta = read_json(unit.path / "checkpoints" / final / META)
+    return meta["flops"]["pretrain"] / meta["tokens"], meta["flops"]["extra"]
 
 
 @experiment(order=13, units=branch_units)
@@ -91,7 +85,8 @@ def returns_experiment(res: Results, figdir: Path) -> Section:
     first = next(iter(planned.values()))  # every branch starts at the same checkpoint and ends at the last one
     (start, t0), (final, t1) = ((first[k].checkpoint, first[k].tokens) for k in ("run", "eval"))
     start_label, final_label, shots = f"{t0 / 1e6:.1f}M", f"{t1 / 1e6:.1f}M", res.base_shots
-    per_token = _flops(first["run"], final)[0]
+    flops = {label: _flops(u["run"], final) for label, (u, _) in got.items()}
+    per_token = next(iter(flops.values()))[0]  # one model: the same for every branch
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     x = [res.tokens[c] for c in res.checkpoints]
     metrics = [(task, "pass@1", f"{task} pass@1, {shots}-shot (%)"), (task, "pass@32", f"{task} pass@32, {shots}-shot (%)"),
@@ -106,7 +101,7 @@ def returns_experiment(res: Results, figdir: Path) -> Section:
                 returned = u["run"].kind == "return"
                 # where the branch starts: a return at its excursion's own result (0-shot), interleaving at the base
                 begin = res.get(t, u["run"].recipe if returned else "base", start, metric)
-                extra = _flops(u["run"], final)[1]
+                extra = flops[label][1]
                 ends = [(per_token * t0 + (extra if returned else 0)) / 1e12, (per_token * t1 + extra) / 1e12] \
                     if flops_x else [t0, t1]
                 line(ax, ends, [begin, after], label, linestyle=":" if returned else "--")
@@ -124,7 +119,7 @@ def returns_experiment(res: Results, figdir: Path) -> Section:
     table.append([f"plain run, {final_label}"] + [str(plain[k] or "") for k in keys] + ["1.00"])
     claims = []
     for label, (u, st) in got.items():
-        ratio = 1 + _flops(u["run"], final)[1] / (per_token * t1)
+        ratio = 1 + flops[label][1] / (per_token * t1)
         what = (f"{label} at {start_label}, then pretraining to {final_label}" if u["run"].kind == "return"
                 else f"pretraining {start_label} to {final_label} with RL mixed in ({label.split('(')[1][:-1]})")
         table.append([what] + [str(st.get(k, "")) for k in keys] + [f"{ratio:.2f}"])
