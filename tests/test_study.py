@@ -160,6 +160,12 @@ def test_study_writes_report_and_database(micro_study_dir):
     assert {r[0] for r in db.execute("SELECT status FROM units")} == {"done"}
     assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 1 + 2 + 1 + 22 + 1 + 5 + 11 + 2 + 2 + 4  # + allocators, large k, branches
     assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 3
+    p1 = {(u, shots): mean for u, shots, mean in db.execute(
+        "SELECT e.unit, e.shots, m.mean FROM evaluations e JOIN metrics m ON m.evaluation = e.id "
+        "WHERE e.task = 'hard' AND m.metric = 'pass@1'")}
+    for v in ("D", "N"):  # the gain is over the base at its better prompt, few-shot or 0-shot
+        gain = p1[f"scaling/{v}/eval", 0] - max(p1[f"scaling/{v}/base", 0], p1[f"scaling/{v}/base", 4])
+        assert f"RL gain in pass@1: " in md and f" {v} {100 * gain:.1f} [" in md, v
     # every recipe at both checkpoints, every base checkpoint few-shot and 0-shot, on gsm and general
     for recipe in ("base", "rl", "sft", "sft_gold", "sft_rl", "parallel"):
         ck = {r[0] for r in db.execute("SELECT checkpoint FROM evaluations WHERE recipe = ? AND task = 'gsm'",
