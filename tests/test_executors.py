@@ -1,5 +1,5 @@
-"""Executors: the units' dependencies read off their paths, and the study on a local Ray cluster (2 CPUs) giving
-the local executor's results."""
+"""Executors: the units' dependencies read off their paths; the shared scheduler (plan order, what fits, blocking);
+the study in two worker processes, and on a local Ray cluster (2 CPUs), giving the local executor's results."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from excursions.errors import UserError
-from excursions.study.plan import dependencies
-from excursions.study.runner import plan, run_study
+from excursions.study.executors import dispatch
+from excursions.study.plan import Unit, dependencies
+from excursions.study.runner import plan, planned, run_study
 from excursions.study.store import DB
 
 from test_faults import OUT, small_args, small_cfg, small_ref  # noqa: F401 (fixtures)
@@ -38,6 +39,73 @@ def test_dependencies_are_read_off_the_paths(micro_overrides, tmp_path):
     assert set(deps["scaling/N/rl"]) == {"scaling/N/pretrain"}  # its own pretraining and world, not the study's
     assert "pretrain" not in deps["scaling/N/base"] and "scaling/N/pretrain" in deps["scaling/N/base"]
     assert set(deps[next(u for u in by_id if u.startswith("sft_rl/"))]) == {"pretrain"}  # its SFT stage is its own
+
+
+class _Store:
+    """What `dispatch` writes, in order."""
+
+    def __init__(self):
+        self.log = []
+
+    def start(self, unit):
+        self.log.append(("start", unit.id))
+
+    def finish(self, unit, seconds, ingest):
+        self.log.append(("done", unit.id))
+
+    def fail(self, unit, error, status="failed"):
+        self.log.append((status, unit.id))
+
+
+def test_dispatch_starts_in_plan_order_what_fits_and_blocks_what_reads_a_failure():
+    u = {n: Unit(n, "pretrain" if n == "p" else "posttrain", Path(n)) for n in ("p", "a", "b", "c", "d")}
+    deps = {"p": [], "a": ["p"], "b": ["p"], "c": ["a"], "d": ["p"]}
+    running, store = [], _Store()
+    fits = lambda unit, now: not now or (len(now) < 2 and unit.kind != "pretrain" and "p" not in [r.id for r in now])
+
+    def wait_one(handles):  # the oldest running unit ends; "a" fails
+        store.log.append(("running", tuple(sorted(h for h in handles))))
+        h = handles[0]
+        return h, 1.0, RuntimeError("boom") if h == "a" else None
+
+    dispatch(list(u.values()), deps, store, False, lambda unit: unit.id, wait_one, running.extend, fits)
+    assert store.log == [
+        ("start", "p"), ("running", ("p",)), ("done", "p"),  # pretraining alone; nothing else was ready
+        ("start", "a"), ("start", "b"), ("running", ("a", "b")), ("failed", "a"),  # two at a time
+        ("blocked", "c"), ("start", "d"), ("running", ("b", "d")), ("done", "b"),  # c reads a: blocked, not run
+        ("running", ("d",)), ("done", "d")]
+    assert running == []  # nothing left to cancel
+
+
+def test_dispatch_cancels_what_runs_when_the_study_stops():
+    u = [Unit(n, "posttrain", Path(n)) for n in ("a", "b")]
+    cancelled, store = [], _Store()
+
+    def wait_one(handles):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dispatch(u, {"a": [], "b": []}, store, False, lambda unit: unit.id, wait_one, cancelled.extend)
+    assert cancelled == ["a", "b"] and store.log == [("start", "a"), ("start", "b")]
+
+
+def test_the_study_in_two_worker_processes_gives_the_local_results(small_ref, small_cfg, micro_run, tmp_path,
+                                                                   monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(micro_run, planned(small_cfg, OUT)[0].path)  # the pretraining is the reference's
+    t0 = time.perf_counter()
+    run_study(small_cfg, OUT, progress=False, jobs=2)
+    seconds = time.perf_counter() - t0
+    db = sqlite3.connect(Path(OUT) / DB)
+    assert {r[0] for r in db.execute("SELECT status FROM units")} == {"done"}
+    spans = db.execute("SELECT started, finished FROM units WHERE started IS NOT NULL ORDER BY started").fetchall()
+    db.close()
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two units ran at once"
+    got, want = _evaluations(Path(OUT)), _evaluations(small_ref)
+    with capsys.disabled():
+        print(f"\njobs=2: {len(got)} numbers, {sum(got[k] == want.get(k) for k in got)} identical to the local run's, "
+              f"{seconds:.1f} s")
+    assert got.keys() == want.keys() and got == want
 
 
 def test_ray_missing_is_a_clear_error(small_cfg, tmp_path, monkeypatch):

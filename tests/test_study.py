@@ -163,8 +163,11 @@ def test_study_writes_report_and_database(micro_study_dir):
     p1 = {(u, shots): mean for u, shots, mean in db.execute(
         "SELECT e.unit, e.shots, m.mean FROM evaluations e JOIN metrics m ON m.evaluation = e.id "
         "WHERE e.task = 'hard' AND m.metric = 'pass@1'")}
+    md = (out / "report" / "report.md").read_text()
     for v in ("D", "N"):  # the gain is over the base at its better prompt, few-shot or 0-shot
-        gain = p1[f"scaling/{v}/eval", 0] - max(p1[f"scaling/{v}/base", 0], p1[f"scaling/{v}/base", 4])
+        shots = {k for u, k in p1 if u == f"scaling/{v}/base"}
+        assert len(shots) == 2, shots  # few-shot and 0-shot
+        gain = p1[f"scaling/{v}/eval", 0] - max(p1[f"scaling/{v}/base", k] for k in shots)
         assert f"RL gain in pass@1: " in md and f" {v} {100 * gain:.1f} [" in md, v
     # every recipe at both checkpoints, every base checkpoint few-shot and 0-shot, on gsm and general
     for recipe in ("base", "rl", "sft", "sft_gold", "sft_rl", "parallel"):

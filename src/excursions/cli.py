@@ -240,6 +240,7 @@ def cmd_study(args) -> None:
       excursions study my-study.toml study.seeds=[0,1] rl.steps=40
       excursions study study.scale_model=olmo2_3M study.scale_targeted=0.25   # + scaling N vs D (Fig. 4)
       excursions study "study.experiments=['recipes','rollouts']"             # only some experiments
+      excursions study --jobs 2                          # two units at a time, each in a process with a core
       excursions study --preset smoke --executor ray     # units as Ray tasks on a local cluster (pip install '.[ray]')
       excursions study --executor ray --ray-address auto --unit-gpus 1       # an existing cluster, one GPU per unit
       excursions status runs/study-tiny                  # what is done, running, failed (with the error)
@@ -259,8 +260,12 @@ def cmd_study(args) -> None:
         args.config = args.file
     cfg = _load(args)
     out = args.out or Path("runs") / f"study-{args.config.stem if args.config else cfg.name}"
-    options = {}
+    options = {"jobs": args.jobs}
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give 1 or more units at a time")
     if args.executor == "ray":
+        if args.jobs != 1:
+            raise UserError("--jobs goes with the local executor; on Ray, --unit-cpus sets how many units share a node")
         options = {"address": args.ray_address, "cpus": args.unit_cpus, "gpus": args.unit_gpus}
     elif args.ray_address or args.unit_gpus or args.unit_cpus != 1:
         raise UserError("--ray-address, --unit-cpus and --unit-gpus go with --executor ray")
@@ -418,6 +423,9 @@ def _study_commands(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="study directory (default: runs/study-<preset>)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: units one at a time in this process (default); ray: units as Ray tasks")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="local: up to N units at once, each in a process of its own with cores/N threads; "
+                   "pretraining runs alone with every core (default 1: in this process)")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (auto, ray://HOST:10001); "
                    "default: start a local one")
     p.add_argument("--unit-cpus", type=float, default=1, help="CPUs each unit reserves on Ray (default 1)")

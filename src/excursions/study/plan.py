@@ -112,7 +112,7 @@ def all_checkpoints(cfg: Config, out: Path) -> list[Checkpoint]:
 def chosen_checkpoints(cfg: Config, out: Path) -> tuple[list[Checkpoint], Checkpoint | None]:
     """The checkpoints the study branches from (`study.checkpoints`), and the one its extra RL seeds start from."""
     s, every = cfg.study, all_checkpoints(cfg, out)
-    for i in s.checkpoints + (s.seed_checkpoint,):
+    for i in s.checkpoints + ((s.seed_checkpoint,) if s.extra_seeds else ()):  # unused without extra seeds
         if not -len(every) <= i < len(every):
             raise UserError(f"config: study: checkpoint index {i} is out of range; there are {len(every)} "
                             f"checkpoints (0..{len(every) - 1}, or negative from the end)")
