@@ -13,13 +13,22 @@ from pathlib import Path
 import pytest
 
 from excursions.errors import UserError
-from excursions.study.executors import dispatch
+from excursions.study.executors import dispatch, executor_options
 from excursions.study.plan import Unit, dependencies
 from excursions.study.runner import plan, planned, run_study
 from excursions.study.store import DB
 
 from test_faults import OUT, small_args, small_cfg, small_ref  # noqa: F401 (fixtures)
 from test_study import _evaluations, micro_study
+
+
+def test_each_executor_takes_only_its_own_flags():
+    assert executor_options("local", 2, None, 1, 0) == {"jobs": 2}
+    assert executor_options("ray", 1, "auto", 2, 1) == {"address": "auto", "cpus": 2, "gpus": 1}
+    for args, says in [(("local", 0, None, 1, 0), "1 or more"), (("ray", 2, None, 1, 0), "--unit-cpus"),
+                       (("local", 1, "auto", 1, 0), "--executor ray"), (("local", 1, None, 1, 1), "--executor ray")]:
+        with pytest.raises(UserError, match=says):
+            executor_options(*args)
 
 
 def test_dependencies_are_read_off_the_paths(micro_overrides, tmp_path):

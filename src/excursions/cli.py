@@ -250,6 +250,7 @@ def cmd_study(args) -> None:
     the report is written and the command exits non-zero naming the failed units. Checkpoints are checked
     against their recorded sha256 before they count as done or are loaded: a damaged one is reported and rebuilt.
     """
+    from excursions.study.executors import executor_options
     from excursions.study.runner import run_study
 
     if args.file is not None and "=" in str(args.file) and not args.file.exists():  # an override, not a file
@@ -260,15 +261,7 @@ def cmd_study(args) -> None:
         args.config = args.file
     cfg = _load(args)
     out = args.out or Path("runs") / f"study-{args.config.stem if args.config else cfg.name}"
-    options = {"jobs": args.jobs}
-    if args.jobs < 1:
-        raise UserError(f"--jobs {args.jobs}: give 1 or more units at a time")
-    if args.executor == "ray":
-        if args.jobs != 1:
-            raise UserError("--jobs goes with the local executor; on Ray, --unit-cpus sets how many units share a node")
-        options = {"address": args.ray_address, "cpus": args.unit_cpus, "gpus": args.unit_gpus}
-    elif args.ray_address or args.unit_gpus or args.unit_cpus != 1:
-        raise UserError("--ray-address, --unit-cpus and --unit-gpus go with --executor ray")
+    options = executor_options(args.executor, args.jobs, args.ray_address, args.unit_cpus, args.unit_gpus)
     report = run_study(cfg, out, progress=not args.quiet, executor=args.executor, **options)
     print(f"report: {report}\n        {report.with_suffix('.md')}")
 

@@ -38,6 +38,20 @@ executor = registrar(EXECUTORS)  # @executor("name") files a function under that
 WHOLE_MACHINE = ("pretrain", "return", "interleave")
 
 
+def executor_options(name: str, jobs: int, address: str | None, cpus: float, gpus: float) -> dict[str, Any]:
+    """The keyword options of executor `name` from the study command's flags; a flag of the other executor is
+    an error that names the one it goes with."""
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: give 1 or more units at a time")
+    if name == "ray":
+        if jobs != 1:
+            raise UserError("--jobs goes with the local executor; on Ray, --unit-cpus sets how many units share a node")
+        return {"address": address, "cpus": cpus, "gpus": gpus}
+    if address or gpus or cpus != 1:
+        raise UserError("--ray-address, --unit-cpus and --unit-gpus go with --executor ray")
+    return {"jobs": jobs}
+
+
 def settle(store: Store, unit: Unit, err: BaseException | None, seconds: float) -> bool:
     """Record a unit's outcome; returns whether it succeeded. A full disk or an unwritable directory stops the
     study (every later unit would fail the same way); any other error fails the unit alone."""
