@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 import re
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,24 @@ def test_a_world_too_small_for_its_splits_is_a_clear_error():
                                           "world.gsm.max_value=4", "world.gsm.train=500"]).world
     with pytest.raises(UserError, match="world.gsm is too small for its splits"):
         build_world(cfg)
+
+
+TESTBEDS = sorted((Path(__file__).parent.parent / "docs" / "testbed").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", TESTBEDS, ids=lambda p: p.stem)
+def test_every_testbed_candidate_still_loads(path):
+    """The candidate worlds in docs/testbed/ are the LOG's record: a renamed or removed key must not strand them."""
+    assert load_config(path=path).world.gsm.train > 0
+
+
+def test_v3a_is_guess_proof_on_both_families():
+    """v3a's answer range was chosen so that blind guessing (answers drawn from the train split's) scores <= 5%
+    pass@32 on val (docs/LOG.md, 2026-12-03: 3.3% gsm, 4.1% hard); v2f, the range it replaced, gives 23.6%."""
+    from excursions.evals.passk import guess_baseline
+
+    world = build_world(load_config(path=Path(__file__).parent.parent / "docs" / "testbed" / "v3a.toml").world)
+    for family in FAMILIES:
+        split = world.problems[family]
+        guess = guess_baseline([p.answer for p in split["train"]], [p.answer for p in split["val"]], [32])
+        assert guess["pass@32"] <= 0.05, (family, guess)
