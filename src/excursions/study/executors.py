@@ -77,9 +77,9 @@ def blocker(unit: Unit, deps: dict[str, list[str]], failed: set[str]) -> str | N
 def dispatch(work: list[Unit], deps: dict[str, list[str]], store: Store, progress: bool,
              launch: Callable[[Unit], Any], wait_one: Callable[[list], tuple[Any, float, BaseException | None]],
              cancel: Callable[[Iterable], None], fits: Callable[[Unit, list[Unit]], bool] = lambda u, r: True) -> None:
-    """The loop the parallel executors share. In plan order, each unit whose inputs are done starts (`launch`
-    returns a handle) if it `fits` beside the running ones; the first ready one that does not fit holds back those
-    after it, so units start in plan order. A unit reading a failed one is blocked. `wait_one` returns the
+    """The loop every executor shares (the local one's `launch` runs the unit to its end). In plan order, each unit
+    whose inputs are done starts (`launch` returns a handle) if it `fits` beside the running ones; the first ready
+    one that does not fit holds back those after it, so units start in plan order. A unit reading a failed one is blocked. `wait_one` returns the
     (handle, seconds, error) of the next unit to end, recorded here; on the way out (a full disk, Ctrl-C) what still
     runs is `cancel`led."""
     ids = {u.id for u in work}
@@ -96,17 +96,18 @@ def dispatch(work: list[Unit], deps: dict[str, list[str]], store: Store, progres
                     if not fits(unit, list(running.values())):
                         break
                     store.start(unit)
+                    bar.set_postfix_str(", ".join([*(u.id for u in running.values()), unit.id]))
                     running[launch(unit)] = unit
                 else:
                     continue
                 waiting.remove(unit)
-            bar.set_postfix_str(", ".join(u.id for u in running.values()))
             if not running:
                 if waiting:
                     raise RuntimeError(f"units wait on each other: {[u.id for u in waiting]}")  # a planning bug
                 continue
             handle, seconds, err = wait_one(list(running))
             unit = running.pop(handle)
+            bar.set_postfix_str(", ".join(u.id for u in running.values()))
             (succeeded if settle(store, unit, err, seconds) else failed).add(unit.id)
             bar.update(1)
     finally:
@@ -121,24 +122,19 @@ def run_local(work: list[Unit], deps: dict[str, list[str]], cfg: Config, out: Pa
     `jobs` units at once, each in a process of its own (`run_processes`)."""
     if jobs > 1:
         return run_processes(work, deps, cfg, out, store, progress, jobs)
-    failed: set[str] = set()
-    bar = progress_bar(total=len(work), unit="unit", desc="study", disable=not progress, position=0)
-    for unit in work:
-        bar.set_postfix_str(unit.id)
-        if (dep := blocker(unit, deps, failed)) is not None:
-            store.fail(unit, f"waits for {dep}, which did not finish", status="blocked")
-            failed.add(unit.id)
-        else:
-            store.start(unit)
-            t0, err = time.perf_counter(), None
-            try:
-                execute(unit, cfg, out, progress)
-            except Exception as e:  # KeyboardInterrupt and kills leave the unit `running`: status says interrupted
-                err = e
-            if not settle(store, unit, err, time.perf_counter() - t0):
-                failed.add(unit.id)
-        bar.update(1)
-    bar.close()
+    results: dict[str, tuple[float, BaseException | None]] = {}
+
+    def launch(unit: Unit) -> str:  # runs the unit to its end, here
+        t0, err = time.perf_counter(), None
+        try:
+            execute(unit, cfg, out, progress)
+        except Exception as e:  # KeyboardInterrupt and kills leave the unit `running`: status says interrupted
+            err = e
+        results[unit.id] = (time.perf_counter() - t0, err)
+        return unit.id
+
+    dispatch(work, deps, store, progress, launch, lambda ids: (ids[0], *results.pop(ids[0])), lambda ids: None,
+             fits=lambda unit, running: not running)
 
 
 def _remote_unit(unit: Unit, cfg: Config, out: str, cwd: str, threads: int) -> float:
