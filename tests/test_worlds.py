@@ -149,7 +149,8 @@ def test_a_world_too_small_for_its_splits_is_a_clear_error():
         build_world(cfg)
 
 
-TESTBEDS = sorted((Path(__file__).parent.parent / "docs" / "testbed").glob("*.toml"))
+TESTBED = Path(__file__).parent.parent / "docs" / "testbed"
+TESTBEDS = sorted(TESTBED.glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", TESTBEDS, ids=lambda p: p.stem)
@@ -163,7 +164,7 @@ def test_v3a_is_guess_proof_on_both_families():
     pass@32 on val (docs/LOG.md, 2026-12-03: 3.3% gsm, 4.1% hard); v2f, the range it replaced, gives 23.6%."""
     from excursions.evals.passk import guess_baseline
 
-    world = build_world(load_config(path=Path(__file__).parent.parent / "docs" / "testbed" / "v3a.toml").world)
+    world = build_world(load_config(path=TESTBED / "v3a.toml").world)
     for family in FAMILIES:
         split = world.problems[family]
         guess = guess_baseline([p.answer for p in split["train"]], [p.answer for p in split["val"]], [32])
