@@ -30,7 +30,7 @@ examples:
   excursions report runs/study-tiny                  # the report again from study.db, nothing run
   excursions pretrain --preset smoke                 # 1-2 minutes: the whole path on a toy setting
   excursions eval runs/smoke/checkpoints/step000146-tokens299008 --task gsm,general
-  excursions pretrain --preset tiny                  # the default study's pretraining (~26 min, 2 cores)
+  excursions pretrain --preset tiny                  # the default study's pretraining (~14 min, 2 cores)
   excursions pretrain --preset tiny pretrain.lr=1e-3 model.size=olmo2_3M --out runs/tiny-3M
   excursions config --preset tiny                    # print the resolved tiny config
   excursions data data/real --family gsm --train gsm8k:gsm8k/train.jsonl --test gsm8k:gsm8k/test.jsonl
