@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from excursions.config import EvalConfig
 from excursions.data.problems import MCItem, Problem, read_jsonl
-from excursions.evals.general import REAL_MC, bits_per_byte, continuation_logprobs, load_mc, score_mc
+from excursions.evals.general import REAL_MC, bits_per_byte, bits_per_text, continuation_logprobs, load_mc, score_mc
 from excursions.evals.expansion import distinct_solutions
 from excursions.evals.harness import evaluate_math, prompts_for, read_samples
 from excursions.evals.math import is_correct
@@ -88,7 +88,8 @@ def test_bits_per_byte_matches_hand_computation(lm):
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([ids[:-1]])).logits[0], -1)
     nll = -sum(logp[i, t].item() for i, t in enumerate(ids[1:]))
-    assert bits_per_byte(model, tok, [text]) == pytest.approx(nll / math.log(2) / len(text.encode()), rel=1e-5)
+    assert bits_per_byte(bits_per_text(model, tok, [text])) == pytest.approx(nll / math.log(2) / len(text.encode()),
+                                                                  rel=1e-5)
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/data")

@@ -150,17 +150,27 @@ def score_mc(model, tok, items: Sequence[MCItem], batch_size: int = 32) -> dict:
 
 
 @torch.no_grad()
-def bits_per_byte(model, tok, texts: Sequence[str], window: int = 512) -> float:
-    """Bits per UTF-8 byte of `texts`, each predicted from EOS onwards in windows of `window` tokens."""
-    nll, n_bytes = 0.0, 0
+def bits_per_text(model, tok, texts: Sequence[str], window: int = 512) -> list[tuple[float, int]]:
+    """(bits, UTF-8 bytes) of each of `texts`, predicted from EOS onwards in windows of `window` tokens."""
+    out = []
     was_training = model.training
     model.eval()
     for text in texts:
+        nll = 0.0
         ids = [tok.eos_token_id] + tok(text, add_special_tokens=False).input_ids
         for s in range(0, len(ids) - 1, window):
             chunk = torch.tensor([ids[s : s + window + 1]], device=next(model.parameters()).device)
             logp = F.log_softmax(model(input_ids=chunk[:, :-1]).logits.float(), -1)
             nll -= logp[0].gather(-1, chunk[0, 1:, None]).sum().item()
-        n_bytes += len(text.encode("utf-8"))
+        out.append((nll / math.log(2), len(text.encode("utf-8"))))
     model.train(was_training)
-    return nll / math.log(2) / max(1, n_bytes)
+    return out
+
+
+def bits_per_byte(per_text: Sequence[tuple[float, int]]) -> float:
+    """Bits per byte over all texts together (`bits_per_text`'s pairs): total bits over total bytes.
+
+    >>> bits_per_byte([(10.0, 100), (30.0, 100)])
+    0.2
+    """
+    return sum(b for b, _ in per_text) / max(1, sum(n for _, n in per_text))

@@ -13,14 +13,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from excursions.checkpoint import atomic_write_bytes, checkpoints, read_json, write_json
 from excursions.config import DistributedConfig, EvalConfig, to_dict
 from excursions.data.problems import MCItem, Problem, format_prompt, read_jsonl
 from excursions.errors import UserError
-from excursions.evals.general import REAL_MC, bits_per_byte, load_mc, score_mc
+from excursions.evals.general import REAL_MC, bits_per_byte, bits_per_text, load_mc, score_mc
 from excursions.evals.expansion import answer_entropy, distinct_solutions
 from excursions.evals.math import extract_answer, grade, strict_answer, verified
-from excursions.evals.passk import guess_baseline, pass_at_k_table
+from excursions.evals.passk import bootstrap_ci, guess_baseline, pass_at_k_table
 from excursions.model import load_model, parse_checkpoint, pick_device
 from excursions.runtime import progress_bar
 from excursions.sampling import sample
@@ -128,10 +130,55 @@ def evaluate_general(model, tok, items: Sequence[MCItem], heldout: Sequence[str]
              for t, rows in sorted(by_task.items())}
     result = {"acc": scored["acc"], "acc_norm": scored["acc_norm"], "n": scored["n"], "tasks": tasks,
               "per_item": scored["per_item"]}
-    if heldout:
-        result["bits_per_byte"] = bits_per_byte(model, tok, heldout)
+    if heldout:  # per article too: the paired change in bits per byte against the base
+        per_text = bits_per_text(model, tok, heldout)
+        result["bits_per_byte"] = bits_per_byte(per_text)
+        result["per_bits_per_byte"] = [{"id": str(i), "bits_per_byte": bits / max(1, n)}
+                                       for i, (bits, n) in enumerate(per_text)]
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+KL_PROMPTS = 64  # training prompts per KL estimate: its interval over prompts is a few percent of the mean here
+
+
+@torch.no_grad()
+def evaluate_drift(model, start, tok, problems: Sequence[Problem], cfg: EvalConfig) -> dict:
+    """KL(trained || start) on training prompts (Shenfeld et al. 2025, "RL's Razor": forgetting tracks this KL).
+    Per prompt, one completion sampled from the trained model at T = 1 (0-shot, as it was trained), and the exact
+    KL between the two models' next-token distributions summed over its tokens: an unbiased estimate of the
+    sequence-level KL with less variance than the sampled tokens' log-ratio. Mean over prompts, bootstrap interval."""
+    prompts = prompts_for(problems, [], 0, cfg.seed, tok)
+    out = sample(model, tok, prompts, n=1, max_new_tokens=cfg.max_new_tokens, temperature=1.0, top_p=1.0,
+                 seed=cfg.seed)
+    dev, per = next(model.parameters()).device, []
+    for i, p in enumerate(problems):
+        response = out.tokens[i][out.mask[i].bool()].tolist()
+        ids = torch.tensor([out.prompt_ids[i] + response], device=dev)
+        at = slice(len(out.prompt_ids[i]) - 1, len(out.prompt_ids[i]) - 1 + len(response))  # predicting the response
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, at].float(), -1)
+        logq = torch.log_softmax(start(input_ids=ids).logits[0, at].float(), -1)
+        per.append({"id": p.id, "kl": float((logp.exp() * (logp - logq)).sum())})
+    values = [r["kl"] for r in per]
+    lo, hi = bootstrap_ci(values, cfg.bootstrap, seed=cfg.seed)
+    return {"task": "kl", "prompts": len(problems), "metrics": {"kl": {"mean": sum(values) / len(values), "lo": lo,
+                                                                       "hi": hi}}, "per_kl": per}
+
+
+def drift_record(spec: str, start: str, world: Path, family: str, cfg: EvalConfig, out_dir: Path,
+                 runtime: DistributedConfig | None = None) -> dict:
+    """`evaluate_drift` of checkpoint `spec` from `start` on the first KL_PROMPTS training problems of `family`,
+    written to (or read back from) OUT_DIR/kl-FAMILY.json."""
+    path = out_dir / f"kl-{family}.json"
+    if path.is_file() and read_json(path).get("start") == start and read_json(path).get("checkpoint") == spec:
+        return read_json(path)
+    device = pick_device(runtime.device if runtime else "auto")
+    model, ref = (load_model(*parse_checkpoint(s), device=device) for s in (spec, start))
+    tok = load_tokenizer(*parse_checkpoint(spec))
+    problems = read_jsonl(Path(world) / family / "train.jsonl")[:KL_PROMPTS]
+    record = {"checkpoint": spec, "start": start, **evaluate_drift(model, ref, tok, problems, cfg), "path": str(path)}
+    write_json(path, record)
+    return record
 
 
 MATH_TASKS = ("gsm", "hard")

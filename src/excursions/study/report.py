@@ -18,6 +18,7 @@ from excursions.recipes import RECIPES
 from excursions.study.plan import world_dir
 from excursions.study.results import Results
 from excursions.study.store import Store
+from excursions.study.verdicts import MARGINS, MDE_Z, QUANTIFIERS, SIGN_WORDS, Verdict, evidence, fmt_margin, interval
 
 # Every figure draws a recipe in its colour; the base checkpoint (few-shot, and 0-shot) in greys.
 COLORS = {"base": "#555555", "base 0-shot": "#999999", **{name: r.color for name, r in RECIPES.items()}}
@@ -29,7 +30,7 @@ class Section:
     figure: str = ""  # file name under report/figures/
     reading: str = ""
     table: list[list[str]] = field(default_factory=list)  # first row is the header
-    claims: list[tuple[str, str, str]] = field(default_factory=list)  # (claim, verdict, evidence)
+    claims: list[Verdict] = field(default_factory=list)  # the paper's claims checked, with their comparisons
 
 
 def save(fig, path: Path) -> None:
@@ -83,12 +84,49 @@ def guessing(cfg: Config, res: Results) -> str:
     return f"Blind guessing (answers drawn from the train split's) scores {'; '.join(parts)}. "
 
 
-VERDICTS = ("Each claim is the paper's, checked at every evaluated checkpoint (named by its pretraining tokens, e.g. "
-            "6.5M) by comparing 95% intervals: reproduced where they separate in the claim's favour at half of the "
-            "comparisons or more and never against it, not reproduced where they separate against it at half or "
-            "more and never in its favour, inconclusive otherwise. A claim that something matches or is kept holds "
-            "where the interval is not below the other. Post-trained models are evaluated 0-shot, base checkpoints "
-            "few-shot.")
+VERDICTS = ("Each claim is the paper's sentence (quoted in its experiment's code), decided by paired comparisons: two "
+            "arms scored on the same test problems (questions, articles) are compared by the 95% bootstrap interval of "
+            "their per-problem difference, resampling problems, and where an arm has two or more training seeds, "
+            "seeds as an outer level; so an interval covers test problems and sampling, and training seeds only where "
+            "there are two or more. Margins were fixed in code before any result was read: "
+            + ", ".join(f"{k} {fmt_margin(k, v)}" for k, v in MARGINS.items()) + ". A claim that A beats B "
+            "(superiority) is in favour where the interval lies above 0 and against where it lies below the margin "
+            "(any advantage is smaller than it); one that A matches or keeps B (non-inferiority) is in favour where "
+            "the lower end is above -margin and against where the upper end is below it; one that something does not "
+            "depend on something (equivalence) is in favour where the whole interval lies inside +-margin and "
+            "against where it lies outside. Anything else is inconclusive: a wide interval is never a reproduction. "
+            "Each claim holds over its comparisons as its sentence quantifies them: "
+            + "; ".join(f"{k}: {v}" for k, v in QUANTIFIERS.items()) + ". mde is the minimum detectable effect at "
+            f"this sample size, {MDE_Z} standard errors of the paired difference. Post-trained models are evaluated "
+            "0-shot, base checkpoints few-shot.")
+COMPARISONS = ["where", "comparison", "metric", "A", "B", "A - B [95%]", "margin", "mde", "problems", "seeds A/B",
+               "sign"]
+
+
+def counts(claims: list[Verdict]) -> str:
+    """"Verdicts: 7 reproduced, 1 not reproduced, 15 inconclusive, 1 not run (24 claims)"."""
+    found: dict[str, int] = {}
+    for c in claims:
+        found[c.verdict] = found.get(c.verdict, 0) + 1
+    return (f"Verdicts: {', '.join(f'{n} {v}' for v, n in sorted(found.items(), key=lambda kv: -kv[1]))} "
+            f"({len(claims)} claims).")
+
+
+def decisive(v: Verdict) -> str:
+    """The evidence cell of the findings table: the comparison that decides the verdict, and the note."""
+    r = v.decisive()
+    parts = ([evidence(r)] if r else []) + ([v.note] if v.note else [])
+    more = len(v.rows) - 1
+    return "; ".join(parts) + (f" (+{more} more comparisons in its section)" if r and more > 0 else "")
+
+
+def comparison_table(v: Verdict) -> list[list[str]]:
+    """Every comparison of a claim, one row each (the section's full table of it)."""
+    value = lambda m, x: f"{x:.4f}" if m == "bits_per_byte" else f"{100 * x:.1f}"
+    return [COMPARISONS] + [[r.where, r.what, r.metric, value(r.metric, r.cmp.a), value(r.metric, r.cmp.b),
+                             interval(r.cmp, r.metric), fmt_margin(r.metric, r.margin).removesuffix(" points"),
+                             value(r.metric, r.cmp.mde), str(r.cmp.problems), f"{r.cmp.seeds[0]}/{r.cmp.seeds[1]}",
+                             SIGN_WORDS[r.sign]] for r in v.rows]
 
 
 def write_report(cfg: Config, out: Path, sections: list[Section]) -> Path:
@@ -108,10 +146,12 @@ def _md_table(rows: list[list[str]]) -> list[str]:
     return out + ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
 
 
-def to_markdown(cfg: Config, sections: list[Section], claims: list) -> str:
-    lines = [f"# excursions study: {cfg.name}", "", "## Findings", "", VERDICTS, ""]
-    lines += _md_table([["claim (paper)", "verdict at this scale", "evidence (pass@k %, 95% intervals)"]]
-                       + [[c, v, e] for c, v, e in claims])
+FINDINGS = ["claim (paper)", "verdict at this scale", "decisive comparison (points; 95% paired interval)"]
+
+
+def to_markdown(cfg: Config, sections: list[Section], claims: list[Verdict]) -> str:
+    lines = [f"# excursions study: {cfg.name}", "", "## Findings", "", f"**{counts(claims)}**", "", VERDICTS, ""]
+    lines += _md_table([FINDINGS] + [[c.text, c.verdict, decisive(c)] for c in claims])
     for s in sections:
         lines += [f"## {s.title}", ""]
         if s.figure:
@@ -119,6 +159,10 @@ def to_markdown(cfg: Config, sections: list[Section], claims: list) -> str:
         if s.reading:
             lines += [s.reading, ""]
         lines += _md_table(s.table)
+        for v in s.claims:
+            lines += [f"**{v.text}**: {v.verdict}. {v.claim.kind}, {v.claim.quantifier}; {v.claim.why}."
+                      + (f" {v.note}." if v.note else ""), ""]
+            lines += _md_table(comparison_table(v)) if v.rows else []
     return "\n".join(lines)
 
 
@@ -126,6 +170,7 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
 table{border-collapse:collapse;margin:1em 0;font-size:0.85em}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
 th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}.reproduced{color:#1a7f37;font-weight:600}
 .not-reproduced{color:#c0392b;font-weight:600}.inconclusive{color:#b7791f;font-weight:600}.not-run{color:#888}
+.in-favour{color:#1a7f37}.against{color:#c0392b}
 h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}"""
 
 
@@ -146,9 +191,8 @@ def _html_table(rows: list[list[str]], verdict_col: int | None = None) -> str:
 def to_html(cfg: Config, sections: list[Section], claims: list, figdir: Path) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>excursions study: {html.escape(cfg.name)}"
              f"</title><style>{CSS}</style></head><body><h1>excursions study: {html.escape(cfg.name)}</h1>",
-             "<h2>Findings</h2>", f"<p>{html.escape(VERDICTS)}</p>",
-             _html_table([["claim (paper)", "verdict at this scale", "evidence (pass@k %, 95% intervals)"]]
-                         + [[c, v, e] for c, v, e in claims], verdict_col=1)]
+             "<h2>Findings</h2>", f"<p><b>{html.escape(counts(claims))}</b></p>", f"<p>{html.escape(VERDICTS)}</p>",
+             _html_table([FINDINGS] + [[c.text, c.verdict, decisive(c)] for c in claims], verdict_col=1)]
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
         if s.figure:
@@ -157,5 +201,11 @@ def to_html(cfg: Config, sections: list[Section], claims: list, figdir: Path) ->
         if s.reading:
             parts.append(f"<p>{html.escape(s.reading)}</p>")
         parts.append(_html_table(s.table))
+        for v in s.claims:
+            parts.append(f"<p><b>{html.escape(v.text)}</b>: <span class='{v.verdict.replace(' ', '-')}'>"
+                         f"{html.escape(v.verdict)}</span>. {html.escape(v.claim.kind)}, "
+                         f"{html.escape(v.claim.quantifier)}; {html.escape(v.claim.why)}."
+                         + (f" {html.escape(v.note)}." if v.note else "") + "</p>")
+            parts.append(_html_table(comparison_table(v), verdict_col=len(COMPARISONS) - 1) if v.rows else "")
     parts.append("</body></html>")
     return "\n".join(parts)

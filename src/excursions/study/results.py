@@ -1,9 +1,10 @@
-"""The study's numbers as the report reads them: every result with its 95% interval, and the rule that turns
-intervals into a verdict on a claim.
+"""The study's numbers as the report reads them: every result with its 95% interval (for display), and the
+per-problem scores behind them (for the paired comparisons that decide claims, `study.verdicts`).
 
     res = Results(store, cfg, out, units)
-    res.get("gsm", "rl", checkpoint, "pass@1")     # Stat(mean, lo, hi), averaged over seeds; None if not run
-    verdict(wins, losses, total)                    # reproduced | not reproduced | inconclusive | not run
+    res.get("gsm", "rl", checkpoint, "pass@1")      # Stat(mean, lo, hi), averaged over seeds; None if not run
+    res.arm("gsm", "rl", checkpoint, "pass@1")      # Arm: per-problem pass@1 of each seed, by problem id
+    res.rows(claim, "gsm", "rl", "base")            # the claim's paired comparisons, as its quantifier reads it
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from excursions.config import Config
 from excursions.recipes import RECIPES
 from excursions.study.plan import Unit, recipe_unit_id
+from excursions.evals.passk import pass_at_k
 from excursions.study.store import Store
+from excursions.study.verdicts import Arm, Claim, Row, paired, pooled, row
 
 
 @dataclass(frozen=True)
@@ -27,61 +32,6 @@ class Stat:
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.1f} [{100 * self.lo:.1f}, {100 * self.hi:.1f}]"
-
-
-def compare(a: Stat, b: Stat) -> int:
-    """+1 if a's interval lies above b's, -1 if below, 0 if they overlap.
-
-    >>> compare(Stat(0.5, 0.4, 0.6), Stat(0.3, 0.2, 0.35)), compare(Stat(0.5, 0.4, 0.6), Stat(0.45, 0.3, 0.5))
-    (1, 0)
-    """
-    return 1 if a.lo > b.hi else -1 if a.hi < b.lo else 0
-
-
-def verdict(wins: int, losses: int, total: int) -> str:
-    """The rule every claim is judged by, the same both ways: reproduced where the intervals separate in the
-    claim's favour at half of its comparisons or more and never against it; not reproduced where they separate
-    against it at half or more and never in its favour; inconclusive otherwise.
-
-    >>> verdict(2, 0, 3), verdict(1, 0, 2), verdict(2, 1, 3), verdict(0, 1, 2), verdict(0, 0, 2), verdict(0, 0, 0)
-    ('reproduced', 'reproduced', 'inconclusive', 'not reproduced', 'inconclusive', 'not run')
-    """
-    if total == 0:
-        return "not run"
-    if wins and 2 * wins >= total and losses == 0:
-        return "reproduced"
-    if losses and 2 * losses >= total and wins == 0:
-        return "not reproduced"
-    return "inconclusive"
-
-
-def tally(signs: list[int]) -> str:
-    """The verdict of per-comparison signs (+1 in the claim's favour, -1 against, 0 neither)."""
-    return verdict(signs.count(1), signs.count(-1), len(signs))
-
-
-def not_below(a: Stat, b: Stat) -> int:
-    """The sign of a "matches" or "keeps" claim (a is on par with b): +1 unless a's interval lies below b's."""
-    return -1 if compare(a, b) < 0 else 1
-
-
-def jointly(*signs: int) -> int:
-    """One comparison's sign over several metrics: in favour where all are, against where any is.
-
-    >>> jointly(1, 1), jointly(1, 0), jointly(1, -1)
-    (1, 0, -1)
-    """
-    return -1 if -1 in signs else 1 if all(s == 1 for s in signs) else 0
-
-
-def difference(a: Stat, b: Stat) -> Stat:
-    """a - b with an approximate 95% interval: the two half-widths added in quadrature (independent estimates).
-
-    >>> str(difference(Stat(0.5, 0.4, 0.6), Stat(0.2, 0.17, 0.23)))
-    '30.0 [19.6, 40.4]'
-    """
-    half = math.hypot((a.hi - a.lo) / 2, (b.hi - b.lo) / 2)
-    return Stat(a.mean - b.mean, a.mean - b.mean - half, a.mean - b.mean + half)
 
 
 def wilson(p: float, n: int, z: float = 1.96) -> Stat:
@@ -95,16 +45,6 @@ def wilson(p: float, n: int, z: float = 1.96) -> Stat:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return Stat(p, centre - half, centre + half)
-
-
-def separate(a: float, b: float, problems: int) -> int:
-    """+1 / -1 where two rates on `problems` problems differ by more than 1.96 standard errors, else 0.
-
-    >>> separate(0.5, 0.3, 100), separate(0.32, 0.3, 100), separate(0.1, 0.3, 100)
-    (1, 0, -1)
-    """
-    se = math.sqrt((a * (1 - a) + b * (1 - b)) / max(problems, 1))
-    return 0 if abs(a - b) <= 1.96 * se else 1 if a > b else -1
 
 
 def row_stats(r) -> list[tuple[str, Stat]]:
@@ -144,12 +84,14 @@ class Results:
         self.math_tasks = [t for t in self.tasks if any(k[0] == t and k[4].startswith("pass@") for k in self.stats)]
         self.ks = sorted({k[4] for k in self.stats if k[4].startswith("pass@")}, key=lambda m: int(m.split("@")[1]))
 
-    def get(self, task: str, recipe: str, ckpt: str, metric: str, shots: int | None = None) -> Stat | None:
-        """The stat averaged over seeds (mean of means and of bounds); base defaults to its few-shot result."""
+    def _shots(self, task: str, recipe: str, shots: int | None) -> int | None:
         if task not in self.math_tasks:
-            shots = None  # general tasks have no exemplars
-        elif shots is None:
-            shots = self.base_shots if recipe == "base" else 0
+            return None  # general tasks have no exemplars
+        return (self.base_shots if recipe == "base" else 0) if shots is None else shots
+
+    def get(self, task: str, recipe: str, ckpt: str, metric: str, shots: int | None = None) -> Stat | None:
+        """The stat averaged over seeds (mean of means and of bounds, for display); base defaults to few-shot."""
+        shots = self._shots(task, recipe, shots)
         found = self.stats.get((task, recipe, shots, ckpt, metric))
         if not found:
             return None
@@ -172,17 +114,43 @@ class Results:
         """A checkpoint as the report names it: its pretraining tokens (6.5M)."""
         return f"{self.tokens[ckpt] / 1e6:.1f}M"
 
-    def pairs(self, task: str, a: str, b: str, signs: dict, ckpts: list[str] | None = None) -> tuple[list, list]:
-        """Recipe a against recipe b at each checkpoint where both were evaluated, on each metric of `signs` with
-        its sign function (`compare`, `not_below`, ...), taken `jointly`: (the signs, the evidence, e.g.
-        "6.5M: pass@1 rl 3.5 [2.7, 4.2] vs sft 5.7 [4.7, 6.9]")."""
-        out, evidence = [], []
-        for c in self.checkpoints if ckpts is None else ckpts:
-            got = {m: (self.get(task, a, c, m), self.get(task, b, c, m)) for m in signs}
-            if all(x and y for x, y in got.values()):
-                out.append(jointly(*(signs[m](x, y) for m, (x, y) in got.items())))
-                evidence.append(f"{self.label(c)}: " + ", ".join(f"{m} {a} {x} vs {b} {y}" for m, (x, y) in got.items()))
-        return out, evidence
+    def arm(self, task: str, recipe: str, ckpt: str, metric: str, shots: int | None = None) -> Arm | None:
+        """Per-problem scores of a recipe's evaluation from a checkpoint, one row per seed, on the problems every
+        seed has: pass@k or verified_pass@k from each problem's (n, c), a question's 0 / 1 for acc, an article's
+        bits_per_byte, a training prompt's kl. None where it was not evaluated."""
+        shots = self._shots(task, recipe, shots)
+        found = {s: v for s in self.seeds(recipe, ckpt) or [None] if (v := self._scores(task, recipe, ckpt, metric,
+                                                                                           shots, s))}
+        return to_arm(found)
+
+    def _scores(self, task: str, recipe: str, ckpt: str, metric: str, shots: int | None, seed) -> dict[str, float]:
+        if metric in ("bits_per_byte", "kl"):
+            return self.store.item_values(self.unit_ids, ckpt, recipe, task, seed, metric)
+        return scores(self.store.problem_scores(self.unit_ids, ckpt, recipe, task, shots, seed), metric)
+
+    def tracked_arm(self, unit: str, stage: str, step: int, metric: str) -> Arm | None:
+        """Per-problem scores of a run's tracked evaluation at a step (one seed)."""
+        return to_arm({0: scores(self.store.tracked(unit, stage, step), metric)})
+
+    def early(self) -> list[str]:
+        """The first half of the checkpoints (at least one): where a claim about early pretraining is checked."""
+        return self.checkpoints[: max(1, len(self.checkpoints) // 2)]
+
+    def rows(self, c: Claim, task: str, a: str, b: str, ckpts: list[str] | None = None,
+             shots: tuple[int | None, int | None] = (None, None)) -> list[Row]:
+        """Recipe a against recipe b (a the side the claim favours) on each metric of the claim, paired on the
+        same problems: at each checkpoint where both were evaluated (the early ones for an "early" claim), or one
+        comparison of the checkpoints pooled for a "pooled" one."""
+        ckpts = ckpts or (self.early() if c.quantifier == "early" else self.checkpoints)
+        found = [(k, m, x, y) for k in ckpts for m in c.margins
+                 if (x := self.arm(task, a, k, m, shots[0])) and (y := self.arm(task, b, k, m, shots[1]))]
+        what = f"{a} vs {b}"
+        if c.quantifier != "pooled":
+            return [row(c, self.label(k), what, m, paired(x, y, seed=self.cfg.eval.seed)) for k, m, x, y in found]
+        where = "pooled over " + ", ".join(self.label(k) for k in ckpts if any(f[0] == k for f in found))
+        return [row(c, where, what, m, paired(*pooled([(x, y) for _, mm, x, y in found if mm == m]),
+                                              seed=self.cfg.eval.seed))
+                for m in c.margins if any(f[1] == m for f in found)]
 
     def training(self, unit: str, stage: str, key: str) -> tuple[list[int], list[float]]:
         """One metric of one training stage of a unit along its steps: (steps, values)."""
@@ -199,3 +167,29 @@ class Results:
         """The units of this list whose results are in (finished with the settings they have now)."""
         finished = self.store.done_ids()
         return [u for u in units if u.id in finished]
+
+
+def scores(counts: dict[str, tuple], metric: str) -> dict[str, float]:
+    """Per-problem values of `metric` from {problem: (n, c, c_verified)}: pass@k, verified_pass@k (empty where the
+    verified counts were not stored), acc (c / n: a question is one sample).
+
+    >>> scores({"a": (4, 1, 0), "b": (4, 4, 4)}, "pass@2"), scores({"a": (4, 1, 0)}, "verified_pass@1")
+    ({'a': 0.5, 'b': 1.0}, {'a': 0.0})
+    """
+    if metric == "acc":
+        return {p: c / n for p, (n, c, _) in counts.items()}
+    if metric == "net_solved":  # solved within its n samples: net of two arms is the problems one side alone solves
+        return {p: float(c > 0) for p, (n, c, _) in counts.items()}
+    verified, k = metric.startswith("verified_"), int(metric.split("@")[1])
+    if verified and any(cv is None for _, _, cv in counts.values()):
+        return {}
+    return {p: pass_at_k(n, cv if verified else c, k) for p, (n, c, cv) in counts.items() if k <= n}
+
+
+def to_arm(per_seed: dict) -> Arm | None:
+    """An Arm of {seed: {problem: value}} on the problems every seed has; None if there is none."""
+    per_seed = {s: v for s, v in per_seed.items() if v}
+    if not per_seed:
+        return None
+    ids = sorted(set.intersection(*(set(v) for v in per_seed.values())))
+    return Arm(tuple(ids), np.array([[v[p] for p in ids] for v in per_seed.values()], dtype=float), tuple(per_seed))

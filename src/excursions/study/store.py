@@ -28,14 +28,22 @@ CREATE TABLE IF NOT EXISTS evaluations (
 CREATE TABLE IF NOT EXISTS metrics (
     evaluation INTEGER, metric TEXT, mean REAL, lo REAL, hi REAL, PRIMARY KEY (evaluation, metric));
 CREATE TABLE IF NOT EXISTS problems (
-    evaluation INTEGER, problem TEXT, n INTEGER, c INTEGER, PRIMARY KEY (evaluation, problem));
+    evaluation INTEGER, problem TEXT, n INTEGER, c INTEGER, c_verified INTEGER, PRIMARY KEY (evaluation, problem));
+CREATE TABLE IF NOT EXISTS item_values (
+    evaluation INTEGER, item TEXT, metric TEXT, value REAL, PRIMARY KEY (evaluation, item, metric));
+CREATE TABLE IF NOT EXISTS tracked (
+    unit TEXT, stage TEXT, step INTEGER, problem TEXT, n INTEGER, c INTEGER, c_verified INTEGER,
+    PRIMARY KEY (unit, stage, step, problem));
 CREATE TABLE IF NOT EXISTS training (
     unit TEXT, stage TEXT, step INTEGER, key TEXT, value REAL, PRIMARY KEY (unit, stage, step, key));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS files (
     unit TEXT, state TEXT, file TEXT, bytes INTEGER, sha256 TEXT, PRIMARY KEY (unit, file));
 """
-TABLES = ("units", "checkpoints", "evaluations", "metrics", "problems", "training", "files")
+VALUED = ("bits_per_byte", "kl")  # per-item values a result may list as per_<metric>: [{"id", <metric>}, ...]
+TABLES = ("units", "checkpoints", "evaluations", "metrics", "problems", "item_values", "tracked", "training", "files")
+# Columns added after studies were stored: a database without one gets it (NULL in old rows) when it is opened
+ADDED = {"problems": (("c_verified", "INTEGER"),)}
 
 
 class Store:
@@ -46,6 +54,11 @@ class Store:
         self.db = sqlite3.connect(path, timeout=30)
         self.db.row_factory = sqlite3.Row
         self.db.executescript(SCHEMA)
+        for table, columns in ADDED.items():
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -142,17 +155,23 @@ class Store:
 
     def clear_training(self, unit: str) -> None:
         self.db.execute("DELETE FROM training WHERE unit = ?", (unit,))
+        self.db.execute("DELETE FROM tracked WHERE unit = ?", (unit,))
 
     def add_training(self, unit: str, stage: str, metrics: Path) -> None:
-        """Every number of a run's metrics.jsonl, by step."""
+        """Every number of a run's metrics.jsonl, by step, and the per-problem counts of its tracked evaluations
+        (`eval/<family>/per_problem`: {problem: [n, c, c_verified]}), so tracked curves can be compared paired."""
         if not metrics.exists():
             return
-        rows = []
+        rows, counts = [], []
         for line in metrics.read_text().splitlines():
             r = json.loads(line)
             rows += [(unit, stage, r["step"], k, float(v)) for k, v in r.items()
                      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+            counts += [(unit, stage, r["step"], p, *ncv) for k, v in r.items() if k.endswith("/per_problem")
+                       for p, ncv in v.items()]
+        self.db.execute("DELETE FROM tracked WHERE unit = ? AND stage = ?", (unit, stage))
         self.db.executemany("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?)", rows)
+        self.db.executemany("INSERT OR REPLACE INTO tracked VALUES (?, ?, ?, ?, ?, ?, ?)", counts)
 
     def replace_evaluations(self, unit: Unit, results: list[tuple[Path, dict]]) -> None:
         """The unit's evaluation results (file, record), with per-problem (n, c), instead of any it had."""
@@ -160,6 +179,7 @@ class Store:
         for (e,) in db.execute("SELECT id FROM evaluations WHERE unit = ?", (unit.id,)).fetchall():
             db.execute("DELETE FROM metrics WHERE evaluation = ?", (e,))
             db.execute("DELETE FROM problems WHERE evaluation = ?", (e,))
+            db.execute("DELETE FROM item_values WHERE evaluation = ?", (e,))
         db.execute("DELETE FROM evaluations WHERE unit = ?", (unit.id,))
         for file, r in results:
             cur = db.execute(
@@ -173,8 +193,15 @@ class Store:
                            [(cur.lastrowid, k, v["mean"], v["lo"], v["hi"]) for k, v in r.get("metrics", {}).items()]
                            + [(cur.lastrowid, f"verified_{k}", v["mean"], v["lo"], v["hi"])
                               for k, v in r.get("verified", {}).items()])
-            db.executemany("INSERT INTO problems VALUES (?, ?, ?, ?)",
-                           [(cur.lastrowid, p["id"], p["n"], p["c"]) for p in r.get("per_problem", [])])
+            # per problem: math (n, c, c_verified); a multiple-choice question as one sample, right or not
+            db.executemany("INSERT INTO problems VALUES (?, ?, ?, ?, ?)",
+                           [(cur.lastrowid, p["id"], p["n"], p["c"], p.get("c_verified"))
+                            for p in r.get("per_problem", [])]
+                           + [(cur.lastrowid, q["id"], 1, int(q["pick"] == q["label"]), None)
+                              for q in r.get("per_item", [])])
+            db.executemany("INSERT INTO item_values VALUES (?, ?, ?, ?)",
+                           [(cur.lastrowid, str(a["id"]), metric, a[metric]) for metric in VALUED
+                            for a in r.get(f"per_{metric}", [])])
 
     # ------------------------------------------------------------------------------------- what the report reads
 
@@ -195,6 +222,30 @@ class Store:
         rows = self.db.execute(f"SELECT p.problem, p.n, p.c FROM problems p JOIN evaluations e ON e.id = p.evaluation "
                                f"JOIN units u ON u.id = e.unit WHERE {where}", args)
         return {r[0]: (r[1], r[2]) for r in rows}
+
+    def problem_scores(self, units: list[str], checkpoint: str, recipe: str, task: str, shots: int | None,
+                       seed: int | None) -> dict[str, tuple[int, int, int | None]]:
+        """{problem: (n, c, c_verified)} of one evaluation (as `problem_table`); a multiple-choice question is
+        (1, right or not, None)."""
+        where, args = _one_evaluation(units, checkpoint, recipe, task, shots, seed)
+        rows = self.db.execute(f"SELECT p.problem, p.n, p.c, p.c_verified FROM problems p JOIN evaluations e ON "
+                               f"e.id = p.evaluation JOIN units u ON u.id = e.unit WHERE {where}", args)
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def item_values(self, units: list[str], checkpoint: str, recipe: str, task: str, seed: int | None,
+                    metric: str) -> dict[str, float]:
+        """{item: value} of one evaluation's per-item `metric` (bits per byte of each held-out article, KL of each
+        training prompt)."""
+        where, args = _one_evaluation(units, checkpoint, recipe, task, None, seed)
+        rows = self.db.execute(f"SELECT v.item, v.value FROM item_values v JOIN evaluations e ON e.id = v.evaluation "
+                               f"JOIN units u ON u.id = e.unit WHERE {where} AND v.metric = ?", (*args, metric))
+        return {r[0]: r[1] for r in rows}
+
+    def tracked(self, unit: str, stage: str, step: int) -> dict[str, tuple[int, int, int]]:
+        """{problem: (n, c, c_verified)} of a run's tracked evaluation at a step."""
+        rows = self.db.execute("SELECT problem, n, c, c_verified FROM tracked WHERE unit = ? AND stage = ? AND "
+                               "step = ?", (unit, stage, step))
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     def record_path(self, units: list[str], checkpoint: str, recipe: str, task: str, shots: int | None,
                     seed: int | None) -> str | None:

@@ -21,7 +21,7 @@ from excursions.data.problems import read_jsonl, write_jsonl
 from excursions.errors import UserError
 from excursions.evals.passk import SPLITS, difficulty
 from excursions.recipes import RECIPES
-from excursions.study.plan import Unit, configured, pretrain_dir, rollout_prompts, world_dir
+from excursions.study.plan import Unit, all_checkpoints, configured, pretrain_dir, rollout_prompts, world_dir
 from excursions.study.store import Store
 
 SKIPPED = "skipped.json"  # a unit with nothing to do (a difficulty split too small to train on), and why
@@ -155,7 +155,7 @@ def _evaluate(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool) -
     """Results land next to the model (as `excursions eval` writes them, so either reuses the other's); the unit's
     record lists them. Base checkpoints are evaluated few-shot (the exemplars carry the answer format) and 0-shot
     (where RL starts), post-trained models 0-shot, and the n-shot sweep at each of its shots on the first math task."""
-    from excursions.evals.harness import evaluate_checkpoint
+    from excursions.evals.harness import drift_record, evaluate_checkpoint
 
     spec = str(RECIPES[unit.recipe].final(Path(unit.source))) if unit.kind == "eval" else unit.source
     tasks = list(unit.tasks or cfg.study.tasks)
@@ -169,6 +169,10 @@ def _evaluate(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool) -
                else out / "evals" / "hub" / unit.checkpoint)
     rows = evaluate_checkpoint(spec, tasks, ecfg, shots=shots, world_dir=world, out_dir=out_dir,
                                progress=progress, runtime=cfg.distributed, chat=cfg.prompt.chat_template)
+    start = {name: src for name, _, src in all_checkpoints(cfg, out)}.get(unit.checkpoint)
+    if unit.kind == "eval" and not unit.overrides and not unit.world and start:  # a recipe's result on the study's
+        # own checkpoints: how far it moved from where it started (general capability against this KL)
+        rows.append(drift_record(spec, start, world, cfg.rl.family, ecfg, Path(spec) / "eval", cfg.distributed))
     write_json(unit.path, [r["path"] for r in rows])
 
 

@@ -350,4 +350,6 @@ def track(model, tok, test: list[Problem], eval_cfg: EvalConfig, n: int, family:
     out |= {f"eval/{family}/verified_{k}": v["mean"] for k, v in result["verified"].items()}
     out[f"eval/{family}/format_rate"] = result["format_rate"]
     out[f"eval/{family}/problems"] = len(test)  # the size behind the tracked rates' uncertainty
+    # per problem, so two points of a curve (or two runs' curves) compare paired on the same problems
+    out[f"eval/{family}/per_problem"] = {r["id"]: [r["n"], r["c"], r["c_verified"]] for r in result["per_problem"]}
     return out

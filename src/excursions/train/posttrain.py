@@ -204,7 +204,8 @@ def _finish(run: RunDir, trainee: Trainee, src: str, name: str, world: Path, ste
     setup = trainee.setup
     rows = run.rows()
     meta = {"recipe": name, "source": src, "world_dir": str(world.resolve()), "family": setup.family, "steps": steps,
-            "final": {k: v for k, v in rows[-1].items() if k.startswith(("eval/", "total_"))} if rows else {},
+            "final": {k: v for k, v in rows[-1].items() if k.startswith(("eval/", "total_"))
+                      and not k.endswith("/per_problem")} if rows else {},
             "wall_seconds": time.perf_counter() - t0}
     if trainee.d.active:
         meta["distributed"] = {"strategy": trainee.d.strategy, "world_size": trainee.d.world}

@@ -8,7 +8,8 @@ from pathlib import Path
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
 from excursions.study.report import COLORS, Section, save
-from excursions.study.results import Results, compare, tally
+from excursions.study.results import Results
+from excursions.study.verdicts import claim, interval, judge, paired, row
 
 
 @experiment(order=2)
@@ -34,20 +35,26 @@ def base_vs_rl_experiment(res: Results, figdir: Path) -> Section:
     save(fig, figdir / "base-vs-rl.png")
     # "We observe a generally monotonically increasing relationship in which increasing pass@k for the base model
     # corresponds to increased pass@k for the model after RL." (Sec. 3.4): over every pair of checkpoints whose base
-    # pass@k intervals separate, does RL's pass@k order them the same way?
-    signs, evidence = [], []
+    # pass@k differs (paired interval on the same test problems excluding 0), RL's pass@k must be higher from the
+    # better base, by the pass@k margins (every such pair)
+    # pass@1 5 points, pass@k 3 (verdicts.MARGINS): the RL results must order as their bases do by that much
+    c = claim("Base pass@k predicts pass@k after RL (the better base, the better RL result, every pair of "
+              "checkpoints whose bases differ)", "superiority", res.ks, "every")
+    rows = []
     for k in res.ks:
         for i, lo in enumerate(res.checkpoints):
             for hi in res.checkpoints[i + 1:]:
-                got = [res.get(task, r, c, k) for r in ("base", "rl") for c in (lo, hi)]
-                if all(got) and compare(got[0], got[1]) != 0:
-                    flip = compare(got[1], got[0])  # +1 where the later base is the better one
-                    signs.append(flip * compare(got[3], got[2]))
-                    evidence.append(f"{k} {res.label(lo)} -> {res.label(hi)}: base {got[0]} -> {got[1]}, rl {got[2]} -> "
-                                    f"{got[3]}")
-    claims = [("Base pass@k predicts pass@k after RL (the better base, the better RL result)",
-               tally(signs) if signs else "inconclusive",  # it ran: no two bases separate, so nothing to order
-               "; ".join(evidence) or "no two checkpoints whose base pass@k intervals separate")]
+                arms = [res.arm(task, r, c, k) for r in ("base", "rl") for c in (lo, hi)]
+                if not all(arms):
+                    continue
+                bases = paired(arms[1], arms[0], seed=res.cfg.eval.seed)
+                if bases.lo > 0 or bases.hi < 0:  # the bases differ: which is the better one
+                    better, worse = (hi, lo) if bases.lo > 0 else (lo, hi)
+                    a, b = (arms[3], arms[2]) if better == hi else (arms[2], arms[3])
+                    where = f"{res.label(worse)} -> {res.label(better)} (base {interval(bases)} from {res.label(lo)})"
+                    rows.append(row(c, where, "rl from the better base vs rl from the other", k,
+                                    paired(a, b, seed=res.cfg.eval.seed)))
+    claims = [judge(c, rows, empty=("inconclusive", "no two checkpoints whose base pass@k differs on paired problems"))]
     reading = ("Each point is one checkpoint: its base pass@k (x) against the pass@k after direct RL (y); above the "
                "diagonal RL helped. " + (" ".join(f"Pearson r for {k}: {v:.2f}." for k, v in corr.items())
                                          if corr else "Fewer than three checkpoints: no correlation reported."))

@@ -19,10 +19,50 @@ from excursions.study.experiments import experiment
 from excursions.study.plan import (Unit, all_checkpoints, backbone, chosen_checkpoints, eval_digest, pretrain_dir,
                                    recipe_unit_id, world_dir)
 from excursions.study.report import Section, line, save
-from excursions.study.results import Results, Stat, compare, row_stats
+from excursions.study.results import Results, Stat, row_stats, scores, to_arm
+from excursions.study.verdicts import Verdict, claim, paired, row
 
 TITLE = "RL inside pretraining: excursion and return, interleaved RL (beyond the paper, its section 7)"
-ANSWER = {1: "above the plain run", 0: "level with the plain run (the intervals overlap)", -1: "below the plain run"}
+
+
+def answer(cmp, margin: float) -> str:
+    """A beyond-the-paper question's answer from the paired interval of branch - plain: above or below where it
+    excludes 0, level where it lies inside +-margin, else inconclusive.
+
+    >>> from excursions.study.verdicts import Paired
+    >>> [answer(Paired(0, 0, 0, lo, hi, 0, 1, (1, 1), 1), 0.05) for lo, hi in ((0.01, 0.1), (-0.02, 0.03), (-0.1, 0.02))]
+    ['above the plain run', 'level with the plain run (within the margin)', 'inconclusive']
+    """
+    if cmp.lo > 0 or cmp.hi < 0:
+        return "above the plain run" if cmp.lo > 0 else "below the plain run"
+    return "level with the plain run (within the margin)" if -margin < cmp.lo and cmp.hi < margin else "inconclusive"
+
+
+def answers(res: Results, label: str, u: dict, keys: list, final: str, start_label: str, final_label: str,
+            task: str, ratio: float) -> list[Verdict]:
+    """A branch's two questions (pass@1 few-shot, general accuracy) against the plain run's final checkpoint, paired:
+    not the paper's claims, answered two-sided; "level" where the interval lies inside the metric's margin (pass@1
+    5 points, accuracy 2)."""
+    returned = u["run"].kind == "return"
+    questions = ((keys[0], f"does what {label} taught persist through more pretraining ({task} pass@1)?"),
+                 (keys[3], f"does {label}'s excursion change general capability after the return?")) if returned else \
+        ((keys[0], f"does pretraining with RL mixed in ({label}) end above plain pretraining ({task} pass@1)?"),
+         (keys[3], f"does RL mixed into pretraining ({label}) change general capability?"))
+    out = []
+    for (t, metric, k_shots), question in questions:
+        q = claim(f"Beyond the paper: from {start_label}, {question}", "equivalence", [metric], "every")
+        a, b = branch_arm(res, u["eval"], t, metric, k_shots), res.arm(t, "base", final, metric, k_shots)
+        if a and b:
+            cmp = paired(a, b, seed=res.cfg.eval.seed)
+            out.append(Verdict(q, answer(cmp, q.margins[metric]), [row(q, final_label, f"{label} vs plain", metric,
+                                                                       cmp)], f"at {ratio:.2f}x the plain run's FLOPs"))
+    return out
+
+
+def branch_arm(res: Results, unit: Unit, task: str, metric: str, shots: int | None):
+    """Per-problem `metric` of a branch's evaluation (its final checkpoint, evaluated as the base checkpoints are)."""
+    return to_arm({0: scores(res.store.problem_scores([unit.id], unit.checkpoint, unit.recipe, task, shots,
+                                                        unit.seed), metric)})
 
 
 def branch_runs(cfg: Config, out: Path) -> dict[str, dict[str, Unit]]:
@@ -91,9 +131,9 @@ def returns_experiment(res: Results, figdir: Path) -> Section:
     x = [res.tokens[c] for c in res.checkpoints]
     metrics = [(task, "pass@1", f"{task} pass@1, {shots}-shot (%)"), (task, "pass@32", f"{task} pass@32, {shots}-shot (%)"),
                ("general", "acc", "general MC accuracy (%)")]
-    for row, flops_x in enumerate((False, True)):  # against pretraining tokens, then against the FLOPs spent
+    for panel_row, flops_x in enumerate((False, True)):  # against pretraining tokens, then against the FLOPs spent
         for col, (t, metric, ylabel) in enumerate(metrics):
-            ax = axes[row][col]
+            ax = axes[panel_row][col]
             xs = [per_token * t_ / 1e12 for t_ in x] if flops_x else x
             line(ax, xs, [res.get(t, "base", c, metric) for c in res.checkpoints], "base")
             for label, (u, st) in got.items():
@@ -123,15 +163,7 @@ def returns_experiment(res: Results, figdir: Path) -> Section:
         what = (f"{label} at {start_label}, then pretraining to {final_label}" if u["run"].kind == "return"
                 else f"pretraining {start_label} to {final_label} with RL mixed in ({label.split('(')[1][:-1]})")
         table.append([what] + [str(st.get(k, "")) for k in keys] + [f"{ratio:.2f}"])
-        questions = ((keys[0], f"does what {label} taught persist through more pretraining ({task} pass@1)?"),
-                     (keys[3], f"does {label}'s excursion change general capability after the return?")) \
-            if u["run"].kind == "return" else \
-            ((keys[0], f"does pretraining with RL mixed in ({label}) end above plain pretraining ({task} pass@1)?"),
-             (keys[3], f"does RL mixed into pretraining ({label}) change general capability?"))
-        for k, question in questions:
-            if st.get(k) and plain[k]:
-                claims.append((f"Beyond the paper: from {start_label}, {question}", ANSWER[compare(st[k], plain[k])],
-                               f"{final_label}: {st[k]} vs plain {plain[k]}, at {ratio:.2f}x the plain run's FLOPs"))
+        claims += answers(res, label, u, keys, final, start_label, final_label, task, ratio)
     reading = (f"From the {start_label}-token checkpoint the study's pretraining goes on to {final_label} tokens with "
                f"the plain run's AdamW state, LR schedule and data: after an excursion, from its weights (dotted: the "
                f"excursion's own 0-shot result at its start), or with GRPO steps mixed in (dashed: "

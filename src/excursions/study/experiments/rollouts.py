@@ -18,11 +18,22 @@ from excursions.study.experiments import experiment
 from excursions.study.plan import (Checkpoint, Unit, chosen_checkpoints, configured, posttrain_dir, recipe_settings,
                                    rollout_prompts, world_dir)
 from excursions.study.report import Section, save
-from excursions.study.results import Results, separate, tally
+from excursions.study.results import Results
+from excursions.study.verdicts import Arm, align, claim, judge, not_run, paired, row
 
 TITLE = "Rollouts per prompt, per FLOP, on difficulty splits (paper Fig. 18)"
-CLAIMS = ("Fewer rollouts per problem are more FLOP-efficient (at equal FLOPs, above)",
-          "The final pass@k does not depend on the rollout count (within 1.96 standard errors)")
+METRICS = ("pass@1", "pass@8")
+CLAIMS = (
+    # "n=5 achieves comparable accuracy at substantially lower FLOPs, especially on the harder split" (App. D.2,
+    # Fig. 18): the fewest rollouts at the end of their run above the most rollouts at the same FLOPs, paired on the
+    # tracked problems, on each split and tracked metric; margins pass@1 5 points, pass@8 3
+    claim("Fewer rollouts per problem are more FLOP-efficient (above the most rollouts at equal FLOPs, every split)",
+          "superiority", METRICS, "every"),
+    # "asymptotic performance is largely independent of the number of rollouts; both n=5 and n=64 converge to similar
+    # pass@k peaks across difficulty levels" (App. D.2): the two runs' final values equivalent within the margins
+    claim("The final pass@k does not depend on the rollout count (equivalent within the margins, every split)",
+          "equivalence", METRICS, "every"),
+)
 
 
 def splits_unit(cfg: Config, out: Path, ckpt: Checkpoint) -> Unit:
@@ -68,22 +79,22 @@ def rollouts_experiment(res: Results, figdir: Path) -> Section:
                if u.id in done and res.training(u.id, "rl", "total_rollout_flops")[0]}
     gs = sorted({g for _, g in trained})
     splits = [s for s in SPLITS if any((s, g) in trained for g in gs)]
-    not_run = [(c, "not run", "needs runs with two rollout counts: study.rollouts, e.g. [4, 16]") for c in CLAIMS]
+    skipped = [not_run(c, "needs runs with two rollout counts: study.rollouts, e.g. [4, 16]") for c in CLAIMS]
     if not splits:
         return Section(TITLE, reading="No rollouts experiment in this study (add 'rollouts' to study.experiments).",
-                       claims=not_run)
+                       claims=skipped)
     if len(gs) < 2:  # the runs are in the database; the figure compares rollout counts, and there is one
         return Section(TITLE, reading=f"The rollouts experiment ran with one rollout count ({gs[0]} per prompt); its "
                                       "figure compares two: set study.rollouts to two counts, e.g. [4, 16].",
-                       claims=not_run)
+                       claims=skipped)
     task = res.math_tasks[0]
     first = min(trained.values())  # every run tracks the same metrics on the same problems
-    metrics = [k for k in ("pass@1", "pass@8") if res.training(first, "rl", f"eval/{task}/{k}")[0]]
+    metrics = [k for k in METRICS if res.training(first, "rl", f"eval/{task}/{k}")[0]]
     curves = {(split, g, m): flops_curve(res, u, task, m) for (split, g), u in trained.items() for m in metrics}
     _figure(curves, splits, gs, metrics, figdir / "rollouts.png")
     problems = res.training(first, "rl", f"eval/{task}/problems")[1]
     tracked = int(problems[0]) if problems else 100  # the runs' rl.track_problems, or fewer
-    table, claims = _claims(curves, splits, gs, metrics, tracked)
+    table, claims = _claims(res, trained, curves, splits, gs, metrics, task)
     counts = res.store.problem_counts(splits_unit(res.cfg, res.out, chosen_checkpoints(res.cfg, res.out)[0][-1]).id)
     return Section(TITLE, "rollouts.png", _reading(counts, gs, tracked), table, claims)
 
@@ -118,9 +129,10 @@ def _figure(curves: dict, splits: list[str], gs: list[int], metrics: list[str], 
     save(fig, path)
 
 
-def _claims(curves: dict, splits: list[str], gs: list[int], metrics: list[str], tracked: int):
+def _claims(res: Results, trained: dict, curves: dict, splits: list[str], gs: list[int], metrics: list[str],
+            task: str):
     """The fewest rollouts' final value against the most rollouts' curve at that budget (equal FLOPs), and the two
-    runs' final values (the paper's asymptote), per split and metric."""
+    runs' final values (the paper's asymptote), per split and metric, paired on the tracked problems."""
     few, many = gs[0], gs[-1]
     table = [["split", "metric", f"n = {few} at its end", f"n = {many} at the same FLOPs", "FLOPs",
               f"n = {many} at its end"]]
@@ -129,21 +141,37 @@ def _claims(curves: dict, splits: list[str], gs: list[int], metrics: list[str], 
         for m in metrics:
             if (split, few, m) not in curves or (split, many, m) not in curves:
                 continue
-            _, fl_few, v_few = curves[split, few, m]
-            _, fl_many, v_many = curves[split, many, m]
-            a, b = v_few[-1], value_at(fl_many, v_many, fl_few[-1])
-            efficient.append(separate(a, b, tracked))
-            alike.append(1 if separate(a, v_many[-1], tracked) == 0 else -1)
-            table.append([split, m, f"{100 * a:.1f}", f"{100 * b:.1f}", f"{fl_few[-1]:.2e}", f"{100 * v_many[-1]:.1f}"])
-    rows = table[1:]
-    claims = [  # "n=5 achieves comparable accuracy at substantially lower FLOPs, especially on the harder split"
-        (CLAIMS[0], tally(efficient), f"n = {few} vs n = {many} at n = {few}'s final FLOPs, {tracked} tracked test "
-                                      "problems: " + "; ".join(f"{r[0]} {r[1]} {r[2]} vs {r[3]}" for r in rows)),
-        # "asymptotic performance is largely independent of the number of rollouts; both n=5 and n=64 converge to
-        # similar pass@k peaks across difficulty levels" (App. D.2)
-        (CLAIMS[1], tally(alike), f"final values, n = {few} vs n = {many}: "
-                                  + "; ".join(f"{r[0]} {r[1]} {r[2]} vs {r[5]}" for r in rows))]
-    return table, claims
+            (st_few, fl_few, v_few), (st_many, fl_many, v_many) = curves[split, few, m], curves[split, many, m]
+            a = res.tracked_arm(trained[split, few], "rl", st_few[-1], m)
+            b = arm_at(res, trained[split, many], st_many, fl_many, fl_few[-1], m)
+            last = res.tracked_arm(trained[split, many], "rl", st_many[-1], m)
+            if a and b:
+                efficient.append(row(CLAIMS[0], split, f"n = {few} vs n = {many} at {fl_few[-1]:.2e} FLOPs", m,
+                                     paired(a, b, seed=res.cfg.eval.seed)))
+            if a and last:
+                alike.append(row(CLAIMS[1], split, f"n = {few} vs n = {many}, final", m,
+                                 paired(a, last, seed=res.cfg.eval.seed)))
+            table.append([split, m, f"{100 * v_few[-1]:.1f}", f"{100 * value_at(fl_many, v_many, fl_few[-1]):.1f}",
+                          f"{fl_few[-1]:.2e}", f"{100 * v_many[-1]:.1f}"])
+    why = ("not run", "the runs were tracked without per-problem counts (stored before they were kept): run them "
+                      "again")
+    return table, [judge(CLAIMS[0], efficient, empty=why), judge(CLAIMS[1], alike, empty=why)]
+
+
+def arm_at(res: Results, unit: str, steps: list[int], flops: list[float], x: float, metric: str) -> Arm | None:
+    """A run's tracked per-problem scores at `x` FLOPs, each problem linearly between the two tracked points around
+    it (`value_at`, per problem: the mean of the result is the curve's value there); before the first point, the
+    first (which had more compute than x: the comparison then favours this run)."""
+    i = next((j for j in range(1, len(flops)) if x <= flops[j]), len(flops) - 1)
+    if x <= flops[0] or i == 0:
+        return res.tracked_arm(unit, "rl", steps[0], metric)
+    lo, hi = (res.tracked_arm(unit, "rl", steps[j], metric) for j in (i - 1, i))
+    if not lo or not hi:
+        return None
+    t = min(1.0, (x - flops[i - 1]) / (flops[i] - flops[i - 1]))
+    a, b = align(lo, hi)
+    ids = tuple(sorted(set(lo.ids) & set(hi.ids)))
+    return Arm(ids, a + (b - a) * t, lo.seeds)
 
 
 def _reading(counts: list[tuple[int, int]], gs: list[int], tracked: int) -> str:
@@ -157,8 +185,8 @@ def _reading(counts: list[tuple[int, int]], gs: list[int], tracked: int) -> str:
             f"FLOPs spent (6N per trained token, 2N per generated one) and against RL steps. The first claim compares "
             f"n = {few} at the end of its run with n = {many} at the same FLOPs (interpolated; where n = {many}'s "
             f"first point already cost more, that point: the comparison then favours n = {many}), the second the two "
-            "runs' final values; a difference counts where it exceeds 1.96 binomial standard errors over the tracked "
-            "problems.")
+            "runs' final values, each paired on the tracked problems (at equal FLOPs, each problem's score "
+            "interpolated between the two tracked points around it).")
 
 
 def flops_curve(res: Results, unit: str, task: str, metric: str) -> tuple[list[int], list[float], list[float]]:

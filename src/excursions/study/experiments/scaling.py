@@ -12,10 +12,12 @@ from excursions.study.experiments import experiment
 from excursions.study.plan import (Unit, all_checkpoints, configured, eval_digest, posttrain_dir, pretrain_dir,
                                    recipe_settings)
 from excursions.study.report import COLORS, Section, save
-from excursions.study.results import Results, Stat, compare, difference, tally
+from excursions.study.results import Results, Stat, scores, to_arm
+from excursions.study.verdicts import Arm, align, claim, judge, not_run, paired, row
 
 TITLE = "Scaling N vs D for RL on hard problems (paper Fig. 4, 10-12)"
-CLAIM = "Targeted data beats model scale for the gain RL brings on hard problems (Fig. 4, 10-12)"
+CLAIM = ("Targeted data beats model scale for the gain RL brings on hard problems (Fig. 4, 10-12; per problem, D's "
+         "gain over its base minus N's)")
 LABEL = {"base": "study's run", "N": "bigger\nmodel (N)", "D": "+ targeted\nmath (D)"}
 WHATS = ("base", "base 0-shot", "rl")  # the base few-shot and 0-shot, and after RL
 
@@ -78,7 +80,8 @@ def scaling_experiment(res: Results, figdir: Path) -> Section:
     if len(variants) < 2:
         why = ("opt-in (a bigger model's and a targeted-data pretraining run): set study.scale_model and "
                "study.scale_targeted")
-        return Section(TITLE, reading=f"Not run in this study: {why}.", claims=[(CLAIM, "not run", why)])
+        return Section(TITLE, reading=f"Not run in this study: {why}.",
+                       claims=[not_run(claim(CLAIM, "superiority", ["pass@1"], "every"), why)])
     ks = sorted({k[2] for k in stats}, key=lambda m: int(m.split("@")[1]))
     _figure(stats, variants, ks, figdir / "scaling.png")
     table = [["variant", "tokens"] + [f"{w} {k}" for k in ks for w in WHATS]]
@@ -87,28 +90,42 @@ def scaling_experiment(res: Results, figdir: Path) -> Section:
                      + [str(stats.get((v, w, k), "-")) for k in ks for w in WHATS])
     # "when measuring the gain from RL relative to each checkpoint's own base performance, the 4B model does not
     # obtain larger improvements" and "the RL gain over the base model is substantially larger" with the added
-    # data (Sec. 3.3, Fig. 4): the gain is after RL minus the base, the interval from both in quadrature. The base
+    # data (Sec. 3.3, Fig. 4): per problem, the gain is after RL minus the base, and D's gain minus N's is compared
+    # paired on the same hard test problems (a difference in differences), by the pass@1 and pass@k margins. The base
     # is taken at its better prompt, few-shot or 0-shot, for each metric: the paper's few-shot prompts fit its models'
     # context, and where ours do not (tiny: 4 hard exemplars run past the 512-token pretraining sequences) a
     # few-shot base near 0 would inflate the gain.
-    base = {(v, k): max((stats[v, w, k] for w in ("base", "base 0-shot") if (v, w, k) in stats), key=lambda s: s.mean)
-            for v in variants for k in ks if (v, "base", k) in stats or (v, "base 0-shot", k) in stats}
-    gain = {(v, k): difference(stats[v, "rl", k], base[v, k]) for v in variants for k in ks
-            if (v, "rl", k) in stats and (v, k) in base}
-    both = [k for k in ks if ("D", k) in gain and ("N", k) in gain]
-    if both:
-        signs = [compare(gain["D", k], gain["N", k]) for k in both]
-        outcome = tally(signs)
-        evidence = "; ".join(f"RL gain in {k}: D {gain['D', k]} vs N {gain['N', k]}" for k in both)
-    else:
-        outcome, evidence = "not run", "needs both variants: study.scale_model and study.scale_targeted"
+    c = claim(CLAIM, "superiority", ks, "every")
+    gains = {(v, k): g for v in ("D", "N") if v in planned for k in ks if (g := gain_arm(res, planned[v], k, stats, v))}
+    rows = [row(c, "final checkpoints", "D's RL gain vs N's", k, paired(gains["D", k], gains["N", k],
+                                                                       seed=res.cfg.eval.seed))
+            for k in ks if ("D", k) in gains and ("N", k) in gains and set(gains["D", k].ids) & set(gains["N", k].ids)]
+    verdict = judge(c, rows, empty=("not run", "needs both variants (study.scale_model and study.scale_targeted), "
+                                               "evaluated on the same hard test problems"))
     reading = ("Direct RL on the hard family from the final checkpoint of each pretraining run: the study's own, a "
                "bigger model on the same data (scaling N) and the same model with extra targeted hard-family math "
                "(scaling D). Bars: the base few-shot and 0-shot, and after RL (0-shot), with 95% intervals. The "
                "paper finds that targeted data raises the gain RL brings on hard problems more than a bigger model "
                "does; the claim compares the gains: after RL minus the base at its better prompt (few-shot or 0-shot, the "
                "higher of the two for each metric).")
-    return Section(TITLE, "scaling.png", reading, table, [(CLAIM, outcome, evidence)])
+    return Section(TITLE, "scaling.png", reading, table, [verdict])
+
+
+def gain_arm(res: Results, units: dict[str, Unit], metric: str, stats: dict, v: str) -> Arm | None:
+    """Per problem: a variant's pass@k after RL minus its base's at the better prompt (by mean, as in the table)."""
+    prompts = [w for w in ("base", "base 0-shot") if (v, w, metric) in stats]
+    if not prompts or (v, "rl", metric) not in stats:
+        return None
+    better = max(prompts, key=lambda w: stats[v, w, metric].mean)
+    shots = res.base_shots if better == "base" else 0
+    base = to_arm({0: scores(res.store.problem_scores([units["base"].id], units["base"].checkpoint, "base", "hard",
+                                                        shots, 0), metric)})
+    rl = to_arm({0: scores(res.store.problem_scores([units["eval"].id], units["eval"].checkpoint, "rl", "hard", 0,
+                                                      units["eval"].seed), metric)})
+    if not base or not rl:
+        return None
+    a, b = align(rl, base)
+    return Arm(tuple(sorted(set(rl.ids) & set(base.ids))), a - b)
 
 
 def _figure(stats: dict, variants: list[str], ks: list[str], path: Path) -> None:

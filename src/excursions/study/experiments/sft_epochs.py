@@ -9,7 +9,16 @@ from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
 from excursions.study.report import Section, save
 from excursions.study.plan import Unit, chosen_checkpoints, configured, posttrain_dir, recipe_settings, train_size
-from excursions.study.results import Results, separate, tally
+from excursions.study.results import Results
+from excursions.study.verdicts import claim, judge, not_run, paired, row
+
+
+def converged(epochs: int, metrics: list[str]):
+    # "Performance plateaus by 5 epochs, which we use as the standard SFT training length for all M_t^SFT
+    # baselines." (App. B.5): the study's epochs against the longer run's last, paired on the tracked problems, each
+    # tracked pass@k equivalent within its margin (pass@1 5 points, pass@k 3)
+    return claim(f"SFT has converged by the study's {epochs} epochs (tracked pass@k at epoch {epochs} equivalent to "
+                 "the longer run's last epoch)", "equivalence", metrics or ["pass@1"], "every")
 
 
 def sft_epochs_units(cfg: Config, out: Path) -> list[Unit]:
@@ -29,11 +38,11 @@ def sft_epochs_units(cfg: Config, out: Path) -> list[Unit]:
 
 @experiment(order=8, units=sft_epochs_units)
 def sft_epochs_experiment(res: Results, figdir: Path) -> Section:
-    title, claim = "SFT epochs (paper Fig. 15)", f"SFT has converged by the study's {res.cfg.sft.epochs} epochs"
+    title = "SFT epochs (paper Fig. 15)"
     done = res.done(sft_epochs_units(res.cfg, res.out))
     if not done:
         return Section(title, reading="No SFT epochs run in this study (study.sft_epochs = 0).",
-                       claims=[(claim, "not run", "set study.sft_epochs")])
+                       claims=[not_run(converged(res.cfg.sft.epochs, []), "set study.sft_epochs")])
     unit, task = done[0].id, res.math_tasks[0]
     keys = sorted(res.store.training_keys(f"eval/{task}/pass@", unit), key=lambda k: int(k.split("@")[1]))
     at = dict(zip(*res.training(unit, "sft", "epoch")))  # step -> epoch
@@ -58,25 +67,16 @@ def sft_epochs_experiment(res: Results, figdir: Path) -> Section:
     reading = (f"Test {', '.join(k.split('/')[-1] for k in keys)} (0-shot, tracked on a subset of the {task} test "
                f"problems) after each epoch of one SFT run on one demonstration per problem, {max(at.values(), default=0):.0f} "
                "epochs. Where the curve has flattened by the study's SFT epochs, its sft results are converged.")
-    # "Performance plateaus by 5 epochs, which we use as the standard SFT training length for all M_t^SFT
-    # baselines." (App. B.5): at the study's epochs against the longer run's last, each tracked pass@k; a rise beyond
-    # 1.96 binomial standard errors over the tracked problems says the study's SFT had not converged
-    problems = res.training(unit, "sft", f"eval/{task}/problems")[1]
-    n, used, last = int(problems[0]) if problems else 100, res.cfg.sft.epochs, tracked[-1] if tracked else 0
-    signs, evidence = [], []
-    for key in keys:
-        if used in curves[key] and last > used:
-            signs.append(not_below_rate(curves[key][used], curves[key][last], n))
-            evidence.append(f"{key.split('/')[-1]} epoch {used} {100 * curves[key][used]:.1f} vs epoch {last} "
-                            f"{100 * curves[key][last]:.1f}")
-    evidence.append(f"{n} tracked test problems")
-    return Section(title, "sft_epochs.png", reading, table, [(claim, tally(signs), "; ".join(evidence))])
-
-
-def not_below_rate(a: float, b: float, problems: int) -> int:
-    """+1 unless rate a lies below rate b by more than 1.96 binomial standard errors (a plateau claim).
-
-    >>> not_below_rate(0.30, 0.32, 100), not_below_rate(0.10, 0.30, 100)
-    (1, -1)
-    """
-    return -1 if separate(a, b, problems) < 0 else 1
+    used = res.cfg.sft.epochs
+    c = converged(used, [k.split("/")[-1] for k in keys])
+    step_at = {round(at.get(st, 0)): st for st in res.training(unit, "sft", keys[0])[0]} if keys else {}
+    rows = []
+    if used in step_at and tracked and tracked[-1] > used:
+        for metric in c.margins:
+            a, b = (res.tracked_arm(unit, "sft", step_at[e], metric) for e in (tracked[-1], used))
+            if a and b:
+                rows.append(row(c, res.label(ckpt), f"epoch {tracked[-1]} vs epoch {used}", metric,
+                                paired(a, b, seed=res.cfg.eval.seed)))
+    why = "" if rows else ("needs a longer run than the study's epochs, tracked with per-problem counts (runs stored "
+                           "before they were kept have means only: run the unit again)")
+    return Section(title, "sft_epochs.png", reading, table, [judge(c, rows, empty=("not run", why) if why else None)])
