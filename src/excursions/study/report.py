@@ -99,8 +99,8 @@ VERDICTS = ("Each claim is the paper's sentence (quoted in its experiment's code
             + "; ".join(f"{k}: {v}" for k, v in QUANTIFIERS.items()) + ". mde is the minimum detectable effect at "
             f"this sample size, {MDE_Z} standard errors of the paired difference. Post-trained models are evaluated "
             "0-shot, base checkpoints few-shot.")
-COMPARISONS = ["where", "comparison", "metric", "A", "B", "A - B [95%]", "margin", "mde", "problems", "seeds A/B",
-               "sign"]
+COMPARISONS = ["where", "comparison", "metric", "A", "B", "A - B [95%]", "margin", "mde", "problems (or questions, "
+               "articles)", "seeds A/B", "sign"]
 
 
 def counts(claims: list[Verdict]) -> str:

@@ -143,7 +143,8 @@ class Results:
         comparison of the checkpoints pooled for a "pooled" one."""
         ckpts = ckpts or (self.early() if c.quantifier == "early" else self.checkpoints)
         found = [(k, m, x, y) for k in ckpts for m in c.margins
-                 if (x := self.arm(task, a, k, m, shots[0])) and (y := self.arm(task, b, k, m, shots[1]))]
+                 if (x := self.arm(task, a, k, m, shots[0])) and (y := self.arm(task, b, k, m, shots[1]))
+                 and set(x.ids) & set(y.ids)]
         what = f"{a} vs {b}"
         if c.quantifier != "pooled":
             return [row(c, self.label(k), what, m, paired(x, y, seed=self.cfg.eval.seed)) for k, m, x, y in found]

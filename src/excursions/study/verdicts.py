@@ -320,7 +320,11 @@ def evidence(r: Row) -> str:
     value = (lambda x: f"{x:.4f}") if r.metric == "bits_per_byte" else pct
     return (f"{r.where}, {r.metric} {r.what.replace(' vs ', f' {value(r.cmp.a)} vs ')} {value(r.cmp.b)}: "
             f"{interval(r.cmp, r.metric)}, margin {fmt_margin(r.metric, r.margin).removesuffix(' points')}, "
-            f"mde {value(r.cmp.mde)}, {r.cmp.problems} problems, seeds {r.cmp.seeds[0]}/{r.cmp.seeds[1]}")
+            f"mde {value(r.cmp.mde)}, {r.cmp.problems} {ITEMS.get(r.metric, 'problems')}, "
+            f"seeds {r.cmp.seeds[0]}/{r.cmp.seeds[1]}")
+
+
+ITEMS = {"acc": "questions", "bits_per_byte": "articles", "kl": "prompts"}  # what a comparison resamples
 
 
 def mcnemar(only_a: int, only_b: int) -> float:
