@@ -170,8 +170,8 @@ def drift_record(spec: str, start: str, world: Path, family: str, cfg: EvalConfi
     """`evaluate_drift` of checkpoint `spec` from `start` on the first KL_PROMPTS training problems of `family`,
     written to (or read back from) OUT_DIR/kl-FAMILY.json."""
     path = out_dir / f"kl-{family}.json"
-    if path.is_file() and read_json(path).get("start") == start and read_json(path).get("checkpoint") == spec:
-        return read_json(path)
+    if path.is_file() and ((done := read_json(path)).get("start"), done.get("checkpoint")) == (start, spec):
+        return done
     device = pick_device(runtime.device if runtime else "auto")
     model, ref = (load_model(*parse_checkpoint(s), device=device) for s in (spec, start))
     tok = load_tokenizer(*parse_checkpoint(spec))

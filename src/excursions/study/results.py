@@ -18,8 +18,8 @@ import numpy as np
 
 from excursions.config import Config
 from excursions.recipes import RECIPES
-from excursions.study.plan import Unit, recipe_unit_id
 from excursions.evals.passk import pass_at_k
+from excursions.study.plan import Unit, recipe_unit_id
 from excursions.study.store import Store
 from excursions.study.verdicts import Arm, Claim, Row, paired, pooled, row
 
@@ -127,6 +127,12 @@ class Results:
         if metric in ("bits_per_byte", "kl"):
             return self.store.item_values(self.unit_ids, ckpt, recipe, task, seed, metric)
         return scores(self.store.problem_scores(self.unit_ids, ckpt, recipe, task, shots, seed), metric)
+
+    def unit_arm(self, unit: Unit, task: str, metric: str, shots: int | None) -> Arm | None:
+        """Per-problem scores of one evaluation unit's result outside the study's own (a large-k curve, a scaling
+        variant, a pretraining branch): its checkpoint, recipe and seed, on `task` at `shots`."""
+        counts = self.store.problem_scores([unit.id], unit.checkpoint, unit.recipe, task, shots, unit.seed)
+        return to_arm({unit.seed: scores(counts, metric)})
 
     def tracked_arm(self, unit: str, stage: str, step: int, metric: str) -> Arm | None:
         """Per-problem scores of a run's tracked evaluation at a step (one seed)."""

@@ -169,10 +169,11 @@ def _evaluate(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool) -
                else out / "evals" / "hub" / unit.checkpoint)
     rows = evaluate_checkpoint(spec, tasks, ecfg, shots=shots, world_dir=world, out_dir=out_dir,
                                progress=progress, runtime=cfg.distributed, chat=cfg.prompt.chat_template)
-    start = {name: src for name, _, src in all_checkpoints(cfg, out)}.get(unit.checkpoint)
-    if unit.kind == "eval" and not unit.overrides and not unit.world and start:  # a recipe's result on the study's
-        # own checkpoints: how far it moved from where it started (general capability against this KL)
-        rows.append(drift_record(spec, start, world, cfg.rl.family, ecfg, Path(spec) / "eval", cfg.distributed))
+    if unit.kind == "eval" and not unit.overrides and not unit.world:  # a recipe's result on the study's own
+        # checkpoints: how far it moved from where it started (general capability against this KL)
+        start = {name: src for name, _, src in all_checkpoints(cfg, out)}.get(unit.checkpoint)
+        if start:
+            rows.append(drift_record(spec, start, world, cfg.rl.family, ecfg, Path(spec) / "eval", cfg.distributed))
     write_json(unit.path, [r["path"] for r in rows])
 
 

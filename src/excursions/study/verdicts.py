@@ -121,11 +121,12 @@ class Arm:
         return float(self.values.mean())
 
 
-def align(a: Arm, b: Arm) -> tuple[np.ndarray, np.ndarray]:
-    """The two arms' scores on the problems both have, in one order: ([seeds_a, P], [seeds_b, P])."""
-    common = sorted(set(a.ids) & set(b.ids))
+def align(a: Arm, b: Arm) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """The problems both arms have, and the two arms' scores on them in that order: (ids, [seeds_a, P],
+    [seeds_b, P])."""
+    common = tuple(sorted(set(a.ids) & set(b.ids)))
     ia, ib = {p: i for i, p in enumerate(a.ids)}, {p: i for i, p in enumerate(b.ids)}
-    return a.values[:, [ia[p] for p in common]], b.values[:, [ib[p] for p in common]]
+    return common, a.values[:, [ia[p] for p in common]], b.values[:, [ib[p] for p in common]]
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def paired(a: Arm, b: Arm, iters: int = ITERS, seed: int = 0) -> Paired:
     >>> c.diff, c.problems, c.seeds   # p0 and p1 gained, p2 and p3 level: +2/4
     (0.5, 4, (1, 1))
     """
-    xa, xb = align(a, b)
+    _, xa, xb = align(a, b)
     p = xa.shape[1]
     if p == 0:
         raise ValueError("a paired comparison needs problems scored by both arms; these share none")

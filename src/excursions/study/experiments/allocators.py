@@ -90,7 +90,6 @@ def allocators_experiment(res: Results, figdir: Path) -> Section:
     for a in ran:
         flops = lines[a, "pass@1"][0]
         budget = min(flops[-1], u_flops[-1])  # equal FLOPs: where both runs got to
-        at = {m: value_at(*lines[a, m], budget) for m in metrics}
         uniform_at = {m: value_at(*lines["uniform", m], budget) for m in metrics}
         table.append([a, f"{flops[-1]:.2e}"] + [f"{100 * lines[a, m][1][-1]:.1f}" for m in metrics]
                      + [f"{100 * uniform_at[m]:.1f}" for m in metrics])

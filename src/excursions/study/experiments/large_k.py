@@ -15,7 +15,7 @@ from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
 from excursions.study.plan import Unit, backbone, chosen_checkpoints, configured, recipe_unit_id
 from excursions.study.report import Section, line, save
-from excursions.study.results import Results, Stat, scores, to_arm
+from excursions.study.results import Results, Stat
 from excursions.study.verdicts import claim, judge, not_run, paired, row
 
 TITLE = "pass@k to large k: does the base catch up with direct RL? (beyond the paper: Yue et al. 2025)"
@@ -73,10 +73,7 @@ def curves(res: Results, planned: dict[str, Unit]) -> dict[str, dict[int, Stat]]
 def large_k_arm(res: Results, planned: dict[str, Unit], label: str, metric: str):
     """Per-problem `metric` of one curve of `curves` ("rl", "base" few-shot or "base 0-shot")."""
     u = planned["rl" if label == "rl" else "base"]
-    shots = 0 if label in ("rl", "base 0-shot") else res.cfg.eval.shots
-    task = u.tasks[0]
-    counts = res.store.problem_scores([u.id], u.checkpoint, u.recipe, task, shots, u.seed if label == "rl" else 0)
-    return to_arm({0: scores(counts, metric)})
+    return res.unit_arm(u, u.tasks[0], metric, 0 if label in ("rl", "base 0-shot") else res.cfg.eval.shots)
 
 
 @experiment(order=12, units=large_k_units)

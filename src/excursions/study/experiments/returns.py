@@ -19,7 +19,7 @@ from excursions.study.experiments import experiment
 from excursions.study.plan import (Unit, all_checkpoints, backbone, chosen_checkpoints, eval_digest, pretrain_dir,
                                    recipe_unit_id, world_dir)
 from excursions.study.report import Section, line, save
-from excursions.study.results import Results, Stat, row_stats, scores, to_arm
+from excursions.study.results import Results, Stat, row_stats
 from excursions.study.verdicts import Verdict, claim, paired, row
 
 TITLE = "RL inside pretraining: excursion and return, interleaved RL (beyond the paper, its section 7)"
@@ -51,18 +51,12 @@ def answers(res: Results, label: str, u: dict, keys: list, final: str, start_lab
     out = []
     for (t, metric, k_shots), question in questions:
         q = claim(f"Beyond the paper: from {start_label}, {question}", "equivalence", [metric], "every")
-        a, b = branch_arm(res, u["eval"], t, metric, k_shots), res.arm(t, "base", final, metric, k_shots)
+        a, b = res.unit_arm(u["eval"], t, metric, k_shots), res.arm(t, "base", final, metric, k_shots)
         if a and b:
             cmp = paired(a, b, seed=res.cfg.eval.seed)
             out.append(Verdict(q, answer(cmp, q.margins[metric]), [row(q, final_label, f"{label} vs plain", metric,
                                                                        cmp)], f"at {ratio:.2f}x the plain run's FLOPs"))
     return out
-
-
-def branch_arm(res: Results, unit: Unit, task: str, metric: str, shots: int | None):
-    """Per-problem `metric` of a branch's evaluation (its final checkpoint, evaluated as the base checkpoints are)."""
-    return to_arm({0: scores(res.store.problem_scores([unit.id], unit.checkpoint, unit.recipe, task, shots,
-                                                        unit.seed), metric)})
 
 
 def branch_runs(cfg: Config, out: Path) -> dict[str, dict[str, Unit]]:

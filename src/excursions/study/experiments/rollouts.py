@@ -104,8 +104,8 @@ def _figure(curves: dict, splits: list[str], gs: list[int], metrics: list[str], 
     colors = dict(zip(gs, ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e")))
     fig, axes = plt.subplots(len(splits), len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3.2 * len(splits)),
                              squeeze=False)
-    for row, split in zip(axes, splits):
-        for ax, m in zip(row, metrics):
+    for panels, split in zip(axes, splits):
+        for ax, m in zip(panels, metrics):
             for g in gs:
                 if (split, g, m) in curves:
                     _, fl, vals = curves[split, g, m]
@@ -116,7 +116,7 @@ def _figure(curves: dict, splits: list[str], gs: list[int], metrics: list[str], 
             ax.set_ylabel(f"test {m} (%)")
             ax.set_title(f"{split} split: {m} per FLOP", fontsize=9)
             ax.legend(fontsize=7)
-        ax = row[-1]
+        ax = panels[-1]
         for g in gs:
             if (split, g, metrics[0]) in curves:
                 steps, _, vals = curves[split, g, metrics[0]]
@@ -169,8 +169,7 @@ def arm_at(res: Results, unit: str, steps: list[int], flops: list[float], x: flo
     if not lo or not hi:
         return None
     t = min(1.0, (x - flops[i - 1]) / (flops[i] - flops[i - 1]))
-    a, b = align(lo, hi)
-    ids = tuple(sorted(set(lo.ids) & set(hi.ids)))
+    ids, a, b = align(lo, hi)
     return Arm(ids, a + (b - a) * t, lo.seeds)
 
 

@@ -12,7 +12,7 @@ from excursions.study.experiments import experiment
 from excursions.study.plan import (Unit, all_checkpoints, configured, eval_digest, posttrain_dir, pretrain_dir,
                                    recipe_settings)
 from excursions.study.report import COLORS, Section, save
-from excursions.study.results import Results, Stat, scores, to_arm
+from excursions.study.results import Results, Stat
 from excursions.study.verdicts import Arm, align, claim, judge, not_run, paired, row
 
 TITLE = "Scaling N vs D for RL on hard problems (paper Fig. 4, 10-12)"
@@ -118,14 +118,11 @@ def gain_arm(res: Results, units: dict[str, Unit], metric: str, stats: dict, v: 
         return None
     better = max(prompts, key=lambda w: stats[v, w, metric].mean)
     shots = res.base_shots if better == "base" else 0
-    base = to_arm({0: scores(res.store.problem_scores([units["base"].id], units["base"].checkpoint, "base", "hard",
-                                                        shots, 0), metric)})
-    rl = to_arm({0: scores(res.store.problem_scores([units["eval"].id], units["eval"].checkpoint, "rl", "hard", 0,
-                                                      units["eval"].seed), metric)})
+    base, rl = res.unit_arm(units["base"], "hard", metric, shots), res.unit_arm(units["eval"], "hard", metric, 0)
     if not base or not rl:
         return None
-    a, b = align(rl, base)
-    return Arm(tuple(sorted(set(rl.ids) & set(base.ids))), a - b)
+    ids, a, b = align(rl, base)
+    return Arm(ids, a - b)
 
 
 def _figure(stats: dict, variants: list[str], ks: list[str], path: Path) -> None:
