@@ -116,3 +116,74 @@ def test_a_run_directory_refuses_other_settings(tmp_path):
     RunDir(tmp_path, {"pretrain": {"lr": 1e-3}, "eval": {"n": 32}}, compared=("pretrain",))  # eval is not compared
     with pytest.raises(Exception, match=r"different settings \(pretrain.lr: 0.001 -> 0.002\)"):
         RunDir(tmp_path, {"pretrain": {"lr": 2e-3}, "eval": {"n": 8}}, compared=("pretrain",))
+
+
+# ------------------------------------------------------------------------------------------ the convergence rule
+
+
+def _curve(level, problems: int = 300, n: int = 16, seed: int = 0):
+    """A synthetic validation curve: at step s each problem's pass rate is its difficulty times `level(s)`, scored
+    from n independent samples, a fresh draw at every evaluation (the noise a real evaluation has, and more: the
+    harness's fixed sampling seed makes two evaluations' samples share their random numbers)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ease = rng.uniform(0.2, 1.0, problems)
+    ids = [f"gsm-val-{i}" for i in range(problems)]
+    step = {"at": 0}
+
+    def evaluate():
+        p = np.clip(ease * level(step["at"]), 0, 1)
+        c = rng.binomial(n, p)
+        return dict(zip(ids, c / n)), {"val/gsm/pass@1": float((c / n).mean())}
+
+    return evaluate, step
+
+
+def _run_until_converged(level, cap: int, seed: int = 0, **rule):
+    from excursions.config import ConvergeConfig
+    from excursions.train.loop import Converge
+
+    c = ConvergeConfig(**{"every": 10, "window": 3, "min_steps": 20, "threshold": 0.03, **rule})
+    evaluate, at = _curve(level, seed=seed)
+    conv = Converge(evaluate, c, cap, [], "val/gsm/per_problem")
+    rows = [{"step": 0, **conv.first()}]
+
+    def step_fn(s):
+        at["at"] = s + 1
+        return {}
+
+    class Keep(Hook):
+        def after(self, row):
+            rows.append(row)
+
+    train_loop(0, cap, step_fn, [conv, Keep()])
+    return conv.record(), rows
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_curve_that_rises_then_flattens_stops_within_a_window_of_the_plateau(seed):
+    """pass@1 rises 2 points every 10 steps (6% to 18%) to step 60, then stays: the run stops once a window of W = 3
+    evaluations lies on the plateau, and no later than W evaluations after that (steps 90-120), long before its cap."""
+    record, rows = _run_until_converged(lambda s: 0.1 + 0.2 * min(s, 60) / 60, cap=300, seed=seed)
+    assert record["converged"] and 90 <= record["steps"] <= 120, record
+    assert rows[-1]["step"] == record["steps"]  # the loop ended at the stop
+    assert record["change"]["hi"] < 0.03 and record["evaluations"] == record["steps"] // 10 + 1
+    assert all(r["val/gsm/change_hi"] >= 0.03 for r in rows[:-1] if "val/gsm/change_hi" in r)  # the first such
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_curve_still_rising_runs_to_its_cap_and_is_marked_capped(seed):
+    """pass@1 still rising 1.5 points every 10 steps at the cap: no window ever shows a gain below 3 points with
+    confidence, so the run takes every step and says it was capped, with the last window's change."""
+    record, rows = _run_until_converged(lambda s: 0.1 + 0.0025 * s, cap=150, seed=seed)
+    assert not record["converged"] and record["steps"] == 150 and rows[-1]["step"] == 150
+    assert record["change"]["lo"] > 0 and record["change"]["hi"] >= 0.03
+
+
+def test_the_rule_waits_for_min_steps_and_a_full_window():
+    """A flat curve from the start: nothing to compare before W + 1 evaluations, no stop before min_steps."""
+    record, _ = _run_until_converged(lambda s: 0.3, cap=200, min_steps=50)
+    assert record["converged"] and record["steps"] == 50
+    record, _ = _run_until_converged(lambda s: 0.3, cap=200, min_steps=0, window=4)
+    assert record["converged"] and record["steps"] == 40  # evaluations at 0, 10, 20, 30, 40: the first full window

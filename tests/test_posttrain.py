@@ -273,9 +273,17 @@ def test_unknown_recipe_is_a_clear_error(source, micro_run, post_cfg, tmp_path):
         posttrain(str(source), "ppo", post_cfg, tmp_path, micro_run / "world")
 
 
-@pytest.mark.parametrize("rollouts", ["uniform", "adaptive"])  # adaptive: its record of the problems resumes too
+# until converged: validation every 2 steps, a window of 2, no stop before step 6; the micro model's flat val pass@1
+# stops it there, before its cap of 12 (and the kill, after step 2, comes before the stop)
+CONVERGE = ["rl.until=converged", "rl.steps=12", "rl.converge.every=2", "rl.converge.window=2",
+            "rl.converge.min_steps=6", "rl.converge.problems=4", "rl.converge.n=2"]
+
+
+@pytest.mark.parametrize("rollouts", ["uniform", "adaptive", "converged"])  # adaptive: its record of the problems
 def test_rl_resumes_after_kill_9_to_the_same_weights(rollouts, source, micro_run, micro_overrides, tmp_path):
-    overrides = micro_overrides + POST + ["rl.steps=6", f"rl.rollouts={rollouts}", "rl.max_rollouts=8"]
+    # resumes too; converged: the convergence rule's history, so the rerun stops at the same step
+    extra = CONVERGE if rollouts == "converged" else ["rl.steps=6", f"rl.rollouts={rollouts}", "rl.max_rollouts=8"]
+    overrides = micro_overrides + POST + extra
     cmd = lambda out: [sys.executable, "-m", "excursions.cli", "posttrain", str(source), "--recipe", "rl",
                        "--preset", "smoke", "--out", str(out), "--quiet", *overrides]
     straight = subprocess.run(cmd(tmp_path / "straight"), capture_output=True, text=True)
@@ -295,6 +303,37 @@ def test_rl_resumes_after_kill_9_to_the_same_weights(rollouts, source, micro_run
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed/metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(0, 7))  # step 0: the starting model's tracked pass@k, logged once
     assert set(assert_events_match_metrics(tmp_path / "killed")["train/reward"]) == set(range(1, 7))  # each once
+    meta = lambda run: json.loads((tmp_path / run / "final/excursions.json").read_text())["convergence"]
+    assert meta("killed") == meta("straight")
+    if rollouts == "converged":
+        assert meta("killed")["converged"] and meta("killed")["steps"] == 6 < meta("killed")["cap"] == 12
+
+
+def test_the_convergence_rule_reads_validation_problems_only(source, micro_run, micro_overrides, tmp_path,
+                                                             monkeypatch):
+    """Every problem the rule scores is a val problem, none a test one (a test problem here fails this test), in
+    every stage that can run until converged."""
+    import excursions.train.posttrain as pt
+
+    scored: dict[str, set] = {}
+    real = pt.track
+
+    def spy(model, tok, problems, eval_cfg, n, family, prefix="eval"):
+        scored.setdefault(prefix, set()).update(p.id for p in problems)
+        return real(model, tok, problems, eval_cfg, n, family, prefix)
+
+    monkeypatch.setattr(pt, "track", spy)
+    ids = lambda split: {p.id for p in read_jsonl(micro_run / "world" / "gsm" / f"{split}.jsonl")}
+    rule = lambda section, cap: [f"{section}.until=converged", cap, f"{section}.converge.every=2",
+                                 f"{section}.converge.window=2", f"{section}.converge.problems=4",
+                                 f"{section}.converge.n=2"]
+    cfg = load_config("smoke", overrides=micro_overrides + POST + rule("rl", "rl.steps=4") + rule("sft", "sft.epochs=1")
+                      + rule("parallel", "parallel.steps=4"))
+    for name in ("rl", "sft", "parallel"):
+        posttrain(str(source), name, cfg, tmp_path / name, micro_run / "world", progress=False)
+        assert scored["val"] and scored["val"] <= ids("val") and not scored["val"] & ids("test"), name
+        assert scored["eval"] <= ids("test")  # the tracked curves stay on test problems
+        scored.clear()
 
 
 def test_shared_prefix_logits_and_gradients_equal_the_full_forward(source, micro_run):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from excursions.config.loader import (apply_override, build, check, diff, digest, load_raw, preset_names, read_toml,
                                       to_dict, to_toml)
-from excursions.config.runs import (DistributedConfig, InterleaveConfig, ParallelConfig, PromptConfig, RLConfig, SFTConfig, SFTRLConfig,
+from excursions.config.runs import (ConvergeConfig, DistributedConfig, InterleaveConfig, ParallelConfig, PromptConfig, RLConfig, SFTConfig, SFTRLConfig,
                                     StudyConfig, TrackingConfig)
 from excursions.config.sections import (SIZES, DataConfig, EvalConfig, GeneralWorldConfig, MathFamilyConfig,
                                         ModelConfig, PretrainConfig, TokenizerConfig, WorldConfig)
@@ -24,7 +24,7 @@ from excursions.config.sections import (SIZES, DataConfig, EvalConfig, GeneralWo
 PRETRAIN_SECTIONS = ("seed", "world", "data", "tokenizer", "model", "pretrain")
 
 __all__ = ["PRETRAIN_SECTIONS", "Config", "load_config", "prompt_settings", "apply_override", "build", "check", "diff", "digest",
-           "load_raw", "preset_names", "read_toml", "to_dict", "to_toml", "SIZES", "DataConfig", "DistributedConfig",
+           "load_raw", "preset_names", "read_toml", "to_dict", "to_toml", "SIZES", "DataConfig", "DistributedConfig", "ConvergeConfig",
            "EvalConfig", "GeneralWorldConfig", "InterleaveConfig", "MathFamilyConfig", "ModelConfig", "ParallelConfig", "PretrainConfig",
            "PromptConfig", "RLConfig", "SFTConfig", "SFTRLConfig", "StudyConfig", "TokenizerConfig", "TrackingConfig", "WorldConfig"]
 

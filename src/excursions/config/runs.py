@@ -18,6 +18,30 @@ def _check_optim(lr: float, betas: tuple, weight_decay: float, grad_clip: float,
 
 
 @dataclass(frozen=True)
+class ConvergeConfig:
+    """When a training stage has converged (its section's `until = "converged"`; `train.loop.Converge`): validation
+    pass@1 (0-shot, on the first `problems` *val* problems, `n` samples each) every `every` steps and at the cap; the
+    run stops at the first evaluation from `min_steps` on where the paired change of the best of the last `window`
+    evaluations over the best before them has its 95% interval's upper end below `threshold` (the gain the last
+    window could still hold is smaller than that). It returns its last weights: at a plateau the last is within
+    `threshold` of the best by the rule's own test, and no extra copy of the weights is kept. The section's step
+    count (rl.steps, sft.epochs, parallel.steps) is the cap; a run that reaches it unconverged is marked capped."""
+
+    every: int = 10
+    window: int = 3
+    min_steps: int = 20
+    threshold: float = 0.03
+    problems: int = 200
+    n: int = 8
+
+    def __post_init__(self):
+        for name in ("every", "window", "problems", "n"):
+            check(getattr(self, name) >= 1, name, "must be >= 1")
+        check(self.min_steps >= 0, "min_steps", "must be >= 0")
+        check(0 < self.threshold < 1, "threshold", "must be in (0, 1): a pass@1 gain, as a fraction")
+
+
+@dataclass(frozen=True)
 class RLConfig:
     """GRPO (paper Table 1, VeRL semantics), scaled to a tiny model on a CPU."""
 
@@ -60,6 +84,8 @@ class RLConfig:
     track_n: int = 8
     save_every: int = 10
     seed: int = 0
+    until: Literal["steps", "converged"] = added("steps")  # "converged": `steps` is the cap (ConvergeConfig)
+    converge: ConvergeConfig = added(ConvergeConfig())
 
     @property
     def prompts_sampled(self) -> int:
@@ -121,6 +147,8 @@ class SFTConfig:
     track_every: int = 0  # steps between test pass@k (0 = at the end only)
     save_every: int = 50
     seed: int = 0
+    until: Literal["steps", "converged"] = added("steps")  # "converged": `epochs` is the cap (ConvergeConfig)
+    converge: ConvergeConfig = added(ConvergeConfig())
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "save_every"):
@@ -148,6 +176,8 @@ class ParallelConfig:
     kl_coef: float = -1.0  # < 0 = [rl]'s (0 turns the KL term off)
     max_new_tokens: int = 0  # 0 = [rl]'s
     format_score: float = -1.0  # < 0 = [rl]'s
+    until: Literal["steps", "converged"] = added("steps")  # "converged": `steps` is the cap (ConvergeConfig)
+    converge: ConvergeConfig = added(ConvergeConfig())
 
     def __post_init__(self):
         check(self.steps >= 1, "steps", "must be >= 1")

@@ -167,11 +167,25 @@ class Store:
             r = json.loads(line)
             rows += [(unit, stage, r["step"], k, float(v)) for k, v in r.items()
                      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
-            counts += [(unit, stage, r["step"], p, *ncv) for k, v in r.items() if k.endswith("/per_problem")
-                       for p, ncv in v.items()]
+            counts += [(unit, stage, r["step"], p, *ncv) for k, v in r.items()  # test's: val's steer the rule
+                       if k.startswith("eval/") and k.endswith("/per_problem") for p, ncv in v.items()]
         self.db.execute("DELETE FROM tracked WHERE unit = ? AND stage = ?", (unit, stage))
         self.db.executemany("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?)", rows)
         self.db.executemany("INSERT OR REPLACE INTO tracked VALUES (?, ?, ?, ?, ?, ?, ?)", counts)
+
+    def add_convergence(self, unit: str, stage: str, record: dict) -> None:
+        """A finished stage's convergence record (its metadata's, `loop.Converge.record`) as training numbers at its
+        last step, under convergence/: checked (0 for a fixed step count), converged, cap, and the last window's
+        change with its interval."""
+        if not record:
+            return
+        change = record.get("change") or {}
+        numbers = {"checked": record.get("until") == "converged", "converged": bool(record.get("converged")),
+                   "cap": record.get("cap", record["steps"]), "threshold": record.get("threshold"),
+                   "change": change.get("diff"), "change_lo": change.get("lo"), "change_hi": change.get("hi")}
+        self.db.executemany("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?)",
+                            [(unit, stage, record["steps"], f"convergence/{k}", float(v))
+                             for k, v in numbers.items() if v is not None])
 
     def replace_evaluations(self, unit: Unit, results: list[tuple[Path, dict]]) -> None:
         """The unit's evaluation results (file, record), with per-problem (n, c), instead of any it had."""

@@ -144,8 +144,10 @@ def _posttrain_ingest(store: Store, unit: Unit) -> None:
     store.clear_training(unit.id)
     stages = [p for p in sorted(unit.path.iterdir()) if (p / "metrics.jsonl").exists()] or [unit.path]
     for stage_dir in stages:
-        store.add_training(unit.id, unit.recipe if stage_dir == unit.path else stage_dir.name,
-                           stage_dir / "metrics.jsonl")
+        stage = unit.recipe if stage_dir == unit.path else stage_dir.name
+        store.add_training(unit.id, stage, stage_dir / "metrics.jsonl")
+        if (stage_dir / "final" / META).exists():
+            store.add_convergence(unit.id, stage, read_json(stage_dir / "final" / META).get("convergence", {}))
 
 
 # ----------------------------------------------------------------------------------------- evaluations

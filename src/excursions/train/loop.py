@@ -27,6 +27,7 @@ import tomllib
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import tomli_w
 import torch
 
@@ -53,7 +54,10 @@ def check_finite(step: int, recipe: str, values: dict, model=None) -> None:
 
 
 class Hook:
-    """A place where the loop calls out: before a step, after it (with the step's row of numbers), at the end."""
+    """A place where the loop calls out: before a step, after it (with the step's row of numbers), at the end. A
+    hook that sets `stop` ends the run after the step's hooks (`Converge`)."""
+
+    stop = False
 
     def before(self, step: int) -> None:
         pass
@@ -67,13 +71,15 @@ class Hook:
 
 def train_loop(start: int, steps: int, step_fn: Callable[[int], dict], hooks: Sequence[Hook]) -> None:
     """Steps `start` .. `steps - 1`: row = {"step": step + 1, **step_fn(step)}, then every hook's `after(row)` in
-    order; each hook's `end()` once the last step is done."""
+    order; each hook's `end()` once the last step is done, or once a hook has set `stop`."""
     for step in range(start, steps):
         for hook in hooks:
             hook.before(step)
         row = {"step": step + 1, **step_fn(step)}
         for hook in hooks:
             hook.after(row)
+        if any(hook.stop for hook in hooks):
+            break
     for hook in hooks:
         hook.end()
 
@@ -131,6 +137,74 @@ class Evaluate(Hook):
     def after(self, row: dict) -> None:
         if self.when(row["step"]):
             row.update(self.evaluate())
+
+
+def window_change(history: Sequence[tuple[int, dict[str, float]]], window: int, seed: int = 0):
+    """The convergence rule's reading: the paired change (`verdicts.Paired`, 95% bootstrap interval over problems) of
+    the best of the last `window` evaluations over the best before them, each evaluation (step, {problem: score}) and
+    "best" by mean score; None until there are window + 1 evaluations.
+
+    >>> flat = {"a": 0.5, "b": 0.5}
+    >>> window_change([(0, {"a": 0.0, "b": 0.5}), (10, flat), (20, flat)], window=2).diff   # still rising
+    0.25
+    >>> window_change([(0, {"a": 0.0, "b": 0.5}), (10, flat), (20, flat), (30, flat)], window=2).hi   # flat
+    0.0
+    """
+    from excursions.study.verdicts import Arm, paired
+
+    if len(history) <= window:
+        return None
+    best = lambda part: max(part, key=lambda h: sum(h[1].values()) / len(h[1]))
+    arm = lambda h: Arm(tuple(h[1]), np.array([list(h[1].values())], dtype=float))
+    return paired(arm(best(history[-window:])), arm(best(history[:-window])), seed=seed)
+
+
+class Converge(Hook):
+    """`until = "converged"` (config.ConvergeConfig): at every `every`-th step and at the cap, `evaluate()` scores
+    validation problems ({problem: pass@1}, with the row numbers to log); `stop` is set at the first evaluation from
+    `min_steps` on whose window change (`window_change`) has its upper end below `threshold`. The history comes back
+    from a resumed run's logged rows (its `key` per step), so a rerun after a kill stops where the first would have."""
+
+    def __init__(self, evaluate: Callable[[], tuple[dict[str, float], dict]], c, cap: int, rows: Sequence[dict],
+                 key: str):
+        self.evaluate, self.c, self.cap, self.key = evaluate, c, cap, key
+        self.history = [(r["step"], scores(r[key])) for r in rows if key in r]
+        self.change = None
+
+    def first(self) -> dict:
+        """The starting model's evaluation (step 0), before any update: the numbers to log."""
+        return self._evaluate(0)
+
+    def after(self, row: dict) -> None:
+        if row["step"] % self.c.every == 0 or row["step"] == self.cap:
+            row.update(self._evaluate(row["step"]))
+            self.stop = (self.change is not None and row["step"] >= self.c.min_steps
+                         and self.change.hi < self.c.threshold)
+
+    def _evaluate(self, step: int) -> dict:
+        per_problem, numbers = self.evaluate()
+        self.history.append((step, per_problem))
+        self.change = window_change(self.history, self.c.window)
+        if self.change is not None:
+            prefix = self.key.rsplit("/", 1)[0]
+            numbers |= {f"{prefix}/change": self.change.diff, f"{prefix}/change_lo": self.change.lo,
+                        f"{prefix}/change_hi": self.change.hi}
+        return numbers
+
+    def record(self) -> dict:
+        """What a finished run's metadata says of it: steps run (its last evaluation's: the stop or the cap),
+        converged or capped, the last window's change with its interval."""
+        ch = self.change
+        return {"until": "converged", "steps": self.history[-1][0], "cap": self.cap, "converged": self.stop,
+                "evaluations": len(self.history), "every": self.c.every, "window": self.c.window,
+                "threshold": self.c.threshold, "min_steps": self.c.min_steps, "returns": "last",
+                "change": None if ch is None else {"diff": ch.diff, "lo": ch.lo, "hi": ch.hi, "problems": ch.problems},
+                "best": max((sum(h.values()) / len(h) for _, h in self.history), default=None)}
+
+
+def scores(per_problem: dict) -> dict[str, float]:
+    """{problem: [n, c, c_verified]} (a logged per_problem entry) as {problem: pass@1}."""
+    return {p: ncv[1] / ncv[0] for p, ncv in per_problem.items()}
 
 
 class Log(Hook):
@@ -339,17 +413,19 @@ class _State:
         return self.state
 
 
-def track(model, tok, test: list[Problem], eval_cfg: EvalConfig, n: int, family: str) -> dict:
+def track(model, tok, test: list[Problem], eval_cfg: EvalConfig, n: int, family: str, prefix: str = "eval") -> dict:
     """Test pass@k (0-shot, k <= n) during training: the sharpening-vs-expansion curves, each point with its 95%
-    bootstrap interval (eval/<family>/lo/pass@k, .../hi/pass@k)."""
+    bootstrap interval (eval/<family>/lo/pass@k, .../hi/pass@k). With `prefix="val"`, the same of validation
+    problems, as the convergence rule reads them (val/<family>/...)."""
     cfg = EvalConfig(**{**eval_cfg.__dict__, "n": n, "ks": tuple(k for k in eval_cfg.ks if k <= n) or (1,),
                         "bootstrap": 200})
     result = evaluate_math(model, tok, test, [], cfg, shots=0, progress=False)
-    out = {f"eval/{family}/{k}": v["mean"] for k, v in result["metrics"].items()}
-    out |= {f"eval/{family}/{end}/{k}": v[end] for k, v in result["metrics"].items() for end in ("lo", "hi")}
-    out |= {f"eval/{family}/verified_{k}": v["mean"] for k, v in result["verified"].items()}
-    out[f"eval/{family}/format_rate"] = result["format_rate"]
-    out[f"eval/{family}/problems"] = len(test)  # the size behind the tracked rates' uncertainty
+    at = f"{prefix}/{family}"
+    out = {f"{at}/{k}": v["mean"] for k, v in result["metrics"].items()}
+    out |= {f"{at}/{end}/{k}": v[end] for k, v in result["metrics"].items() for end in ("lo", "hi")}
+    out |= {f"{at}/verified_{k}": v["mean"] for k, v in result["verified"].items()}
+    out[f"{at}/format_rate"] = result["format_rate"]
+    out[f"{at}/problems"] = len(test)  # the size behind the tracked rates' uncertainty
     # per problem, so two points of a curve (or two runs' curves) compare paired on the same problems
-    out[f"eval/{family}/per_problem"] = {r["id"]: [r["n"], r["c"], r["c_verified"]] for r in result["per_problem"]}
+    out[f"{at}/per_problem"] = {r["id"]: [r["n"], r["c"], r["c_verified"]] for r in result["per_problem"]}
     return out

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from excursions.config import Config, RLConfig, to_dict
+from excursions.config import Config, ConvergeConfig, RLConfig, to_dict
 from excursions.data.problems import read_jsonl
 from excursions.errors import UserError
 from excursions.model import check_checkpoint, load_model, parse_checkpoint
@@ -32,8 +32,8 @@ from excursions.runtime import progress_bar
 from excursions.tokenizer import load_tokenizer
 from excursions.train import dist
 from excursions.train.grpo import PassRates, grpo_gradients, grpo_update, rollout, training_flops
-from excursions.train.loop import (Evaluate, FiniteCheck, Log, Progress, RunDir, Save, Timer, Totals, every, track,
-                                  train_loop)
+from excursions.train.loop import (Converge, Evaluate, FiniteCheck, Log, Progress, RunDir, Save, Timer, Totals, every,
+                                  scores, track, train_loop)
 from excursions.train.sft import SFTBatches, demonstrations, sft_gradients
 
 
@@ -72,6 +72,7 @@ class _Setup:
                 raise UserError(f"{world} has no {family}/{split}.jsonl; pass the world/ of a pretraining run")
         self.train = read_jsonl(world / family / "train.jsonl")
         self.test = read_jsonl(world / family / f"{cfg.eval.split}.jsonl")  # tracked; val while choosing settings
+        self.val = read_jsonl(world / family / "val.jsonl")  # the convergence rule's problems, never test
         self.family = family
         self.policy.train()
         self.src, self.distributed = src, cfg.distributed
@@ -171,8 +172,11 @@ def _claim(out: Path, settings: dict, d: dist.Dist, cfg: Config) -> RunDir:
 
 
 def _loop(run: RunDir, trainee: Trainee, cfg: Config, steps: int, step_fn: Callable[[int], dict], save_every: int,
-          track_every: int, track_n: int, desc: str, progress: bool) -> None:
-    """A stage's steps through the shared loop: check, count FLOPs, track test pass@k, log and save (rank 0)."""
+          track_every: int, track_n: int, desc: str, progress: bool, until: str = "steps",
+          converge: ConvergeConfig | None = None) -> dict:
+    """A stage's steps through the shared loop: check, count FLOPs, track test pass@k, log and save (rank 0); under
+    `until = "converged"` the `Converge` hook reads validation pass@1 and may stop before `steps` (the cap). Returns
+    the run's convergence record for its metadata."""
     setup, d, start = trainee.setup, trainee.d, trainee.start
     test = setup.test[: cfg.rl.track_problems]
 
@@ -181,29 +185,51 @@ def _loop(run: RunDir, trainee: Trainee, cfg: Config, steps: int, step_fn: Calla
         trainee.sync()
         return stats
 
-    def evaluate() -> dict:
-        numbers = track(trainee.replica, setup.tok, test, cfg.eval, track_n, setup.family)
+    def evaluate(problems=test, n=track_n, prefix="eval") -> dict:
+        numbers = track(trainee.replica, setup.tok, problems, cfg.eval, n, setup.family, prefix)
         trainee.replica.train(trainee.replica is setup.policy)
         return numbers
 
+    conv = None
+    if until == "converged":
+        c = converge or ConvergeConfig()
+        key = f"val/{setup.family}/per_problem"
+
+        def validate() -> tuple[dict, dict]:
+            numbers = evaluate(validation_problems(setup, c.problems), c.n, "val")
+            return scores(numbers[key]), numbers
+
+        conv = Converge(validate, c, steps, run.rows() if start else [], key)
     bar = progress_bar(total=steps, initial=start, unit="step", desc=desc, disable=not progress or not d.main)
-    postfix = lambda row: {k.split("/")[-1]: f"{v:.3f}" for k, v in row.items() if k in ("train/reward", "train/loss")}
+    postfix = lambda row: {k.split("/")[-1]: f"{v:.3f}" for k, v in row.items()
+                           if k in ("train/reward", "train/loss", f"val/{setup.family}/pass@1")}
+    tracked = every(track_every, last=steps)
     hooks = [FiniteCheck(desc, trainee.replica),  # every rank: the stats are reduced, the weights equal
              Totals(("train_flops", "rollout_flops", "rollout_tokens"), run.rows()[-1] if start else {}),
-             Timer(), Evaluate(evaluate, every(track_every, last=steps)),
+             Timer(), *([conv] if conv else []),
+             Evaluate(evaluate, lambda done: tracked(done) or bool(conv and conv.stop)),
              *([Log(run)] if d.main else []), Progress(bar, postfix),
-             Save(lambda done: trainee.save(run, done), lambda done: done % save_every == 0 and done < steps)]
-    if start == 0 and track_every > 0:  # the curves start at the starting model (step 0), before any update
-        row = {"step": 0, **evaluate()}
+             Save(lambda done: trainee.save(run, done),
+                  lambda done: done % save_every == 0 and done < steps and not (conv and conv.stop))]
+    if start == 0 and (track_every > 0 or conv):  # the curves start at the starting model (step 0), before any update
+        row = {"step": 0, **(evaluate() if track_every > 0 else {}), **(conv.first() if conv else {})}
         if d.main:
             run.log(row)
     train_loop(start, steps, step, hooks)
+    return conv.record() if conv else {"until": "steps", "steps": steps}
 
 
-def _finish(run: RunDir, trainee: Trainee, src: str, name: str, world: Path, steps: int, t0: float) -> Path:
+def validation_problems(setup: "_Setup", count: int) -> list:
+    """The problems the convergence rule scores: the first `count` of the family's val split (test is read once,
+    at the end; settings are never chosen on it)."""
+    return setup.val[:count]
+
+
+def _finish(run: RunDir, trainee: Trainee, src: str, name: str, world: Path, convergence: dict, t0: float) -> Path:
     setup = trainee.setup
     rows = run.rows()
-    meta = {"recipe": name, "source": src, "world_dir": str(world.resolve()), "family": setup.family, "steps": steps,
+    meta = {"recipe": name, "source": src, "world_dir": str(world.resolve()), "family": setup.family,
+            "steps": convergence["steps"], "convergence": convergence,
             "final": {k: v for k, v in rows[-1].items() if k.startswith(("eval/", "total_"))
                       and not k.endswith("/per_problem")} if rows else {},
             "wall_seconds": time.perf_counter() - t0}
@@ -236,8 +262,9 @@ def run_grpo(src: str, cfg: Config, out: Path, world: Path, progress: bool, name
         update = grpo_update(trainee.module, opt, batch, c, d, flops_model=trainee.replica)
         return {**dist.mean_stats(batch.stats, d), **update}
 
-    _loop(run, trainee, cfg, c.steps, step_fn, c.save_every, c.track_every, c.track_n, name, progress)
-    return _finish(run, trainee, src, name, world, c.steps, t0)
+    conv = _loop(run, trainee, cfg, c.steps, step_fn, c.save_every, c.track_every, c.track_n, name, progress,
+                 c.until, c.converge)
+    return _finish(run, trainee, src, name, world, conv, t0)
 
 
 def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, name: str = "sft",
@@ -268,8 +295,9 @@ def run_sft(src: str, cfg: Config, out: Path, world: Path, progress: bool, name:
         return {"train/loss": loss, "epoch": (step + 1) / batches.steps_per_epoch,
                 "train_flops": training_flops(trainee.replica, batch[1])}
 
-    _loop(run, trainee, cfg, steps, step_fn, c.save_every, c.track_every, cfg.rl.track_n, name, progress)
-    return _finish(run, trainee, src, name, world, steps, t0)
+    conv = _loop(run, trainee, cfg, steps, step_fn, c.save_every, c.track_every, cfg.rl.track_n, name, progress,
+                 c.until, c.converge)
+    return _finish(run, trainee, src, name, world, conv, t0)
 
 
 def take_gradients(module, params: list, clip: float) -> list[torch.Tensor]:
@@ -327,8 +355,9 @@ def run_parallel(src: str, cfg: Config, out: Path, world: Path, progress: bool, 
         return {**dist.mean_stats(batch.stats, d), **{f"train/{k}": v for k, v in rl_stats.items()},
                 "train/loss": sft_loss, "parallel/weight": w, "train_flops": flops}
 
-    _loop(run, trainee, cfg, c.steps, step_fn, r.save_every, r.track_every, r.track_n, name, progress)
-    return _finish(run, trainee, src, name, world, c.steps, t0)
+    conv = _loop(run, trainee, cfg, c.steps, step_fn, r.save_every, r.track_every, r.track_n, name, progress,
+                 c.until, c.converge)
+    return _finish(run, trainee, src, name, world, conv, t0)
 
 
 STAGES: dict[str, Callable] = {  # the trainings recipes are made of (recipes.STAGE_SECTIONS: what each reads)
