@@ -17,20 +17,9 @@ import torch
 from excursions.runtime import reuse_freed_memory
 from excursions.config import ModelConfig
 from excursions.flops import model_dims, train_flops_per_token
+from excursions.flops import matmul_peak
 from excursions.model import build_model
 from excursions.optim import adamw
-
-
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 FLOP/s of an n x n matmul on this CPU."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def step_rate(size: str, compiled: bool, seq_len: int, batch: int, steps: int) -> tuple[float, float]:

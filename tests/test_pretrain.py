@@ -108,6 +108,18 @@ def test_resume_after_kill_9_ends_with_identical_weights(tmp_path, micro_run, mi
     assert steps == list(range(1, len(steps) + 1))  # no step logged twice
 
 
+def test_the_same_command_gives_the_same_weights(tmp_path, micro_run, micro_overrides):
+    """The default study is reproducible on one machine: its preset pretrains eagerly, and a fresh run in another
+    process ends at exactly the weights of the fixture's run (compiled kernels would not: they part at step 14)."""
+    assert load_config("tiny").pretrain.compile is False
+    run = tmp_path / "again"
+    done = subprocess.run([sys.executable, "-m", "excursions.cli", "pretrain", "--preset", "smoke", "--out", str(run),
+                           "--quiet", *micro_overrides], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    again, first = _final_weights(run), _final_weights(micro_run)
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+
+
 # ------------------------------------------------------------------------------------ excursion and return
 
 

@@ -25,3 +25,20 @@ def model_dims(model) -> tuple[int, int, int]:
     """(parameters, layers, width) of an HF causal LM, for the counts above."""
     cfg = model.config
     return sum(p.numel() for p in model.parameters()), cfg.num_hidden_layers, cfg.hidden_size
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 FLOP/s of an n x n matmul here: the yardstick a wall time is read against (these machines' speed
+    drifts up to 2x from hour to hour)."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best

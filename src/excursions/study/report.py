@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,9 +68,20 @@ def setup_section(cfg: Config, store: Store, res: Results) -> Section:
                f"{cfg.parallel.weight:g}. "
                f"Evaluation: {cfg.eval.problems} test problems, n = {cfg.eval.n} samples at T = {cfg.eval.temperature}, "
                f"unbiased pass@k with 95% bootstrap intervals; base checkpoints {res.base_shots}-shot, post-trained "
-               f"models 0-shot. {guessing(cfg, res)}Wall time of the work recorded in the database (reused units "
-               f"count their first run):")
+               f"models 0-shot. {guessing(cfg, res)}{speed(store)}Wall time of the work recorded in the database "
+               f"(reused units count their first run):")
     return Section("Setup", reading=reading, table=table)
+
+
+def speed(store: Store) -> str:
+    """A sentence: the fp32 matmul probes taken at the start and end of the study's runs, so a wall time can be read
+    against this machine's speed at the time (it drifts up to 2x from hour to hour)."""
+    probes = store.probes()
+    if not probes:
+        return ""
+    when = lambda p: time.strftime("%Y-%m-%d %H:%M", time.gmtime(p["at"]))
+    return ("This machine's fp32 matmul speed (best of 10 2048 x 2048 products) was "
+            + ", ".join(f"{p['gflops']:.0f} GFLOP/s at the {p['when']} ({when(p)} UTC)" for p in probes) + ". ")
 
 
 def guessing(cfg: Config, res: Results) -> str:
@@ -126,7 +138,7 @@ def comparison_table(v: Verdict) -> list[list[str]]:
     return [COMPARISONS] + [[r.where, r.what, r.metric, value(r.metric, r.cmp.a), value(r.metric, r.cmp.b),
                              interval(r.cmp, r.metric), fmt_margin(r.metric, r.margin).removesuffix(" points"),
                              value(r.metric, r.cmp.mde), str(r.cmp.problems), f"{r.cmp.seeds[0]}/{r.cmp.seeds[1]}",
-                             SIGN_WORDS[r.sign]] for r in v.rows]
+                             SIGN_WORDS[r.sign] + (f" ({r.note})" if r.note else "")] for r in v.rows]
 
 
 def write_report(cfg: Config, out: Path, sections: list[Section]) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from excursions.config import Config
 from excursions.recipes import RECIPES
 from excursions.evals.passk import pass_at_k
 from excursions.study.plan import Unit, recipe_unit_id
-from excursions.study.store import Store
+from excursions.study.store import VAL, Store
 from excursions.study.verdicts import Arm, Claim, Row, paired, pooled, row
 
 
@@ -65,7 +65,7 @@ class Results:
     not the study's evaluations: their experiments read them from `store` themselves."""
 
     def __init__(self, store: Store, cfg: Config, out: Path, units: list[Unit]):
-        self.store, self.cfg, self.out = store, cfg, Path(out)
+        self.store, self.cfg, self.out, self.units = store, cfg, Path(out), units
         self.base_shots = cfg.eval.shots  # base checkpoints are compared at this exemplar count
         self.stats: dict[tuple, list[Stat]] = {}  # (task, recipe, shots, checkpoint, metric) -> one per seed
         self.seed_stats: dict[tuple, Stat] = {}  # (task, recipe, shots, checkpoint, metric, seed) -> stat
@@ -153,7 +153,8 @@ class Results:
                  and set(x.ids) & set(y.ids)]
         what = f"{a} vs {b}"
         if c.quantifier != "pooled":
-            return [row(c, self.label(k), what, m, paired(x, y, seed=self.cfg.eval.seed)) for k, m, x, y in found]
+            return [replace(row(c, self.label(k), what, m, paired(x, y, seed=self.cfg.eval.seed)),
+                            note="; ".join(self.capped(a, k) + self.capped(b, k))) for k, m, x, y in found]
         where = "pooled over " + ", ".join(self.label(k) for k in ckpts if any(f[0] == k for f in found))
         return [row(c, where, what, m, paired(*pooled([(x, y) for _, mm, x, y in found if mm == m]),
                                               seed=self.cfg.eval.seed))
@@ -166,6 +167,30 @@ class Results:
     def run_curve(self, recipe: str, ckpt: str, seed: int, stage: str, key: str) -> tuple[list[int], list[float]]:
         """A metric along the training of a recipe's run from a checkpoint (a stage of it, for two-stage recipes)."""
         return self.store.training(recipe_unit_id(recipe, ckpt, seed), stage, key)
+
+    def stages(self, unit: Unit) -> list[str]:
+        """The stage names a post-training unit's training is stored under: the recipe's for one stage, each stage's
+        own for several (sft_rl: sft, rl)."""
+        stages = RECIPES[unit.recipe].stages
+        return [unit.recipe] if len(stages) == 1 else list(stages)
+
+    def capped(self, recipe: str, ckpt: str) -> list[str]:
+        """The stages of a recipe's runs from a checkpoint that reached their cap unconverged ("rl s0: capped at 150
+        steps"), for the evidence of a comparison that involves them."""
+        out = []
+        for seed in self.seeds(recipe, ckpt) if recipe != "base" else []:
+            unit = recipe_unit_id(recipe, ckpt, seed)
+            for stage in dict.fromkeys(RECIPES[recipe].stages if len(RECIPES[recipe].stages) > 1 else [recipe]):
+                rec = self.store.convergence(unit, stage)
+                if rec.get("checked") and not rec.get("converged"):
+                    out.append(f"{recipe} s{seed}{'' if stage == recipe else ' ' + stage}: capped at "
+                               f"{rec['steps']:.0f} steps")
+        return out
+
+    def val_history(self, unit: str, stage: str) -> list[tuple[int, dict[str, float]]]:
+        """The convergence rule's validation evaluations of a run's stage: (step, {problem: pass@1}) in order."""
+        key = stage + VAL
+        return [(st, scores(self.store.tracked(unit, key, st), "pass@1")) for st in self.store.tracked_steps(unit, key)]
 
     def seeds(self, recipe: str, ckpt: str) -> list[int]:
         return sorted({k[5] for k in self.seed_stats if k[1] == recipe and k[3] == ckpt})

@@ -30,6 +30,7 @@ from typing import Iterator
 from excursions.checkpoint import atomic_write_text, report_damage
 from excursions.config import Config, load_config, to_toml
 from excursions.errors import UnitsFailed, UserError
+from excursions.flops import matmul_peak
 from excursions.registry import lookup
 from excursions.study.executors import EXECUTORS
 from excursions.study.experiments import active
@@ -152,8 +153,12 @@ def run_study(cfg: Config, out: Path | str, progress: bool = True, executor: str
             if store.spelling() is None:
                 store.set_spelling(spelling)
             store.retire(units)
-            run_units(to_run(units, cfg, store), dependencies(units, cfg, spelling), cfg, spelling, store, progress,
-                      **options)
+            todo = to_run(units, cfg, store)
+            if todo:  # the machine's speed at the start and end of the work: a wall time is read against it
+                store.add_probe("start", matmul_peak() / 1e9)
+            run_units(todo, dependencies(units, cfg, spelling), cfg, spelling, store, progress, **options)
+            if todo:
+                store.add_probe("end", matmul_peak() / 1e9)
             report_study(cfg, spelling, store, units)
             failed = store.failures(units)
         finally:

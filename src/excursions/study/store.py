@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS files (
     unit TEXT, state TEXT, file TEXT, bytes INTEGER, sha256 TEXT, PRIMARY KEY (unit, file));
 """
+VAL = "@val"  # a stage's validation counts in `tracked`: the convergence rule's, kept apart from the test curves
 VALUED = ("bits_per_byte", "kl")  # per-item values a result may list as per_<metric>: [{"id", <metric>}, ...]
 TABLES = ("units", "checkpoints", "evaluations", "metrics", "problems", "item_values", "tracked", "training", "files")
 # Columns added after studies were stored: a database without one gets it (NULL in old rows) when it is opened
@@ -82,6 +83,16 @@ class Store:
     def set_spelling(self, out: Path) -> None:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('out', ?)", (str(out),))
+
+    def add_probe(self, when: str, gflops: float) -> None:
+        """An fp32 matmul probe (GFLOP/s) at the start or end of a `run_study` call, kept in order in `meta`."""
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('probes', ?)",
+                            (json.dumps(self.probes() + [{"when": when, "at": time.time(), "gflops": gflops}]),))
+
+    def probes(self) -> list[dict]:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'probes'").fetchone()
+        return json.loads(row[0]) if row else []
 
     # ------------------------------------------------------------------------------------- unit status
 
@@ -159,7 +170,8 @@ class Store:
 
     def add_training(self, unit: str, stage: str, metrics: Path) -> None:
         """Every number of a run's metrics.jsonl, by step, and the per-problem counts of its tracked evaluations
-        (`eval/<family>/per_problem`: {problem: [n, c, c_verified]}), so tracked curves can be compared paired."""
+        (`eval/<family>/per_problem`: {problem: [n, c, c_verified]}), so tracked curves can be compared paired; the
+        convergence rule's validation counts (`val/...`) under the stage named `<stage>@val`."""
         if not metrics.exists():
             return
         rows, counts = [], []
@@ -167,9 +179,9 @@ class Store:
             r = json.loads(line)
             rows += [(unit, stage, r["step"], k, float(v)) for k, v in r.items()
                      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
-            counts += [(unit, stage, r["step"], p, *ncv) for k, v in r.items()  # test's: val's steer the rule
-                       if k.startswith("eval/") and k.endswith("/per_problem") for p, ncv in v.items()]
-        self.db.execute("DELETE FROM tracked WHERE unit = ? AND stage = ?", (unit, stage))
+            counts += [(unit, stage if k.startswith("eval/") else f"{stage}{VAL}", r["step"], p, *ncv)
+                       for k, v in r.items() if k.endswith("/per_problem") for p, ncv in v.items()]
+        self.db.execute("DELETE FROM tracked WHERE unit = ? AND stage IN (?, ?)", (unit, stage, f"{stage}{VAL}"))
         self.db.executemany("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?)", rows)
         self.db.executemany("INSERT OR REPLACE INTO tracked VALUES (?, ?, ?, ?, ?, ?, ?)", counts)
 
@@ -182,6 +194,7 @@ class Store:
         change = record.get("change") or {}
         numbers = {"checked": record.get("until") == "converged", "converged": bool(record.get("converged")),
                    "cap": record.get("cap", record["steps"]), "threshold": record.get("threshold"),
+                   "window": record.get("window"),
                    "change": change.get("diff"), "change_lo": change.get("lo"), "change_hi": change.get("hi")}
         self.db.executemany("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?)",
                             [(unit, stage, record["steps"], f"convergence/{k}", float(v))
@@ -254,6 +267,18 @@ class Store:
         rows = self.db.execute(f"SELECT v.item, v.value FROM item_values v JOIN evaluations e ON e.id = v.evaluation "
                                f"JOIN units u ON u.id = e.unit WHERE {where} AND v.metric = ?", (*args, metric))
         return {r[0]: r[1] for r in rows}
+
+    def convergence(self, unit: str, stage: str) -> dict[str, float]:
+        """A finished stage's convergence record (`add_convergence`): {"steps", "checked", "converged", "cap",
+        "threshold", "window", "change", "change_lo", "change_hi"}; empty for a run stored without one."""
+        rows = self.db.execute("SELECT step, key, value FROM training WHERE unit = ? AND stage = ? AND "
+                               "substr(key, 1, 12) = 'convergence/'", (unit, stage)).fetchall()
+        return {"steps": rows[0][0], **{r[1].split("/", 1)[1]: r[2] for r in rows}} if rows else {}
+
+    def tracked_steps(self, unit: str, stage: str) -> list[int]:
+        """The steps at which a run's stage has tracked per-problem counts (`<stage>@val`: its validation's)."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT step FROM tracked WHERE unit = ? AND stage = ? "
+                                              "ORDER BY step", (unit, stage))]
 
     def tracked(self, unit: str, stage: str, step: int) -> dict[str, tuple[int, int, int]]:
         """{problem: (n, c, c_verified)} of a run's tracked evaluation at a step."""

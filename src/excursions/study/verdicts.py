@@ -232,6 +232,7 @@ class Row:
     cmp: Paired
     margin: float
     sign: int
+    note: str = ""  # what the reader should know of the arms (a run that stopped at its cap unconverged)
 
 
 def row(c: Claim, where: str, what: str, metric: str, cmp: Paired) -> Row:
@@ -322,7 +323,7 @@ def evidence(r: Row) -> str:
     return (f"{r.where}, {r.metric} {r.what.replace(' vs ', f' {value(r.cmp.a)} vs ')} {value(r.cmp.b)}: "
             f"{interval(r.cmp, r.metric)}, margin {fmt_margin(r.metric, r.margin).removesuffix(' points')}, "
             f"mde {value(r.cmp.mde)}, {r.cmp.problems} {ITEMS.get(r.metric, 'problems')}, "
-            f"seeds {r.cmp.seeds[0]}/{r.cmp.seeds[1]}")
+            f"seeds {r.cmp.seeds[0]}/{r.cmp.seeds[1]}" + (f" ({r.note})" if r.note else ""))
 
 
 ITEMS = {"acc": "questions", "bits_per_byte": "articles", "kl": "prompts"}  # what a comparison resamples

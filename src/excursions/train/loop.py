@@ -139,10 +139,22 @@ class Evaluate(Hook):
             row.update(self.evaluate())
 
 
+def window_arms(history: Sequence[tuple[int, dict[str, float]]], window: int):
+    """(the best of the last `window` evaluations, the best before them) as `verdicts.Arm`s, each evaluation a step
+    and {problem: score} and "best" by mean score; None until there are window + 1 evaluations."""
+    from excursions.study.verdicts import Arm
+
+    if len(history) <= window:
+        return None
+    best = lambda part: max(part, key=lambda h: sum(h[1].values()) / len(h[1]))
+    arm = lambda h: Arm(tuple(h[1]), np.array([list(h[1].values())], dtype=float))
+    return arm(best(history[-window:])), arm(best(history[:-window]))
+
+
 def window_change(history: Sequence[tuple[int, dict[str, float]]], window: int, seed: int = 0):
     """The convergence rule's reading: the paired change (`verdicts.Paired`, 95% bootstrap interval over problems) of
-    the best of the last `window` evaluations over the best before them, each evaluation (step, {problem: score}) and
-    "best" by mean score; None until there are window + 1 evaluations.
+    the best of the last `window` evaluations over the best before them (`window_arms`); None until there are
+    window + 1 evaluations.
 
     >>> flat = {"a": 0.5, "b": 0.5}
     >>> window_change([(0, {"a": 0.0, "b": 0.5}), (10, flat), (20, flat)], window=2).diff   # still rising
@@ -150,13 +162,10 @@ def window_change(history: Sequence[tuple[int, dict[str, float]]], window: int, 
     >>> window_change([(0, {"a": 0.0, "b": 0.5}), (10, flat), (20, flat), (30, flat)], window=2).hi   # flat
     0.0
     """
-    from excursions.study.verdicts import Arm, paired
+    from excursions.study.verdicts import paired
 
-    if len(history) <= window:
-        return None
-    best = lambda part: max(part, key=lambda h: sum(h[1].values()) / len(h[1]))
-    arm = lambda h: Arm(tuple(h[1]), np.array([list(h[1].values())], dtype=float))
-    return paired(arm(best(history[-window:])), arm(best(history[:-window])), seed=seed)
+    arms = window_arms(history, window)
+    return paired(*arms, seed=seed) if arms else None
 
 
 class Converge(Hook):
