@@ -16,6 +16,7 @@ from excursions.study.experiments.sharpening import sharpening_experiment
 from excursions.study.plan import Unit
 from excursions.study.results import Results
 from excursions.study.store import DB, Store
+from excursions.study.verdicts import claim
 
 TOKENS = {"early": 5_000_000, "late": 10_000_000}
 N = 8  # samples per problem
@@ -162,3 +163,60 @@ def test_expansion_needs_problems_solved_by_rl_alone_at_the_early_checkpoints(tm
     assert sharp.verdict == "not reproduced"
     net = next(r for r in sharp.rows if r.metric == "net_solved")
     assert (net.cmp.diff, net.cmp.lo, net.cmp.hi, net.sign) == (0.0, 0.0, 0.0, -1)
+
+
+def _stored_run(tmp_path: Path, store: Store, ckpt: str, level, cap: int) -> Unit:
+    """An RL run from `ckpt` as the convergence rule leaves it (validation every 10 steps, a window of 3, 100
+    problems scored c / 8 with c = level(step), no noise), its metrics and record put in the store as a study does."""
+    import json
+
+    from excursions.config import ConvergeConfig
+    from excursions.train.loop import Converge, Hook, train_loop
+
+    ids, at = [f"gsm-val-{i}" for i in range(100)], {"step": 0}
+
+    def evaluate():
+        per = {p: [N, level(at["step"]), level(at["step"])] for p in ids}
+        return {p: c / N for p, (_, c, _) in per.items()}, {"val/gsm/pass@1": level(at["step"]) / N,
+                                                           "val/gsm/per_problem": per}
+
+    conv = Converge(evaluate, ConvergeConfig(every=10, window=3, min_steps=20, threshold=0.03), cap, [],
+                    "val/gsm/per_problem")
+    rows = [{"step": 0, **conv.first()}]
+
+    class Keep(Hook):
+        def after(self, row):
+            rows.append(row)
+
+    train_loop(0, cap, lambda s: at.update(step=s + 1) or {"train/reward": 0.5}, [conv, Keep()])
+    run = tmp_path / f"rl-{ckpt}"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    unit = Unit(f"rl/{ckpt}/s0", "posttrain", run, ckpt, TOKENS[ckpt], "rl")
+    store.finish(unit, 1.0, lambda s, u: (s.add_training(u.id, "rl", run / "metrics.jsonl"),
+                                          s.add_convergence(u.id, "rl", conv.record())))
+    return unit
+
+
+def test_every_run_converged_is_read_from_each_runs_validation_curve(tmp_path):
+    """From the early checkpoint RL rose for 20 steps then stayed flat: it stopped at step 50, its last window level
+    with the best before it. From the late one it gained 1 of 8 per problem every 10 steps up to its cap of 60: the
+    claim is refuted by that run (its last window is 37.5 points above the best before it), the table marks it capped,
+    and the comparisons of rl from that checkpoint say so in their evidence."""
+    from excursions.study.experiments.convergence import convergence_experiment
+
+    rows = {(r, ckpt): {"gsm": solved((50, 2), (50, 0))} for r in ("base", "rl") for ckpt in TOKENS}
+    res = study(tmp_path, rows)
+    runs = [_stored_run(tmp_path, res.store, "early", lambda s: min(s, 20) // 10, cap=300),
+            _stored_run(tmp_path, res.store, "late", lambda s: s // 10, cap=60)]
+    res = Results(res.store, res.cfg, tmp_path, res.units + runs)
+    section = convergence_experiment(res, tmp_path)
+    (v,) = section.claims
+    assert v.verdict == "not reproduced"
+    early, late = v.rows
+    assert early.sign == 1 and early.cmp.diff == 0.0 and not early.note
+    assert late.sign == -1 and late.cmp.diff == pytest.approx(-3 / N) and late.note == "capped at 60 steps"
+    ends = {row[0]: (row[2], row[4]) for row in section.table[1:]}
+    assert ends == {"rl/early/s0": ("50", "converged"), "rl/late/s0": ("60", "capped")}
+    rl_vs_base = res.rows(claim("RL beats the base", "superiority", ["pass@1"], "every"), "gsm", "rl", "base")
+    assert {r.where: r.note for r in rl_vs_base} == {"5.0M": "", "10.0M": "rl s0: capped at 60 steps"}

@@ -16,7 +16,7 @@ from excursions.config import load_config
 from excursions.train.dist import Dist, shard
 from excursions.train.posttrain import posttrain
 
-RL = ["rl.steps=3", "rl.prompts_per_step=4", "rl.group_size=4", "rl.minibatches=2", "rl.micro_batch=4",
+RL = ["rl.until=steps", "rl.steps=3", "rl.prompts_per_step=4", "rl.group_size=4", "rl.minibatches=2", "rl.micro_batch=4",
       "rl.max_new_tokens=12", "rl.track_every=0", "rl.track_problems=4", "rl.track_n=2", "rl.save_every=2",
       "rl.lr=1e-3", "rl.kl_coef=0.01", "rl.temperature=1.0"]
 

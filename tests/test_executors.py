@@ -47,7 +47,8 @@ def test_dependencies_are_read_off_the_paths(micro_overrides, tmp_path):
     assert all(splits in deps[u.id] for u in units if u.id.startswith("rollouts/"))
     assert set(deps["scaling/N/rl"]) == {"scaling/N/pretrain"}  # its own pretraining and world, not the study's
     assert "pretrain" not in deps["scaling/N/base"] and "scaling/N/pretrain" in deps["scaling/N/base"]
-    assert set(deps[next(u for u in by_id if u.startswith("sft_rl/"))]) == {"pretrain"}  # its SFT stage is its own
+    sft_rl = next(u for u in by_id if u.startswith("sft_rl/"))  # it continues the study's own sft run
+    assert set(deps[sft_rl]) == {"pretrain", sft_rl.replace("sft_rl/", "sft/")}
 
 
 class _Store:

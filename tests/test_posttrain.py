@@ -282,7 +282,8 @@ CONVERGE = ["rl.until=converged", "rl.steps=12", "rl.converge.every=2", "rl.conv
 @pytest.mark.parametrize("rollouts", ["uniform", "adaptive", "converged"])  # adaptive: its record of the problems
 def test_rl_resumes_after_kill_9_to_the_same_weights(rollouts, source, micro_run, micro_overrides, tmp_path):
     # resumes too; converged: the convergence rule's history, so the rerun stops at the same step
-    extra = CONVERGE if rollouts == "converged" else ["rl.steps=6", f"rl.rollouts={rollouts}", "rl.max_rollouts=8"]
+    extra = CONVERGE if rollouts == "converged" else ["rl.until=steps", "rl.steps=6", f"rl.rollouts={rollouts}",
+                                                      "rl.max_rollouts=8"]
     overrides = micro_overrides + POST + extra
     cmd = lambda out: [sys.executable, "-m", "excursions.cli", "posttrain", str(source), "--recipe", "rl",
                        "--preset", "smoke", "--out", str(out), "--quiet", *overrides]

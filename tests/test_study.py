@@ -187,7 +187,10 @@ def test_study_writes_report_and_database(micro_study_dir):
     steps = db.execute("SELECT COUNT(DISTINCT step) FROM training WHERE unit = ?", (f"rl/{first}/s0",)).fetchone()
     assert steps[0] == 1 + 3  # step 0 (the start's tracked pass@k), then the 3 steps
     stages = {r[0] for r in db.execute("SELECT DISTINCT stage FROM training WHERE unit LIKE 'sft_rl/%'")}
-    assert stages == {"sft", "rl"}
+    assert stages == {"rl"}  # its SFT is the study's sft run, trained once
+    path = dict(db.execute("SELECT id, path FROM units"))
+    source = json.loads((out / path[f"sft_rl/{first}/s0"] / "rl" / "final" / "excursions.json").read_text())["source"]
+    assert Path(source).parts[-2:] == (Path(path[f"sft/{first}/s0"]).name, "final")
     # the SFT epochs run: test pass@1 tracked at the end of each of its 2 epochs
     tracked = db.execute("SELECT t.step, e.value FROM training t JOIN training e ON e.unit = t.unit AND e.step = t.step "
                          "AND e.key = 'epoch' WHERE t.unit LIKE 'sft_epochs/%' AND t.key = 'eval/gsm/pass@1'").fetchall()
@@ -219,10 +222,14 @@ def test_study_writes_report_and_database(micro_study_dir):
     md = (out / "report" / "report.md").read_text()
     html = (out / "report" / "report.html").read_text()
     for fig in ("recipes", "base-vs-rl", "sharpening", "general", "parallel", "seeds", "nshot", "sft_epochs",
-                "rollouts", "allocators", "scaling", "large_k", "returns"):
+                "rollouts", "allocators", "scaling", "large_k", "returns", "convergence"):
         assert (out / "report" / "figures" / f"{fig}.png").stat().st_size > 1000
         assert f"figures/{fig}.png" in md
-    assert html.count("data:image/png;base64,") == 13
+    assert html.count("data:image/png;base64,") == 14
+    # every training stage's end, and the claim that every run converged, from the stages' validation curves
+    assert "## Convergence of every run" in md and "Every run trained to convergence" in md
+    ends = db.execute("SELECT COUNT(*) FROM training WHERE key = 'convergence/checked' AND value = 1").fetchone()[0]
+    assert ends >= 11  # the recipes' stages (sft_rl's SFT is the sft run's), the seeds', the splits' and more
     # the allocators: uniform and adaptive from the first checkpoint, tracked from step 0 on
     for allocator in ("uniform", "adaptive"):
         tracked = db.execute("SELECT COUNT(DISTINCT step) FROM training WHERE unit = ? AND key = 'eval/gsm/pass@1'",

@@ -127,7 +127,8 @@ def test_vllm_samples_follow_the_samplers_contract(fake_vllm, source, micro_run)
 
 def test_rl_with_the_vllm_sampler_pushes_every_update_to_the_engine(fake_vllm, source, micro_run, micro_overrides,
                                                                     tmp_path):
-    cfg = load_config("smoke", overrides=micro_overrides + POST + ["distributed.sampler=vllm", "distributed.device=cpu",
+    cfg = load_config("smoke", overrides=micro_overrides + POST + ["rl.until=steps", "distributed.sampler=vllm",
+                                                                    "distributed.device=cpu",
                                                                     "rl.track_every=0"])
     final = posttrain(str(source), "rl", cfg, tmp_path / "rl", micro_run / "world", progress=False)
     engine = fake_vllm.instances[-1]

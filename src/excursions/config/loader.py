@@ -124,7 +124,8 @@ def read_toml(path: Path | str) -> dict:
 
 
 def load_raw(preset: str | None = None, path: Path | str | None = None, overrides: list[str] = ()) -> dict:
-    """The raw dict of a preset or file with overrides applied (not yet validated)."""
+    """The raw dict of a preset or file with overrides applied (not yet validated). A preset or file with
+    `extends = "<preset>"` is that preset with its own keys laid over it (`tiny-full`: the tiny study and more)."""
     if path is not None:
         data = read_toml(path)
     else:
@@ -132,9 +133,22 @@ def load_raw(preset: str | None = None, path: Path | str | None = None, override
         if preset not in preset_names():
             raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
         data = tomllib.loads(resources.files("excursions.presets").joinpath(f"{preset}.toml").read_text())
+    if "extends" in data:
+        base = data.pop("extends")
+        if base == preset:
+            raise UserError(f"preset {preset} extends itself; name another preset in its `extends`")
+        data = _laid_over(load_raw(base), data)
     for override in overrides:
         apply_override(data, override)
     return data
+
+
+def _laid_over(base: dict, top: dict) -> dict:
+    """`base` with `top`'s keys laid over it, section by section."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _laid_over(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def added(default: Any) -> Any:

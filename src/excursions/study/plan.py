@@ -140,6 +140,14 @@ def rollout_prompts(cfg: Config) -> int:
 # ----------------------------------------------------------------------------------------- the backbone
 
 
+def continues(recipe: str, recipes: tuple[str, ...]) -> str:
+    """The recipe whose result `recipe` continues in a study that runs both: a recipe of several stages whose first
+    stage is itself one of `recipes` (sft_rl after sft, sft_gold_rl after sft_gold). Its SFT is then trained once,
+    and SFT->RL continues from the very SFT model the report compares; "" where there is none."""
+    stages = RECIPES[recipe].stages
+    return stages[0] if len(stages) > 1 and stages[0] in recipes else ""
+
+
 def recipe_unit_id(recipe: str, checkpoint: str, seed: int) -> str:
     """The id of a recipe's run from a checkpoint with a seed (its evaluation: `eval/` + this)."""
     return f"{recipe}/{checkpoint}/s{seed}"
@@ -158,12 +166,15 @@ def backbone(cfg: Config, out: Path) -> list[Unit]:
                           source=source))
     for ckpt in chosen:
         name, tokens, source = ckpt
+        run_of = lambda recipe, seed, start: posttrain_dir(out, name, f"{recipe}-s{seed}", {
+            **recipe_settings(seeded(cfg, seed), recipe), "source": start})
         for recipe in s.recipes:
             for seed in s.seeds + (s.extra_seeds if recipe == "rl" and ckpt == seed_ckpt else ()):
-                settings = recipe_settings(seeded(cfg, seed), recipe)
-                run = posttrain_dir(out, name, f"{recipe}-s{seed}", {**settings, "source": source})
+                after = continues(recipe, s.recipes)  # sft_rl: from the study's own sft result, not a second SFT
+                start = str(RECIPES[after].final(run_of(after, seed, source))) if after else source
+                run = run_of(recipe, seed, start)
                 uid = recipe_unit_id(recipe, name, seed)
-                units.append(Unit(uid, "posttrain", run, name, tokens, recipe, seed, source))
+                units.append(Unit(uid, "posttrain", run, name, tokens, recipe, seed, start))
                 record = out / "evals" / recipe / name / f"s{seed}-{run.name.rsplit('-', 1)[1]}-{ev}.json"
                 units.append(Unit(f"eval/{uid}", "eval", record, name, tokens, recipe, seed, str(run)))
     return units

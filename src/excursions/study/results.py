@@ -170,9 +170,12 @@ class Results:
 
     def stages(self, unit: Unit) -> list[str]:
         """The stage names a post-training unit's training is stored under: the recipe's for one stage, each stage's
-        own for several (sft_rl: sft, rl)."""
+        own for several (sft_rl: sft, rl), less a stage it took from another unit (the study's sft_rl: its rl only)."""
         stages = RECIPES[unit.recipe].stages
-        return [unit.recipe] if len(stages) == 1 else list(stages)
+        if len(stages) == 1:
+            return [unit.recipe]
+        stored = self.store.stages(unit.id)
+        return [s for s in stages if s in stored] or list(stages)
 
     def capped(self, recipe: str, ckpt: str) -> list[str]:
         """The stages of a recipe's runs from a checkpoint that reached their cap unconverged ("rl s0: capped at 150
@@ -180,7 +183,7 @@ class Results:
         out = []
         for seed in self.seeds(recipe, ckpt) if recipe != "base" else []:
             unit = recipe_unit_id(recipe, ckpt, seed)
-            for stage in dict.fromkeys(RECIPES[recipe].stages if len(RECIPES[recipe].stages) > 1 else [recipe]):
+            for stage in RECIPES[recipe].stages if len(RECIPES[recipe].stages) > 1 else [recipe]:
                 rec = self.store.convergence(unit, stage)
                 if rec.get("checked") and not rec.get("converged"):
                     out.append(f"{recipe} s{seed}{'' if stage == recipe else ' ' + stage}: capped at "

@@ -275,6 +275,10 @@ class Store:
                                "substr(key, 1, 12) = 'convergence/'", (unit, stage)).fetchall()
         return {"steps": rows[0][0], **{r[1].split("/", 1)[1]: r[2] for r in rows}} if rows else {}
 
+    def stages(self, unit: str) -> set[str]:
+        """The training stages a unit's metrics are stored under."""
+        return {r[0] for r in self.db.execute("SELECT DISTINCT stage FROM training WHERE unit = ?", (unit,))}
+
     def tracked_steps(self, unit: str, stage: str) -> list[int]:
         """The steps at which a run's stage has tracked per-problem counts (`<stage>@val`: its validation's)."""
         return [r[0] for r in self.db.execute("SELECT DISTINCT step FROM tracked WHERE unit = ? AND stage = ? "

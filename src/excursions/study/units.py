@@ -21,7 +21,8 @@ from excursions.data.problems import read_jsonl, write_jsonl
 from excursions.errors import UserError
 from excursions.evals.passk import SPLITS, difficulty
 from excursions.recipes import RECIPES
-from excursions.study.plan import Unit, all_checkpoints, configured, pretrain_dir, rollout_prompts, world_dir
+from excursions.study.plan import (Unit, all_checkpoints, configured, continues, pretrain_dir, rollout_prompts,
+                                  world_dir)
 from excursions.study.store import Store
 
 SKIPPED = "skipped.json"  # a unit with nothing to do (a difficulty split too small to train on), and why
@@ -131,7 +132,10 @@ def _posttrain(unit: Unit, cfg: Config, out: Path, world: Path, progress: bool) 
         write_json(unit.path / SKIPPED, {"reason": f"the {Path(unit.world).name} split has fewer problems than one "
                                                   "RL step's prompts"})
     else:
-        posttrain(unit.source, unit.recipe, configured(cfg, unit.seed, unit.overrides), unit.path, world, progress)
+        # a recipe that continues another of the study's (sft_rl after sft) starts from that one's result
+        skip = 1 if continues(unit.recipe, cfg.study.recipes) and Path(unit.source).name == "final" else 0
+        posttrain(unit.source, unit.recipe, configured(cfg, unit.seed, unit.overrides), unit.path, world, progress,
+                  skip=skip)
 
 
 def _posttrain_done(unit: Unit, cfg: Config) -> bool:

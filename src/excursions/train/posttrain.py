@@ -37,8 +37,10 @@ from excursions.train.loop import (Converge, Evaluate, FiniteCheck, Log, Progres
 from excursions.train.sft import SFTBatches, demonstrations, sft_gradients
 
 
-def posttrain(checkpoint: str, name: str, cfg: Config, out: Path, world: Path, progress: bool = True) -> Path:
-    """Run recipe `name` from `checkpoint` into `out`; returns the final HF checkpoint directory."""
+def posttrain(checkpoint: str, name: str, cfg: Config, out: Path, world: Path, progress: bool = True,
+              skip: int = 0) -> Path:
+    """Run recipe `name` from `checkpoint` into `out`; returns the final HF checkpoint directory. `skip`: its first
+    stages ran elsewhere and `checkpoint` is their result (the study's sft_rl continues its own sft run)."""
     recipe = lookup(RECIPES, name, "recipe")
     if not (Path(out) / "config.toml").exists():  # a new run: a bad source fails before its directory is made
         check_checkpoint(checkpoint)
@@ -48,6 +50,8 @@ def posttrain(checkpoint: str, name: str, cfg: Config, out: Path, world: Path, p
         require_vllm()
     source = checkpoint
     for i, stage in enumerate(recipe.stages):
+        if i < skip:
+            continue
         last = i == len(recipe.stages) - 1  # the result is named by its recipe, earlier stages by their own
         stage_cfg = replace(cfg, rl=getattr(cfg, recipe.rl_over).over(cfg.rl)) if stage == "rl" and recipe.rl_over \
             else cfg

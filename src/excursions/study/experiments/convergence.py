@@ -61,7 +61,7 @@ def window_row(res: Results, unit, stage: str, rec: dict) -> Row | None:
                note="" if rec.get("converged") else f"capped at {rec['steps']:.0f} steps")
 
 
-@experiment(order=0)
+@experiment(order=14)
 def convergence_experiment(res: Results, figdir: Path) -> Section:
     title = "Convergence of every run (paper Fig. 13, 15; App. B.3, B.5)"
     c = converged_claim(res.cfg.rl.converge.threshold)
