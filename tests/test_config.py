@@ -121,3 +121,14 @@ def test_cli_rejects_bad_input_before_writing_anything(tmp_path, args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_a_preset_extends_another_with_its_own_keys_laid_over():
+    """tiny-full is the tiny study (every section, its name too: the same pretraining run) and the beyond-paper
+    experiments; a key it sets wins, section by section, and an override still comes last."""
+
+    tiny, full = load_config("tiny"), load_config("tiny-full", overrides=["rl.lr=3e-4"])
+    assert full.name == tiny.name and full.pretrain == tiny.pretrain and full.sft == tiny.sft
+    assert full.study.allocators and full.study.large_k == 256 and not tiny.study.allocators
+    assert full.study.checkpoints == tiny.study.checkpoints  # the rest of [study] is tiny's
+    assert full.rl.lr == 3e-4 and to_dict(full.rl) == {**to_dict(tiny.rl), "lr": 3e-4}
