@@ -26,7 +26,6 @@ parallel averaging) off each one, and evaluate them the same way.
 examples:
   excursions study                                   # the tiny study end to end: runs/study-tiny/report/
   excursions study --preset smoke                    # the same on a toy setting, a few minutes
-  excursions study --preset tiny-full --out runs/study-tiny   # + allocators, pass@k to 256, RL in pretraining
   excursions status runs/study-tiny                  # what is done, running, failed
   excursions report runs/study-tiny                  # the report again from study.db, nothing run
   excursions pretrain --preset smoke                 # 1-2 minutes: the whole path on a toy setting
@@ -239,8 +238,7 @@ def cmd_study(args) -> None:
       excursions study                                   # the tiny study into runs/study-tiny
       excursions study --preset smoke --out runs/study-smoke
       excursions study --preset tiny-full --out runs/study-tiny   # + the beyond-paper experiments, reusing the rest
-      excursions study rl.converge.window=5 sft.until=steps sft.epochs=5   # another convergence rule, fixed SFT
-      excursions study my-study.toml study.seeds=[0,1] rl.steps=40
+      excursions study my-study.toml study.seeds=[0,1] rl.converge.window=5 sft.until=steps sft.epochs=5
       excursions study study.scale_model=olmo2_3M study.scale_targeted=0.25   # + scaling N vs D (Fig. 4)
       excursions study "study.experiments=['recipes','rollouts']"             # only some experiments
       excursions study --jobs 2                          # two units at a time, each in a process with a core

@@ -168,13 +168,13 @@ class Results:
         """A metric along the training of a recipe's run from a checkpoint (a stage of it, for two-stage recipes)."""
         return self.store.training(recipe_unit_id(recipe, ckpt, seed), stage, key)
 
-    def stages(self, unit: Unit) -> list[str]:
+    def stages(self, unit: str, recipe: str) -> list[str]:
         """The stage names a post-training unit's training is stored under: the recipe's for one stage, each stage's
         own for several (sft_rl: sft, rl), less a stage it took from another unit (the study's sft_rl: its rl only)."""
-        stages = RECIPES[unit.recipe].stages
+        stages = RECIPES[recipe].stages
         if len(stages) == 1:
-            return [unit.recipe]
-        stored = self.store.stages(unit.id)
+            return [recipe]
+        stored = self.store.stages(unit)
         return [s for s in stages if s in stored] or list(stages)
 
     def capped(self, recipe: str, ckpt: str) -> list[str]:
@@ -183,7 +183,7 @@ class Results:
         out = []
         for seed in self.seeds(recipe, ckpt) if recipe != "base" else []:
             unit = recipe_unit_id(recipe, ckpt, seed)
-            for stage in RECIPES[recipe].stages if len(RECIPES[recipe].stages) > 1 else [recipe]:
+            for stage in self.stages(unit, recipe):
                 rec = self.store.convergence(unit, stage)
                 if rec.get("checked") and not rec.get("converged"):
                     out.append(f"{recipe} s{seed}{'' if stage == recipe else ' ' + stage}: capped at "

@@ -139,6 +139,11 @@ class Evaluate(Hook):
             row.update(self.evaluate())
 
 
+def mean_score(per_problem: dict[str, float]) -> float:
+    """An evaluation's score: the mean over its problems (what "best" ranks evaluations by)."""
+    return sum(per_problem.values()) / len(per_problem)
+
+
 def window_arms(history: Sequence[tuple[int, dict[str, float]]], window: int):
     """(the best of the last `window` evaluations, the best before them) as `verdicts.Arm`s, each evaluation a step
     and {problem: score} and "best" by mean score; None until there are window + 1 evaluations."""
@@ -146,7 +151,7 @@ def window_arms(history: Sequence[tuple[int, dict[str, float]]], window: int):
 
     if len(history) <= window:
         return None
-    best = lambda part: max(part, key=lambda h: sum(h[1].values()) / len(h[1]))
+    best = lambda part: max(part, key=lambda h: mean_score(h[1]))
     arm = lambda h: Arm(tuple(h[1]), np.array([list(h[1].values())], dtype=float))
     return arm(best(history[-window:])), arm(best(history[:-window]))
 
@@ -208,7 +213,7 @@ class Converge(Hook):
                 "evaluations": len(self.history), "every": self.c.every, "window": self.c.window,
                 "threshold": self.c.threshold, "min_steps": self.c.min_steps, "returns": "last",
                 "change": None if ch is None else {"diff": ch.diff, "lo": ch.lo, "hi": ch.hi, "problems": ch.problems},
-                "best": max((sum(h.values()) / len(h) for _, h in self.history), default=None)}
+                "best": max((mean_score(h) for _, h in self.history), default=None)}
 
 
 def scores(per_problem: dict) -> dict[str, float]:

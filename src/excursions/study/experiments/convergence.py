@@ -18,7 +18,7 @@ from excursions.study.units import SKIPPED
 from excursions.study.report import COLORS, Section, save
 from excursions.study.results import Results
 from excursions.study.verdicts import Claim, Row, decide, judge, not_run, paired
-from excursions.train.loop import window_arms
+from excursions.train.loop import mean_score, window_arms
 
 
 def converged_claim(threshold: float) -> Claim:
@@ -37,7 +37,7 @@ def runs(res: Results) -> list[tuple]:
     """Every finished post-training stage of the study: (unit, stage, its convergence record); a unit skipped for
     want of problems trained nothing."""
     done = [u for u in res.done([u for u in res.units if u.kind == "posttrain"]) if not (u.path / SKIPPED).exists()]
-    return [(u, stage, res.store.convergence(u.id, stage)) for u in done for stage in res.stages(u)]
+    return [(u, stage, res.store.convergence(u.id, stage)) for u in done for stage in res.stages(u.id, u.recipe)]
 
 
 def status(rec: dict) -> str:
@@ -48,10 +48,11 @@ def status(rec: dict) -> str:
     return "converged" if rec.get("converged") else "capped"
 
 
-def window_row(res: Results, unit, stage: str, rec: dict) -> Row | None:
-    """The run's last window against the best before it, recomputed from its stored validation counts as the rule
-    computed it when the run ended: a non-inferiority comparison of "best before" (A) against "last window" (B)."""
-    arms = window_arms(res.val_history(unit.id, stage), int(rec.get("window") or 0)) if rec.get("window") else None
+def window_row(unit, stage: str, rec: dict, history: list) -> Row | None:
+    """The run's last window against the best before it, recomputed from its stored validation counts (`history`)
+    as the rule computed it when the run ended: a non-inferiority comparison of "best before" (A) against "last
+    window" (B)."""
+    arms = window_arms(history, int(rec["window"])) if rec.get("window") else None
     if arms is None:
         return None
     recent, before = arms
@@ -74,12 +75,12 @@ def convergence_experiment(res: Results, figdir: Path) -> Section:
     rows, unchecked = [], []
     for unit, stage, rec in found:
         history = res.val_history(unit.id, stage)
-        r = window_row(res, unit, stage, rec) if rec.get("checked") else None
+        r = window_row(unit, stage, rec, history) if rec.get("checked") else None
         if r:
             rows.append(r)
         else:  # a fixed step count, or a run stored before the rule existed
             unchecked.append(f"{unit.id} ({stage})")
-        best = max((sum(h.values()) / len(h) for _, h in history), default=None)
+        best = max((mean_score(h) for _, h in history), default=None)
         table.append([unit.id, stage, f"{rec['steps']:.0f}" if rec else "-",
                       f"{rec['cap']:.0f}" if rec.get("cap") else "-", status(rec),
                       (f"{100 * rec['change']:+.1f} [{100 * rec['change_lo']:+.1f}, {100 * rec['change_hi']:+.1f}]"
