@@ -25,8 +25,6 @@ from excursions.config import MathFamilyConfig
 from excursions.data.problems import Problem
 from excursions.evals.math import apply
 
-NAMES = ("Ada Ben Cleo Dan Eve Finn Gus Hana Ivo Jade Kai Lena Milo Nora Omar Pia Quin Rosa Sam Tara "
-         "Uma Vic Wes Xia Yara Zed Abel Bea Cal Dina Emil Fay Gil Hugo Iris Joel Kira Liam Maya Ned").split()
 ITEMS = ("apples pears stickers marbles books coins shells pencils cards stones plums eggs buttons "
          "beads cookies rocks stamps candles ribbons nuts").split()
 PLACES = ("shelf box jar bag basket drawer crate tray").split()
@@ -35,15 +33,16 @@ _VOWELS = "a e i o u ai ea oo".split()
 
 
 def people(rng: random.Random, n: int) -> list[str]:
-    """`n` distinct names: half the time made up on the spot, so that a name repeated inside a
-    problem must be copied from the context (in-context copying is what the solutions need for
-    their numbers too; a fixed list of names is memorised instead)."""
+    """`n` distinct names, every one made up on the spot (one or two syllables), so that a name
+    repeated inside a problem must be copied from the context (in-context copying is what the
+    solutions need for their numbers too; a fixed list of names is memorised instead)."""
     out: list[str] = []
     while len(out) < n:
-        if rng.random() < 0.5:
-            name = people(rng, 1)[0]
-        else:
-            name = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.randint(1, 2))).capitalize()
+        # Draws that make nothing: an earlier version meant to pick half its names from a fixed list
+        # and, by a bug, drew again instead. Kept so every generated world stays byte-identical.
+        while rng.random() < 0.5:
+            pass
+        name = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.randint(1, 2))).capitalize()
         if name not in out:
             out.append(name)
     return out
