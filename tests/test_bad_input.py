@@ -75,7 +75,13 @@ CASES = [
       "study.seed_checkpoint=0"], "study.world no/such-world has no gsm/test.jsonl"),  # overrides with a '/' in them
     (["study", "--preset", "olmo2-1b-public", "--out", OUT],  # its real data not built yet: the commands that build it
      "build it from the paper's data with\n  excursions data data/real-math --family gsm --train openmath2:"),
+    # a mistyped checkpoint path without --world: the path is the problem, not a missing world/
+    (["eval", "runs/tiny/checkpoints/step9", "--task", "gsm", "--out", OUT],
+     "checkpoint 'runs/tiny/checkpoints/step9': no such directory"),
+    (["posttrain", "runs/tiny/checkpoints/step9", "--recipe", "rl", "--out", OUT],
+     "checkpoint 'runs/tiny/checkpoints/step9': no such directory"),
     (["status", "missing-study"], "holds no study"),
+    (["status", "empty.jsonl"], "empty.jsonl is a file, not a study directory"),
     (["export", "no-config"], "holds no study"),
     # the hub without a network (HF_HUB_OFFLINE=1, set below)
     (["eval", "someone/some-model@main", "--task", "gsm", "--world", "world", "--out", OUT], "some-model"),

@@ -120,9 +120,9 @@ def cmd_eval(args) -> None:
 
     CHECKPOINT is a directory (a pretraining checkpoint, a post-trained model) or a hub id with an
     optional revision (allenai/OLMo-2-0425-1B@stage1-step10000-tokens21B). Given a whole pretraining
-    run directory, every checkpoint is evaluated (finished results are reused, so a killed sweep
-    resumes) and the base curve is written to RUN/eval/curve.json and base-curve.png. Base checkpoints are
-    evaluated with eval.shots exemplars (8), post-trained ones 0-shot. Tasks: gsm, hard (the world's math
+    run directory, every checkpoint is evaluated (finished results are reused, so a killed sweep resumes) and the
+    base curve goes to RUN/eval/curve.json and base-curve.png. Base checkpoints get eval.shots exemplars (4 in the
+    default tiny preset, the paper's 8 in the real ones), post-trained ones 0-shot. Tasks: gsm, hard (the world's math
     families), general (world multiple choice + bpb), and arc_easy, arc_challenge, hellaswag, piqa, boolq,
     winogrande (real files in --data-dir, hub schemas).
 
@@ -187,14 +187,12 @@ def cmd_posttrain(args) -> None:
     from excursions.registry import lookup
     from excursions.train import dist
     from excursions.train.posttrain import posttrain
-    from excursions.worlds.corpus import find_world
+    from excursions.worlds.corpus import require_world
 
     lookup(RECIPES, args.recipe, "recipe")  # fail before loading anything
     cfg = _load(args)
     path, _ = parse_checkpoint(args.checkpoint)
-    world = args.world or (find_world(path) if Path(path).exists() else None)
-    if world is None:
-        raise UserError(f"no world/ directory found for {args.checkpoint}; pass --world DIR")
+    world = require_world(args.checkpoint, args.world)
     out = args.out or Path(path).parent.parent / "posttrain" / Path(path).name / args.recipe
     final = posttrain(args.checkpoint, args.recipe, cfg, out, world, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks

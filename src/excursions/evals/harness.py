@@ -27,7 +27,7 @@ from excursions.model import load_model, parse_checkpoint, pick_device
 from excursions.runtime import progress_bar
 from excursions.sampling import sample
 from excursions.tokenizer import load_tokenizer
-from excursions.worlds.corpus import find_world
+from excursions.worlds.corpus import require_world
 
 
 def choose_exemplars(train: Sequence[Problem], shots: int, seed: int) -> list[Problem]:
@@ -201,9 +201,7 @@ def evaluate_checkpoint(spec: str, tasks: Sequence[str], cfg: EvalConfig, shots:
     if unknown:
         raise UserError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
     path, revision = parse_checkpoint(spec)
-    world = world_dir or (find_world(path) if Path(path).exists() else None)
-    if world is None and any(t in MATH_TASKS + ("general",) for t in tasks):
-        raise UserError(f"no world/ directory found for {spec}; pass --world DIR (a pretraining run's world/)")
+    world = require_world(spec, world_dir) if any(t in MATH_TASKS + ("general",) for t in tasks) else None
     if data_dir is None and any(t in REAL_MC for t in tasks):
         raise UserError("real benchmarks need --data-dir DIR holding e.g. arc_easy.validation.jsonl")
     meta_file = Path(path) / "excursions.json"

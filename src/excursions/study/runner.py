@@ -245,6 +245,9 @@ def rewrite_report(out: Path) -> Path:
 
 def _require_study(out: Path | str) -> Path:
     out = Path(out)
+    if out.is_file():
+        raise UserError(f"{out} is a file, not a study directory; pass the directory a study wrote (its --out, "
+                        f"e.g. {out.parent if out.name == DB else 'runs/study-tiny'})")
     if not (out / DB).exists() or not (out / "study.toml").exists():
         raise UserError(f"{out} holds no study (no {DB}); run `excursions study --out {out}` first")
     return out

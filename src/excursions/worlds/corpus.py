@@ -210,3 +210,18 @@ def find_world(checkpoint: str) -> "Path | None":
         if (parent / "world" / "gsm" / "test.jsonl").is_file():
             return parent / "world"
     return None
+
+
+def require_world(checkpoint: str, given: "Path | str | None" = None) -> "Path":
+    """`given`, else the `world/` of the run `checkpoint` belongs to. Neither: one clear error, and a
+    mistyped checkpoint path (the likelier mistake) is named as such rather than as a missing world."""
+    from pathlib import Path
+
+    from excursions.model import check_checkpoint, parse_checkpoint
+
+    path, _ = parse_checkpoint(checkpoint)
+    world = given or (find_world(path) if Path(path).exists() else None)
+    if world is None:
+        check_checkpoint(checkpoint)
+        raise UserError(f"no world/ directory found for {checkpoint}; pass --world DIR (a pretraining run's world/)")
+    return Path(world)
