@@ -99,6 +99,32 @@ def test_dispatch_cancels_what_runs_when_the_study_stops():
     assert cancelled == ["a", "b"] and store.log == [("start", "a"), ("start", "b")]
 
 
+def test_the_study_bar_advances_by_estimated_seconds_and_an_unknown_unit_counts_as_the_known_mean(monkeypatch):
+    from excursions.study import executors
+
+    class Bar:
+        def __init__(self, total, **kw):
+            self.total, self.steps = total, []
+
+        def update(self, n):
+            self.steps.append(n)
+
+        def set_postfix_str(self, s):
+            pass
+
+        def close(self):
+            pass
+
+    bars = []
+    monkeypatch.setattr(executors, "progress_bar", lambda **kw: bars.append(Bar(**kw)) or bars[-1])
+    u = [Unit(n, "posttrain", Path(n)) for n in ("pretrain", "eval", "new")]
+    ready = lambda handles: (handles[0], 1.0, None)
+    dispatch(u, {n.id: [] for n in u}, _Store(), True, lambda unit: unit.id, ready, lambda h: None,
+             weights={"pretrain": 1200.0, "eval": 20.0, "new": None})
+    # "new" has no estimate: it counts as the mean of the known two, (1200 + 20) / 2 = 610
+    assert bars[0].total == 1830 and bars[0].steps == [1200.0, 20.0, 610.0]
+
+
 def test_the_study_in_two_worker_processes_gives_the_local_results(small_ref, small_cfg, micro_run, tmp_path,
                                                                    monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -19,7 +19,8 @@ import pytest
 from excursions.checkpoint import META, read_json
 from excursions.config import load_config, to_toml
 from excursions.errors import ConfigError, UserError
-from excursions.study.runner import plan, run_study, status_table, study_lock
+from excursions.study.plan import Unit
+from excursions.study.runner import estimate, plan, preview, run_study, status_table, study_lock
 from excursions.study.store import DB
 
 from test_posttrain import POST
@@ -345,6 +346,36 @@ def test_rerun_is_a_no_op_and_a_changed_setting_reruns_only_its_units(micro_stud
     assert db.execute("SELECT COUNT(*) FROM units WHERE finished > ?", (t0,)).fetchone()[0] == 0
     db.close()
     assert _evaluations(out) == before
+
+
+def test_estimate_takes_a_units_own_time_else_the_median_of_its_kind_and_recipe_else_of_its_kind():
+    unit = lambda id, kind, recipe="base": Unit(id, kind, Path(id), recipe=recipe)
+    row = lambda id, kind, recipe, s: {"id": id, "kind": kind, "recipe": recipe, "seconds": s}
+    measured = [row("rl/a/s0", "posttrain", "rl", 100.0), row("rl/c/s0", "posttrain", "rl", 300.0),
+                row("rl/d/s0", "posttrain", "rl", 200.0), row("rl/a/s0", "posttrain", "rl", 110.0)]  # later wins
+    got = estimate([unit("rl/a/s0", "posttrain", "rl"), unit("rl/b/s0", "posttrain", "rl"),
+                    unit("sft/a/s0", "posttrain", "sft"), unit("eval/x", "eval")], measured)
+    # rl/b: median of rl's 100, 300, 200, 110 = 155; sft: no sft run measured, posttrain's median is also 155
+    assert got == {"rl/a/s0": 110.0, "rl/b/s0": 155.0, "sft/a/s0": 155.0, "eval/x": None}
+
+
+def test_dry_run_prints_the_plan_and_its_estimate_and_writes_nothing(micro_study_dir, micro_overrides, tmp_path,
+                                                                    capsys):
+    from excursions import cli
+
+    fresh = tmp_path / "fresh"
+    assert cli.main(["study", "--preset", "smoke", "--out", str(fresh), "--dry-run",
+                     *micro_overrides, *POST, *STUDY]) == 0
+    text = capsys.readouterr().out
+    units = plan(micro_study(micro_overrides), fresh)
+    assert f"{len(units)} of {len(units)} units to run" in text
+    assert "no estimate: no unit of preset smoke has been timed" in text  # the smoke preset ships no unit times
+    assert f"{fresh / DB}" in text and not fresh.exists()
+
+    done = preview(micro_study(micro_overrides), micro_study_dir)
+    assert f"0 of {len(units)} units to run, {len(units)} done" in done
+    changed = preview(micro_study(micro_overrides, "rl.lr=3e-4"), micro_study_dir)  # timed here before: all known
+    assert " 0 of " not in changed and "never measured" not in changed and "posttrain" in changed
 
 
 def test_kill_9_then_rerun_finishes_with_the_same_results(micro_study_dir, micro_overrides, tmp_path):

@@ -1,8 +1,4 @@
-"""The `excursions` command line.
-
-    excursions pretrain --preset tiny                  # the tiny model, checkpoints in runs/tiny
-    excursions config --preset tiny model.d_model=160  # print the resolved config
-"""
+"""The `excursions` command line: one `cmd_NAME` per subcommand, its docstring the subcommand's --help."""
 
 from __future__ import annotations
 
@@ -30,10 +26,9 @@ examples:
   excursions report runs/study-tiny                  # the report again from study.db, nothing run
   excursions pretrain --preset smoke                 # 1-2 minutes: the whole path on a toy setting
   excursions eval runs/smoke/checkpoints/step000146-tokens299008 --task gsm,general
-  excursions pretrain --preset tiny                  # the default study's pretraining (~14 min, 2 cores)
+  excursions study --dry-run                         # what the tiny study will run, how long; nothing written
   excursions pretrain --preset tiny pretrain.lr=1e-3 model.size=olmo2_3M --out runs/tiny-3M
-  excursions config --preset tiny                    # print the resolved tiny config
-  excursions data data/real --family gsm --train gsm8k:gsm8k/train.jsonl --test gsm8k:gsm8k/test.jsonl
+  excursions data data/real-math --family gsm --train gsm8k:gsm8k/train.jsonl --test gsm8k:gsm8k/test.jsonl
   excursions revisions allenai/OLMo-2-0425-1B         # intermediate checkpoints of a real run, with tokens
 """
 
@@ -234,6 +229,7 @@ def cmd_study(args) -> None:
 
     examples:
       excursions study                                   # the tiny study into runs/study-tiny
+      excursions study --dry-run                         # what it will run, its estimated time; nothing written
       excursions study --preset smoke --out runs/study-smoke
       excursions study --preset tiny-full --out runs/study-tiny   # + the beyond-paper experiments, reusing the rest
       excursions study my-study.toml study.seeds=[0,1] rl.converge.window=5 sft.until=steps sft.epochs=5
@@ -250,7 +246,7 @@ def cmd_study(args) -> None:
     against their recorded sha256 before they count as done or are loaded: a damaged one is reported and rebuilt.
     """
     from excursions.study.executors import executor_options
-    from excursions.study.runner import run_study
+    from excursions.study.runner import preview, run_study
 
     if args.file is not None and "=" in str(args.file) and not args.file.exists():  # an override, not a file
         args.overrides, args.file = [str(args.file)] + list(args.overrides), None
@@ -261,6 +257,8 @@ def cmd_study(args) -> None:
     cfg = _load(args)
     out = args.out or Path("runs") / f"study-{args.config.stem if args.config else cfg.name}"
     options = executor_options(args.executor, args.jobs, args.ray_address, args.unit_cpus, args.unit_gpus)
+    if args.dry_run:
+        return print(preview(cfg, out))
     report = run_study(cfg, out, progress=not args.quiet, executor=args.executor, **options)
     print(f"report: {report}\n        {report.with_suffix('.md')}")
 
@@ -413,6 +411,7 @@ def _study_commands(sub) -> None:
     p.add_argument("file", nargs="?", type=Path, default=None, metavar="CONFIG", help="a study TOML (default: --preset tiny)")
     _config_args(p)
     p.add_argument("--out", type=Path, default=None, help="study directory (default: runs/study-<preset>)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time; write nothing")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: units one at a time in this process (default); ray: units as Ray tasks")
     p.add_argument("--jobs", type=int, default=1, metavar="N",

@@ -76,22 +76,28 @@ def blocker(unit: Unit, deps: dict[str, list[str]], failed: set[str]) -> str | N
 
 def dispatch(work: list[Unit], deps: dict[str, list[str]], store: Store, progress: bool,
              launch: Callable[[Unit], Any], wait_one: Callable[[list], tuple[Any, float, BaseException | None]],
-             cancel: Callable[[Iterable], None], fits: Callable[[Unit, list[Unit]], bool] = lambda u, r: True) -> None:
+             cancel: Callable[[Iterable], None], fits: Callable[[Unit, list[Unit]], bool] = lambda u, r: True,
+             weights: dict[str, float | None] | None = None) -> None:
     """The loop every executor shares (the local one's `launch` runs the unit to its end). In plan order, each unit
     whose inputs are done starts (`launch` returns a handle) if it `fits` beside the running ones; the first ready
-    one that does not fit holds back those after it, so units start in plan order. A unit reading a failed one is blocked. `wait_one` returns the
-    (handle, seconds, error) of the next unit to end, recorded here; on the way out (a full disk, Ctrl-C) what still
-    runs is `cancel`led."""
+    one that does not fit holds back those after it, so units start in plan order. A unit reading a failed one is
+    blocked. `wait_one` returns the (handle, seconds, error) of the next unit to end, recorded here; on the way out
+    (a full disk, Ctrl-C) what still runs is `cancel`led. The bar advances by each unit's estimated seconds
+    (`weights`; an unknown one counts as the mean of the known), so its ETA holds when a 20-minute pretraining
+    comes before 20-second evaluations."""
     ids = {u.id for u in work}
     waiting, running, succeeded, failed = list(work), {}, set(), set()
-    bar = progress_bar(total=len(work), unit="unit", desc="study", disable=not progress, position=0)
+    known = [w for w in (weights or {}).values() if w]
+    weight = {u.id: (weights or {}).get(u.id) or (sum(known) / len(known) if known else 1.0) for u in work}
+    bar = progress_bar(total=round(sum(weight.values())), desc="study", disable=not progress, position=0,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
     try:
         while waiting or running:
             for unit in list(waiting):
                 if (dep := blocker(unit, deps, failed)) is not None:
                     store.fail(unit, f"waits for {dep}, which did not finish", status="blocked")
                     failed.add(unit.id)
-                    bar.update(1)
+                    bar.update(weight[unit.id])
                 elif all(d in succeeded or d not in ids for d in deps[unit.id]):
                     if not fits(unit, list(running.values())):
                         break
@@ -109,7 +115,7 @@ def dispatch(work: list[Unit], deps: dict[str, list[str]], store: Store, progres
             unit = running.pop(handle)
             bar.set_postfix_str(", ".join(u.id for u in running.values()))
             (succeeded if settle(store, unit, err, seconds) else failed).add(unit.id)
-            bar.update(1)
+            bar.update(weight[unit.id])
     finally:
         bar.close()
         cancel(list(running))
@@ -117,11 +123,11 @@ def dispatch(work: list[Unit], deps: dict[str, list[str]], store: Store, progres
 
 @executor("local")
 def run_local(work: list[Unit], deps: dict[str, list[str]], cfg: Config, out: Path, store: Store,
-              progress: bool, jobs: int = 1) -> None:
+              progress: bool, jobs: int = 1, weights: dict[str, float | None] | None = None) -> None:
     """Each unit in plan order (every unit comes after the units it reads), in this process; with `jobs` > 1, up to
     `jobs` units at once, each in a process of its own (`run_processes`)."""
     if jobs > 1:
-        return run_processes(work, deps, cfg, out, store, progress, jobs)
+        return run_processes(work, deps, cfg, out, store, progress, jobs, weights)
     results: dict[str, tuple[float, BaseException | None]] = {}
 
     def launch(unit: Unit) -> str:  # runs the unit to its end, here
@@ -134,7 +140,7 @@ def run_local(work: list[Unit], deps: dict[str, list[str]], cfg: Config, out: Pa
         return unit.id
 
     dispatch(work, deps, store, progress, launch, lambda ids: (ids[0], *results.pop(ids[0])), lambda ids: None,
-             fits=lambda unit, running: not running)
+             fits=lambda unit, running: not running, weights=weights)
 
 
 def _remote_unit(unit: Unit, cfg: Config, out: str, cwd: str, threads: int) -> float:
@@ -150,7 +156,8 @@ def _remote_unit(unit: Unit, cfg: Config, out: str, cwd: str, threads: int) -> f
 
 @executor("ray")
 def run_ray(work: list[Unit], deps: dict[str, list[str]], cfg: Config, out: Path, store: Store, progress: bool,
-            address: str | None = None, cpus: float = 1, gpus: float = 0, local_cpus: int | None = None) -> None:
+            address: str | None = None, cpus: float = 1, gpus: float = 0, local_cpus: int | None = None,
+            weights: dict[str, float | None] | None = None) -> None:
     """Every unit as a Ray task with `cpus` / `gpus`, submitted once the units it reads are done (Ray places it
     where those are free); results are recorded by this driver as each task ends. `address`: an existing cluster
     (`auto`, `ray://host:10001`), or None for a local one (of `local_cpus` CPUs, default all)."""
@@ -179,7 +186,7 @@ def run_ray(work: list[Unit], deps: dict[str, list[str]], cfg: Config, out: Path
 
     try:
         dispatch(work, deps, store, progress, lambda u: task.remote(u, cfg, str(out), os.getcwd(), max(1, int(cpus))),
-                 wait_one, cancel)
+                 wait_one, cancel, weights=weights)
     finally:
         if started:
             ray.shutdown()
@@ -225,7 +232,7 @@ def _unit_process(conn: Connection, unit: Unit, cfg: Config, out: str, cwd: str,
 
 
 def run_processes(work: list[Unit], deps: dict[str, list[str]], cfg: Config, out: Path, store: Store,
-                  progress: bool, jobs: int) -> None:
+                  progress: bool, jobs: int, weights: dict[str, float | None] | None = None) -> None:
     """Up to `jobs` units at once, each in a fresh (spawned) process with `unit_threads` torch threads; pretraining
     runs alone. On 2 cores two 1-thread units do more work per minute than one 2-thread unit: at this model size
     a second thread speeds a step up far less than 2x (benchmarks/jobs.py)."""
@@ -265,4 +272,4 @@ def run_processes(work: list[Unit], deps: dict[str, list[str]], cfg: Config, out
     def fits(unit: Unit, running: list[Unit]) -> bool:
         return not running or (len(running) < jobs and sum(map(threads, running)) + threads(unit) <= cores)
 
-    dispatch(work, deps, store, progress, launch, wait_one, cancel, fits)
+    dispatch(work, deps, store, progress, launch, wait_one, cancel, fits, weights)

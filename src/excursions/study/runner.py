@@ -20,8 +20,14 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
+import json
 import os
 import shutil
+import sqlite3
+import statistics
+import sys
+from collections import Counter
+from importlib import resources
 from contextlib import chdir, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -126,6 +132,83 @@ def planned(cfg: Config, out: Path | str) -> list[Unit]:
     return [replace(u, path=Path(here(u.path)), source=here(u.source), world=here(u.world)) for u in units]
 
 
+# ----------------------------------------------------------------------------------------- the plan, before it runs
+
+
+def shipped_costs(name: str) -> dict:
+    """The unit wall times a full run of preset `name` measured (presets/<name>.costs.json: {machine, measured,
+    units: [{id, kind, recipe, seconds}]}), written by `benchmarks/unit_costs.py STUDY`; {} if none shipped."""
+    f = resources.files("excursions.presets").joinpath(f"{name}.costs.json")
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def recorded_costs(db: Path) -> list[dict]:
+    """The wall times this study directory recorded for its units, read without writing anything."""
+    if not db.is_file():
+        return []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT id, kind, recipe, seconds FROM units WHERE seconds IS NOT NULL").fetchall()
+    finally:
+        con.close()
+    return [dict(zip(("id", "kind", "recipe", "seconds"), r)) for r in rows]
+
+
+def estimate(units: list[Unit], measured: list[dict]) -> dict[str, float | None]:
+    """Each unit's expected seconds from `measured` rows ({id, kind, recipe, seconds}; a later row of the same id
+    wins): the same unit's time, else the median of its kind and recipe, else of its kind, else None (unknown).
+    Units of one kind and recipe cost alike within a preset (an RL run until converged: 2 to 17 minutes in the
+    tiny study), so a unit measured under its own id is what makes a plan's total right."""
+    by_id = {m["id"]: m["seconds"] for m in measured}
+    groups: dict[tuple, list[float]] = {}
+    for m in measured:
+        groups.setdefault((m["kind"], m["recipe"]), []).append(m["seconds"])
+        groups.setdefault((m["kind"],), []).append(m["seconds"])
+    guess = lambda key: statistics.median(groups[key]) if key in groups else None
+    return {u.id: next((s for s in (by_id.get(u.id), guess((u.kind, u.recipe)), guess((u.kind,))) if s is not None),
+                       None) for u in units}
+
+
+def _clock(seconds: float) -> str:
+    return f"{seconds / 3600:.0f} h {seconds % 3600 / 60:02.0f} min" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def describe(cfg: Config, out: Path, units: list[Unit], todo: list[Unit], costs: dict[str, float | None]) -> str:
+    """The plan in a few lines: units to run by kind with their estimated time, the total, where it all goes."""
+    shipped = shipped_costs(cfg.name)
+    counts, seconds = Counter(u.kind for u in todo), Counter()
+    for u in todo:
+        seconds[u.kind] += costs[u.id] or 0.0
+    unknown = sum(costs[u.id] is None for u in todo)
+    lines = [f"study {out} (preset {cfg.name}): {len(todo)} of {len(units)} units to run"
+             + (f", {len(units) - len(todo)} done" if len(todo) < len(units) else "")]
+    known = {u.kind for u in todo if costs[u.id] is not None}
+    lines += [f"  {kind:<12} {counts[kind]:>4}  {_clock(seconds[kind]) if kind in known else '?':>12}" for kind in counts]
+    if unknown == len(todo) and todo:
+        lines.append(f"  no estimate: no unit of preset {cfg.name} has been timed (a run records each unit's time, "
+                     "and a later --dry-run estimates from them)")
+    else:
+        basis = (f"unit times measured {shipped['measured']} on {shipped['machine']}" if shipped else
+                 "unit times this directory recorded")
+        lines.append(f"  estimated {_clock(sum(seconds.values()))} from {basis}"
+                     + (f"; {unknown} unit(s) never measured, not counted" if unknown else ""))
+    lines.append(f"  writes {out / DB} (every number), {out / 'report' / 'report.html'} (the report)")
+    return "\n".join(lines)
+
+
+def preview(cfg: Config, out: Path | str) -> str:
+    """What `excursions study --dry-run` prints: the plan and its estimate; nothing is written."""
+    out = Path(out)
+    plan(cfg, out)  # a bad study section fails here
+    root, spelling = anchor(out)
+    cfg = localized(cfg, root)
+    with chdir(root) if root.is_dir() else nullcontext():
+        units = plan(cfg, spelling)
+        todo = [u for u in units if not is_done(u, cfg)]
+        measured = shipped_costs(cfg.name).get("units", []) + recorded_costs(spelling / DB)
+    return describe(cfg, out, units, todo, estimate(todo, measured))
+
+
 def run_study(cfg: Config, out: Path | str, progress: bool = True, executor: str = "local", **options) -> Path:
     """Run every unit that is not done with `executor` (local: here, one at a time; ray: as Ray tasks), then write
     the report; returns its path. Raises UnitsFailed, after writing the report, when some units failed."""
@@ -154,9 +237,12 @@ def run_study(cfg: Config, out: Path | str, progress: bool = True, executor: str
                 store.set_spelling(spelling)
             store.retire(units)
             todo = to_run(units, cfg, store)
+            costs = estimate(todo, shipped_costs(cfg.name).get("units", []) + recorded_costs(spelling / DB))
+            if progress and todo:
+                print(describe(cfg, out, units, todo, costs), file=sys.stderr)
             if todo:  # the machine's speed at the start and end of the work: a wall time is read against it
                 store.add_probe("start", matmul_peak() / 1e9)
-            run_units(todo, dependencies(units, cfg, spelling), cfg, spelling, store, progress, **options)
+            run_units(todo, dependencies(units, cfg, spelling), cfg, spelling, store, progress, weights=costs, **options)
             if todo:
                 store.add_probe("end", matmul_peak() / 1e9)
             report_study(cfg, spelling, store, units)
