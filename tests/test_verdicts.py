@@ -138,3 +138,14 @@ def test_a_claim_without_a_margin_or_a_quantifier_cannot_be_built():
         Claim("A beats B", "superiority", {"pass@1": 0.05}, " ", "every")
     with pytest.raises(KeyError, match="no margin fixed"):
         margin("entropy")
+
+
+def test_brief_evidence_cell_reads_the_decisive_comparison_in_points_with_its_margin():
+    from excursions.study.verdicts import Paired, Row, brief
+
+    cmp = Paired(a=0.186, b=0.072, diff=0.114, lo=0.080, hi=0.150, se=0.018, problems=200, seeds=(2, 1), p=0.0)
+    assert brief(Row("10.5M", "rl vs base", "pass@1", cmp, 0.05, 1)) == \
+        "10.5M pass@1: rl 18.6 vs base 7.2, +11.4 [+8.0, +15.0] (margin 5)"
+    bpb = Paired(a=0.1251, b=0.1246, diff=0.0005, lo=0.0002, hi=0.0007, se=0.0001, problems=300, seeds=(1, 1), p=0.0)
+    assert brief(Row("12M", "rl vs base", "bits_per_byte", bpb, 0.003, 1, note="rl from 12M capped at 300 steps")) == \
+        "12M bits_per_byte: rl 0.1251 vs base 0.1246, +0.0005 [+0.0002, +0.0007] (margin 0.003); a capped run"

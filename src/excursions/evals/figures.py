@@ -86,27 +86,29 @@ def token_label(t: float) -> str:
 
 
 def tokens_axis(ax, tokens) -> None:
-    """A log x axis of pretraining tokens ticked at the checkpoints themselves (0.5M, 6.5M, 10M)."""
+    """A log x axis of pretraining tokens ticked and labelled at every checkpoint (1M, 10.5M, 12M); labels of
+    checkpoints that crowd each other are turned so that none is dropped."""
     from matplotlib.ticker import NullFormatter
 
     ax.set_xscale("log")
     ticks = sorted(set(tokens))
-    shown = spaced(ticks)
-    ax.set_xticks(ticks, [token_label(t) if t in shown else "" for t in ticks])
+    ax.set_xticks(ticks, [token_label(t) for t in ticks])
+    if crowded(ticks):
+        ax.tick_params(axis="x", labelrotation=45)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("pretraining tokens")
 
 
-def spaced(ticks: list[float], ratio: float = 1.5) -> set[float]:
-    """The ticks to label on a log axis: from the last one down, each at least `ratio` below the one labelled
-    before it, so dense checkpoints (8M, 9M, 10.5M) do not print over each other.
+def crowded(ticks: list[float], share: float = 0.1) -> bool:
+    """Whether two neighbouring ticks of a log axis are closer than `share` of its span (their labels would print
+    over each other level).
 
-    >>> sorted(spaced([1e6, 4e6, 6e6, 8e6, 9e6, 10.5e6, 12e6, 14e6]))
-    [1000000.0, 4000000.0, 6000000.0, 9000000.0, 14000000.0]
+    >>> crowded([1e6, 4e6, 6e6, 8e6, 9e6, 10.5e6, 12e6, 14e6]), crowded([10.5e6, 12e6, 14e6]), crowded([1e6])
+    (True, False, False)
     """
-    out, last = set(), math.inf
-    for t in sorted(ticks, reverse=True):
-        if t * ratio <= last:
-            out.add(t)
-            last = t
-    return out
+    logs = [math.log(t) for t in sorted(ticks)]
+    if len(logs) < 2:
+        return False
+    return min(b - a for a, b in zip(logs, logs[1:])) < share * (logs[-1] - logs[0])

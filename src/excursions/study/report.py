@@ -13,13 +13,14 @@ from pathlib import Path
 
 from excursions.checkpoint import atomic_write_text
 from excursions.config import Config
-from excursions.evals.figures import save_figure
+from excursions.evals.figures import save_figure, token_label
 from excursions.evals.harness import world_guess
 from excursions.recipes import RECIPES
 from excursions.study.plan import world_dir
 from excursions.study.results import Results
 from excursions.study.store import Store
-from excursions.study.verdicts import MARGINS, MDE_Z, QUANTIFIERS, SIGN_WORDS, Verdict, evidence, fmt_margin, interval
+from excursions.study.verdicts import (MARGINS, MDE_Z, QUANTIFIERS, SIGN_WORDS, Verdict, brief, fmt_margin,
+                                       interval)
 
 # Every figure draws a recipe in its colour; the base checkpoint (few-shot, and 0-shot) in greys.
 COLORS = {"base": "#555555", "base 0-shot": "#999999", **{name: r.color for name, r in RECIPES.items()}}
@@ -49,6 +50,35 @@ def line(ax, x, stats, label, **kw) -> None:
                     color=drawn.get_color())  # the band in its line's colour (pass@k lines have no fixed one)
 
 
+BANDS = "bands: 95% bootstrap intervals over problems"
+BARS = "bars: 95% bootstrap intervals over problems"
+
+
+def legend(ax, intervals: str | None = BANDS, of=None, **kw) -> None:
+    """The axis' legend (of the lines of axis `of`, where given), one entry per label, and a grey entry naming what
+    its bands (or error bars) are."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles, labels = (of or ax).get_legend_handles_labels()
+    named = dict(zip(labels, handles))
+    if intervals:
+        named[intervals] = (Line2D([], [], color="#666", marker="|", markersize=10, linestyle="")
+                            if intervals.startswith("bars") else Patch(color="#999", alpha=0.35, linewidth=0))
+    ax.legend(named.values(), named.keys(), **{"fontsize": 7, **kw})
+
+
+def tracked_band(ax, res: Results, unit: str, stage: str, key: str, xs: dict[int, float], color) -> None:
+    """The 95% band of a tracked evaluation (`eval/gsm/pass@1` -> its `eval/gsm/lo/pass@1` and `.../hi/...` rows)
+    along a run, at x = xs[step] (the step itself, or the FLOPs spent by then); nothing for runs tracked without."""
+    family, metric = key.rsplit("/", 1)
+    lo, hi = (dict(zip(*res.training(unit, stage, f"{family}/{end}/{metric}"))) for end in ("lo", "hi"))
+    steps = [st for st in xs if st in lo and st in hi]
+    if steps:
+        ax.fill_between([xs[st] for st in steps], [100 * lo[st] for st in steps], [100 * hi[st] for st in steps],
+                        color=color, alpha=0.12, linewidth=0)
+
+
 def setup_section(cfg: Config, store: Store, res: Results) -> Section:
     """The study's settings in a paragraph, and the wall time of its work by kind of unit."""
     units = store.unit_times()
@@ -58,9 +88,10 @@ def setup_section(cfg: Config, store: Store, res: Results) -> Section:
         total += secs or 0
         note = "" if timed == count else f" (+ {count - timed} reused from an earlier run, not timed)"
         table.append([kind, str(count), (f"{secs / 60:.1f} min" if timed else "-") + note])
-    table.append(["all timed", str(sum(u[3] for u in units)), f"{total / 60:.1f} min"])
+    table.append(["all timed: the units of this study's config (opt-in experiments only where it sets them)",
+                  str(sum(u[3] for u in units)), f"{total / 60:.1f} min"])
     m, p, r = cfg.model, cfg.pretrain, cfg.rl
-    reading = (f"Study {cfg.name}: an OLMo-2 model (size {m.size}) pretrained on {p.tokens / 1e6:.1f}M tokens of the "
+    reading = (f"Study {cfg.name}: an OLMo-2 model (size {m.size}) pretrained on {token_label(p.tokens)} tokens of the "
                f"synthetic worlds (math share {cfg.data.math:g}), {len(res.checkpoints)} checkpoints, recipes "
                f"{', '.join(cfg.study.recipes)}, seeds {', '.join(map(str, cfg.study.seeds))}. RL: GRPO, "
                f"{r.steps} steps of {r.prompts_per_step} prompts x {r.group_size} rollouts, lr {r.lr:.0e}, KL {r.kl_coef:.0e}; "
@@ -125,11 +156,11 @@ def counts(claims: list[Verdict]) -> str:
 
 
 def decisive(v: Verdict) -> str:
-    """The evidence cell of the findings table: the comparison that decides the verdict, and the note."""
+    """The evidence cell of the findings table: the comparison that decides the verdict, in brief (its section has
+    every comparison in full), or why there is none."""
     r = v.decisive()
-    parts = ([evidence(r)] if r else []) + ([v.note] if v.note else [])
     more = len(v.rows) - 1
-    return "; ".join(parts) + (f" (+{more} more comparisons in its section)" if r and more > 0 else "")
+    return (brief(r) + (f"; +{more} more in its section" if more > 0 else "")) if r else v.note
 
 
 def comparison_table(v: Verdict) -> list[list[str]]:
@@ -158,12 +189,20 @@ def _md_table(rows: list[list[str]]) -> list[str]:
     return out + ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
 
 
-FINDINGS = ["claim (paper)", "verdict at this scale", "decisive comparison (points; 95% paired interval)"]
+FINDINGS = ["claim (paper)", "verdict at this scale", "decisive comparison (points: A vs B, A - B [95% paired])"]
+
+
+def headline(sections: list[Section]) -> Section | None:
+    """The section whose figure opens the report: the first with one (recipes along pretraining, in the study)."""
+    return next((s for s in sections if s.figure), None)
 
 
 def to_markdown(cfg: Config, sections: list[Section], claims: list[Verdict]) -> str:
-    lines = [f"# excursions study: {cfg.name}", "", "## Findings", "", f"**{counts(claims)}**", "", VERDICTS, ""]
+    lines = [f"# excursions study: {cfg.name}", "", f"**{counts(claims)}**", ""]
+    if top := headline(sections):
+        lines += [f"![{top.title}](figures/{top.figure})", ""]
     lines += _md_table([FINDINGS] + [[c.text, c.verdict, decisive(c)] for c in claims])
+    lines += ["## How a claim is decided", "", VERDICTS, ""]
     for s in sections:
         lines += [f"## {s.title}", ""]
         if s.figure:
@@ -203,8 +242,12 @@ def _html_table(rows: list[list[str]], verdict_col: int | None = None) -> str:
 def to_html(cfg: Config, sections: list[Section], claims: list, figdir: Path) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>excursions study: {html.escape(cfg.name)}"
              f"</title><style>{CSS}</style></head><body><h1>excursions study: {html.escape(cfg.name)}</h1>",
-             "<h2>Findings</h2>", f"<p><b>{html.escape(counts(claims))}</b></p>", f"<p>{html.escape(VERDICTS)}</p>",
-             _html_table([FINDINGS] + [[c.text, c.verdict, decisive(c)] for c in claims], verdict_col=1)]
+             f"<p><b>{html.escape(counts(claims))}</b></p>"]
+    if top := headline(sections):
+        data = base64.b64encode((figdir / top.figure).read_bytes()).decode()
+        parts.append(f"<img alt='{html.escape(top.title)}' src='data:image/png;base64,{data}'>")
+    parts += [_html_table([FINDINGS] + [[c.text, c.verdict, decisive(c)] for c in claims], verdict_col=1),
+              "<h2>How a claim is decided</h2>", f"<p>{html.escape(VERDICTS)}</p>"]
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
         if s.figure:

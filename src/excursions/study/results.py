@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from excursions.config import Config
-from excursions.recipes import RECIPES
+from excursions.evals.figures import token_label
 from excursions.evals.passk import pass_at_k
+from excursions.recipes import RECIPES
 from excursions.study.plan import Unit, recipe_unit_id
 from excursions.study.store import VAL, Store
 from excursions.study.verdicts import Arm, Claim, Row, paired, pooled, row
@@ -111,8 +112,8 @@ class Results:
         return json.loads(Path(path).read_text()) if path and Path(path).is_file() else None
 
     def label(self, ckpt: str) -> str:
-        """A checkpoint as the report names it: its pretraining tokens (6.5M)."""
-        return f"{self.tokens[ckpt] / 1e6:.1f}M"
+        """A checkpoint as every table, figure and sentence of the report names it: its pretraining tokens (10.5M, 12M)."""
+        return token_label(self.tokens[ckpt])
 
     def arm(self, task: str, recipe: str, ckpt: str, metric: str, shots: int | None = None) -> Arm | None:
         """Per-problem scores of a recipe's evaluation from a checkpoint, one row per seed, on the problems every

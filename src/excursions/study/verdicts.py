@@ -316,17 +316,13 @@ def interval(cmp: Paired, metric: str = "") -> str:
     return f"{100 * cmp.diff:+.1f} [{100 * cmp.lo:+.1f}, {100 * cmp.hi:+.1f}]"
 
 
-def evidence(r: Row) -> str:
-    """One comparison in a sentence: "10.5M, pass@1 rl 18.6 vs base 7.2: +11.4 [+8.0, +15.0], margin 5, mde 4.8,
-    200 problems, seeds 2/1"."""
+def brief(r: Row) -> str:
+    """One comparison in a table cell: "10.5M pass@1: rl 18.6 vs base 7.2, +11.4 [+8.0, +15.0] (margin 5)";
+    a comparison involving a run stopped at its cap says so."""
     value = (lambda x: f"{x:.4f}") if r.metric == "bits_per_byte" else pct
-    return (f"{r.where}, {r.metric} {r.what.replace(' vs ', f' {value(r.cmp.a)} vs ')} {value(r.cmp.b)}: "
-            f"{interval(r.cmp, r.metric)}, margin {fmt_margin(r.metric, r.margin).removesuffix(' points')}, "
-            f"mde {value(r.cmp.mde)}, {r.cmp.problems} {ITEMS.get(r.metric, 'problems')}, "
-            f"seeds {r.cmp.seeds[0]}/{r.cmp.seeds[1]}" + (f" ({r.note})" if r.note else ""))
-
-
-ITEMS = {"acc": "questions", "bits_per_byte": "articles", "kl": "prompts"}  # what a comparison resamples
+    return (f"{r.where} {r.metric}: {r.what.replace(' vs ', f' {value(r.cmp.a)} vs ')} {value(r.cmp.b)}, "
+            f"{interval(r.cmp, r.metric)} (margin {fmt_margin(r.metric, r.margin).removesuffix(' points')})"
+            + ("; a capped run" if "capped" in r.note else ""))
 
 
 def mcnemar(only_a: int, only_b: int) -> float:

@@ -13,7 +13,7 @@ from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
 from excursions.study.experiments.rollouts import arm_at, flops_curve, value_at
 from excursions.study.plan import Unit, chosen_checkpoints, configured, posttrain_dir, recipe_settings, rollout_prompts
-from excursions.study.report import Section, save
+from excursions.study.report import Section, legend, save, tracked_band
 from excursions.study.results import Results
 from excursions.study.verdicts import claim, judge, not_run, paired, row
 
@@ -71,12 +71,14 @@ def allocators_experiment(res: Results, figdir: Path) -> Section:
     lines = {(a, m): flops_curve(res, u, task, m)[1:] for a, u in ran.items() for m in metrics}  # (FLOPs, values)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics):
-        for a in ran:
+        for a, u in ran.items():
             flops, vals = lines[a, m]
             ax.plot(flops, [100 * v for v in vals], marker="o", color=COLORS.get(a), label=a)
+            steps = res.training(u, "rl", f"eval/{task}/{m}")[0]
+            tracked_band(ax, res, u, "rl", f"eval/{task}/{m}", dict(zip(steps, flops)), COLORS.get(a))
         ax.set_xlabel("RL FLOPs (training + rollouts)")
         ax.set_ylabel(f"test {m} (%)")
-        ax.legend(fontsize=7)
+        legend(ax)
     ckpt = planned["uniform"].checkpoint
     fig.suptitle(f"direct RL from the {res.label(ckpt)}-token checkpoint", fontsize=9)
     fig.tight_layout()

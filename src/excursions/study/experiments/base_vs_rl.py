@@ -7,7 +7,7 @@ from pathlib import Path
 
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
-from excursions.study.report import COLORS, Section, save
+from excursions.study.report import BARS, COLORS, Section, legend, save
 from excursions.study.results import Results
 from excursions.study.verdicts import claim, interval, judge, paired, row
 
@@ -21,10 +21,14 @@ def base_vs_rl_experiment(res: Results, figdir: Path) -> Section:
         pts = [(res.get(task, "base", c, k), res.get(task, "rl", c, k), c) for c in res.checkpoints]
         pts = [p for p in pts if p[0] and p[1]]
         xs, ys = [100 * p[0].mean for p in pts], [100 * p[1].mean for p in pts]
-        ax.scatter(xs, ys, color=COLORS["rl"], zorder=3)
+        err = lambda s: [[100 * (q.mean - q.lo) for q in s], [100 * (q.hi - q.mean) for q in s]]
+        ax.errorbar(xs, ys, xerr=err([p[0] for p in pts]), yerr=err([p[1] for p in pts]), fmt="o",
+                    color=COLORS["rl"], ecolor=COLORS["rl"], elinewidth=1, capsize=2, zorder=3,
+                    label="checkpoint")
         for x, y, p in zip(xs, ys, pts):
-            ax.annotate(f"{res.tokens[p[2]] / 1e6:.1f}M", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-        ax.plot([0, 100], [0, 100], color="#999", linestyle="--", linewidth=1)
+            ax.annotate(f"{res.label(p[2])}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.plot([0, 100], [0, 100], color="#999", linestyle="--", linewidth=1, label="RL = base")
+        legend(ax, BARS, loc="lower right")
         ax.set_xlim(0, 100)
         ax.set_ylim(0, 100)
         ax.set_xlabel(f"base {k} (%)")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from excursions.evals.figures import plt
 from excursions.recipes import RECIPES
 from excursions.study.experiments import experiment
 from excursions.study.plan import recipe_unit_id
 from excursions.study.units import SKIPPED
-from excursions.study.report import COLORS, Section, save
+from excursions.study.report import COLORS, Section, legend, save, tracked_band
 from excursions.study.results import Results
 from excursions.study.verdicts import Claim, Row, decide, judge, not_run, paired
 from excursions.train.loop import mean_score, window_arms
@@ -105,6 +107,26 @@ def convergence_experiment(res: Results, figdir: Path) -> Section:
     return Section(title, figure, reading, table, [verdict])
 
 
+NORMAL = "bands: 95% normal intervals over the\nvalidation problems"
+BOOTSTRAP = "bands: 95% bootstrap intervals over problems"
+
+
+def val_band(ax, res: Results, unit: str, stage: str, xs: dict[int, float] | None, color) -> None:
+    """The 95% band of the validation pass@1 the rule read at each evaluation (mean +- 1.96 standard errors over the
+    validation problems), at x = xs[step] (the step itself where None)."""
+    history = res.val_history(unit, stage)
+    if not history:
+        return
+    x, lo, hi = [], [], []
+    for step, per in history:
+        v = np.array(list(per.values()))
+        half = 1.96 * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
+        x.append(step if xs is None else xs.get(step, step))
+        lo.append(100 * (v.mean() - half))
+        hi.append(100 * (v.mean() + half))
+    ax.fill_between(x, lo, hi, color=color, alpha=0.12, linewidth=0)
+
+
 def _figure(res: Results, task: str, figdir: Path) -> str:
     """Rows: checkpoints; columns: RL reward, validation pass@1 and test pass@1 along steps (RL and parallel
     stages), and SFT stages' validation pass@1 per epoch; one line per recipe run (seed 0 solid, others dotted)."""
@@ -128,17 +150,21 @@ def _figure(res: Results, task: str, figdir: Path) -> str:
                         at = dict(zip(*res.training(unit, name, "epoch")))
                         if steps:
                             row[3].plot([at.get(s, 0) for s in steps], [100 * v for v in vals], marker=".", **style)
+                            val_band(row[3], res, unit, name, {s: at.get(s, 0) for s in steps}, COLORS[recipe])
                         continue
                     for ax, (key, _) in zip(row[:3], cols[:3]):
                         steps, vals = res.training(unit, name, key)
                         if steps:
                             ax.plot(steps, [100 * v for v in vals], marker="." if "/" in key[5:] else None, **style)
+                    val_band(row[1], res, unit, name, None, COLORS[recipe])
+                    test_steps = res.training(unit, name, cols[2][0])[0]
+                    tracked_band(row[2], res, unit, name, cols[2][0], dict(zip(test_steps, test_steps)), COLORS[recipe])
         for ax, (key, label) in zip(row, cols):
             ax.set_title(f"{res.label(ckpt)}: {label}", fontsize=9)
             ax.set_xlabel("SFT epoch" if key == "sft" else "step")
             ax.set_ylabel("%")
-    for ax in axes[0]:
+    for ax, why in zip(axes[0], (None, NORMAL, BOOTSTRAP, NORMAL)):
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
+            legend(ax, why, fontsize=6)
     save(fig, figdir / "convergence.png")
     return "convergence.png"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from excursions.evals.figures import plt, tokens_axis
 from excursions.study.experiments import experiment
-from excursions.study.report import COLORS, Section, line, save
+from excursions.study.report import BARS, COLORS, Section, legend, line, save
 from excursions.study.results import Results
 from excursions.study.verdicts import claim, judge, paired
 
@@ -52,7 +52,7 @@ def _figure(res: Results, path: Path) -> bool:
         line(ax, x, [res.get("general", recipe, c, "acc") for c in res.checkpoints], recipe)
     tokens_axis(ax, x)
     ax.set_ylabel("general MC accuracy (%)")
-    ax.legend(fontsize=7)
+    legend(ax, "bands: 95% Wilson intervals over questions")
     for ax, (metric, rows) in zip(axes[0][1:], drift.items()):
         scale = 1 if metric == "bits_per_byte" else 100
         for r, c, cmp, kl in rows:
@@ -65,8 +65,7 @@ def _figure(res: Results, path: Path) -> bool:
         ax.set_xlim(left=0)
         ax.set_xlabel("KL(run || its start) on training prompts (nats per completion)")
         ax.set_ylabel("change in accuracy vs base (points)" if scale == 100 else "change in bits per byte vs base")
-        handles, labels = ax.get_legend_handles_labels()
-        ax.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), fontsize=7)
+        legend(ax, "bars: 95% bootstrap intervals (over questions or\narticles; KL over training prompts)")
     fig.tight_layout()
     save(fig, path)
     return bool(drift["acc"])

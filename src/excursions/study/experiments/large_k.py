@@ -14,7 +14,7 @@ from excursions.evals.expansion import crossing
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
 from excursions.study.plan import Unit, backbone, chosen_checkpoints, configured, recipe_unit_id
-from excursions.study.report import Section, line, save
+from excursions.study.report import Section, legend, line, save
 from excursions.study.results import Results, Stat
 from excursions.study.verdicts import claim, judge, not_run, paired, row
 
@@ -94,7 +94,7 @@ def large_k_experiment(res: Results, figdir: Path) -> Section:
     ax.set_ylabel("pass@k (%)")
     ax.set_title(f"{res.label(ckpt)}-token checkpoint, {s.large_k_problems} test problems, n = {s.large_k}",
                  fontsize=9)
-    ax.legend(fontsize=7)
+    legend(ax)
     save(fig, figdir / "large_k.png")
     table = [["k"] + sorted(found)] + [[str(k)] + [str(found[c][k]) if k in found[c] else "" for c in sorted(found)]
                                        for k in sorted(found["rl"])]

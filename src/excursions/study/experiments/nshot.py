@@ -8,7 +8,7 @@ from pathlib import Path
 from excursions.config import Config, digest, prompt_settings, to_dict
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
-from excursions.study.report import Section, line, save
+from excursions.study.report import Section, legend, line, save
 from excursions.study.plan import Unit, chosen_checkpoints
 from excursions.study.results import Results
 from excursions.study.verdicts import claim, judge, not_run
@@ -50,12 +50,12 @@ def nshot_experiment(res: Results, figdir: Path) -> Section:
     ax.set_xticks(shots, [str(s) for s in shots])
     ax.set_xlabel("in-context exemplars (n-shot)")
     ax.set_ylabel("pass@k (%)")
-    ax.set_title(f"{task}, base checkpoint at {res.tokens[ckpt] / 1e6:.1f}M tokens")
-    ax.legend(fontsize=7)
+    ax.set_title(f"{task}, base checkpoint at {res.label(ckpt)} tokens")
+    legend(ax)
     save(fig, figdir / "nshot.png")
     table = [["shots"] + res.ks] + [[str(s)] + [str(res.get(task, "base", ckpt, k, shots=s)) for k in res.ks]
                                     for s in shots]
-    reading = (f"pass@k of the {res.tokens[ckpt] / 1e6:.1f}M-token base checkpoint with 0 to {shots[-1]} worked "
+    reading = (f"pass@k of the {res.label(ckpt)}-token base checkpoint with 0 to {shots[-1]} worked "
                f"exemplars in the prompt (the study evaluates base checkpoints {res.base_shots}-shot).")
     c = best_count(res.base_shots)
     rows = [replace(r, what=f"{res.base_shots}-shot vs {s}-shot") for s in shots if s != res.base_shots

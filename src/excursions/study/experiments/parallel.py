@@ -6,7 +6,7 @@ from pathlib import Path
 
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
-from excursions.study.report import COLORS, Section, save
+from excursions.study.report import BARS, COLORS, Section, legend, save
 from excursions.recipes import RECIPES
 from excursions.study.results import Results
 from excursions.study.verdicts import claim, judge
@@ -33,7 +33,7 @@ def claims_of(top: str) -> list:
 @experiment(order=5)
 def parallel_experiment(res: Results, figdir: Path) -> Section:
     task, top = res.math_tasks[0], res.ks[-1]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     width = 0.8 / max(1, len(res.recipes))
     for ax, metric in zip(axes, ("pass@1", top)):
         for i, recipe in enumerate(res.recipes):
@@ -43,10 +43,12 @@ def parallel_experiment(res: Results, figdir: Path) -> Section:
             err = [[100 * (s.mean - s.lo) for s in stats if s], [100 * (s.hi - s.mean) for s in stats if s]]
             ax.bar(xs, ys, width, yerr=err, label=recipe, color=COLORS.get(recipe), capsize=2)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(res.checkpoints))],
-                      [f"{res.tokens[c] / 1e6:.1f}M" for c in res.checkpoints])
+                      [f"{res.label(c)}" for c in res.checkpoints])
         ax.set_title(f"{task} {metric}")
         ax.set_xlabel("checkpoint (pretraining tokens)")
-    axes[1].legend(fontsize=7)
+        ax.set_ylabel(f"{metric} (%)")
+    legend(axes[1], "bars: 95% bootstrap intervals\nover problems", loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()  # the legend beside the panels, where it covers no bar
     save(fig, figdir / "parallel.png")
     # SFT-Gold's recipes, trained on every demonstration, are not in the first comparison, nor is the base; the
     # claim is against each rival, not the one with the best mean (a selection made on the same data)

@@ -7,7 +7,7 @@ from pathlib import Path
 from excursions.evals.figures import plt, tokens_axis
 from excursions.recipes import RECIPES
 from excursions.study.experiments import experiment
-from excursions.study.report import Section, line, save
+from excursions.study.report import Section, legend, line, save
 from excursions.study.results import Results, Stat
 from excursions.study.verdicts import claim, judge
 
@@ -51,13 +51,17 @@ def recipes_experiment(res: Results, figdir: Path) -> Section:
             ax.set_title(f"{task} {k.replace('_', ' ')}")
             tokens_axis(ax, x)
             ax.set_ylabel(f"{k.replace('_', ' ')} (%)")
-    axes[0][0].legend(fontsize=7)  # the verified panel is empty for a study stored before it existed
+    # beside the last panel, where it covers no line (the lines are named in the first: the verified panel is empty
+    # for a study stored before it existed)
+    legend(axes[0][-1], "bands: 95% bootstrap\nintervals over problems", of=axes[0][0], loc="upper left",
+           bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
     save(fig, figdir / "recipes.png")
     task = tasks[0]
     cols = ["pass@1", "verified_pass@1", ks[-1], f"verified_{ks[-1]}"]
     head = ["checkpoint", "recipe"] + [c.replace("_", " ") for c in cols] + ["format"]
     fmt = lambda s: f"{100 * s.mean:.0f}%" if s else "-"
-    table = [head] + [[f"{res.tokens[c] / 1e6:.2f}M", r] + [str(res.get(task, r, c, m) or "-") for m in cols]
+    table = [head] + [[f"{res.label(c)}", r] + [str(res.get(task, r, c, m) or "-") for m in cols]
                       + [fmt(res.get(task, r, c, "format_rate"))]
                       for c in res.checkpoints for r in res.recipes if res.get(task, r, c, "pass@1")]
     top = ks[-1]
@@ -68,5 +72,5 @@ def recipes_experiment(res: Results, figdir: Path) -> Section:
                f"{res.base_shots}-shot, dotted: base 0-shot; post-trained models 0-shot; bands are 95% bootstrap "
                f"intervals); verified: the answer reached by written steps that all check out; format: the "
                f"share of samples ending in the strict answer format (a format-only gain shows there). The recipe "
-               f"with the highest {task} pass@1 is " + ", ".join(f"{best[c]} at {res.tokens[c] / 1e6:.1f}M" for c in res.checkpoints) + ".")
+               f"with the highest {task} pass@1 is " + ", ".join(f"{best[c]} at {res.label(c)}" for c in res.checkpoints) + ".")
     return Section("Recipes along pretraining (paper Fig. 2-3)", "recipes.png", reading, table, claims)

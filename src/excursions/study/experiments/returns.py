@@ -14,11 +14,11 @@ from pathlib import Path
 from excursions.checkpoint import META, read_json
 from excursions.config import Config, digest, to_dict
 from excursions.errors import UserError
-from excursions.evals.figures import plt, tokens_axis
+from excursions.evals.figures import plt, token_label, tokens_axis
 from excursions.study.experiments import experiment
 from excursions.study.plan import (Unit, all_checkpoints, backbone, chosen_checkpoints, eval_digest, pretrain_dir,
                                    recipe_unit_id, world_dir)
-from excursions.study.report import Section, line, save
+from excursions.study.report import Section, legend, line, save
 from excursions.study.results import Results, Stat, row_stats
 from excursions.study.verdicts import Verdict, claim, paired, row
 
@@ -118,7 +118,7 @@ def returns_experiment(res: Results, figdir: Path) -> Section:
     task = res.math_tasks[0] if res.math_tasks else "gsm"
     first = next(iter(planned.values()))  # every branch starts at the same checkpoint and ends at the last one
     (start, t0), (final, t1) = ((first[k].checkpoint, first[k].tokens) for k in ("run", "eval"))
-    start_label, final_label, shots = f"{t0 / 1e6:.1f}M", f"{t1 / 1e6:.1f}M", res.base_shots
+    start_label, final_label, shots = token_label(t0), token_label(t1), res.base_shots
     flops = {label: _flops(u["run"], final) for label, (u, _) in got.items()}
     per_token = next(iter(flops.values()))[0]  # one model: the same for every branch
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
@@ -144,7 +144,7 @@ def returns_experiment(res: Results, figdir: Path) -> Section:
             else:
                 tokens_axis(ax, x)
             ax.set_ylabel(ylabel)
-    axes[0][0].legend(fontsize=7)
+    legend(axes[0][0])
     save(fig, figdir / "returns.png")
     keys = [(task, "pass@1", shots), (task, "pass@32", shots), (task, "pass@1", 0), ("general", "acc", None)]
     table = [["", f"{task} pass@1 {shots}-shot", f"{task} pass@32 {shots}-shot", f"{task} pass@1 0-shot",

@@ -17,7 +17,7 @@ from excursions.evals.passk import SPLITS, difficulty
 from excursions.study.experiments import experiment
 from excursions.study.plan import (Checkpoint, Unit, chosen_checkpoints, configured, posttrain_dir, recipe_settings,
                                    rollout_prompts, world_dir)
-from excursions.study.report import Section, save
+from excursions.study.report import Section, legend, save, tracked_band
 from excursions.study.results import Results
 from excursions.study.verdicts import Arm, align, claim, judge, not_run, paired, row
 
@@ -91,7 +91,7 @@ def rollouts_experiment(res: Results, figdir: Path) -> Section:
     first = min(trained.values())  # every run tracks the same metrics on the same problems
     metrics = [k for k in METRICS if res.training(first, "rl", f"eval/{task}/{k}")[0]]
     curves = {(split, g, m): flops_curve(res, u, task, m) for (split, g), u in trained.items() for m in metrics}
-    _figure(curves, splits, gs, metrics, figdir / "rollouts.png")
+    _figure(res, trained, task, curves, splits, gs, metrics, figdir / "rollouts.png")
     problems = res.training(first, "rl", f"eval/{task}/problems")[1]
     tracked = int(problems[0]) if problems else 100  # the runs' rl.track_problems, or fewer
     table, claims = _claims(res, trained, curves, splits, gs, metrics, task)
@@ -99,7 +99,8 @@ def rollouts_experiment(res: Results, figdir: Path) -> Section:
     return Section(TITLE, "rollouts.png", _reading(counts, gs, tracked), table, claims)
 
 
-def _figure(curves: dict, splits: list[str], gs: list[int], metrics: list[str], path: Path) -> None:
+def _figure(res: Results, trained: dict, task: str, curves: dict, splits: list[str], gs: list[int], metrics: list[str],
+            path: Path) -> None:
     """Per split: each tracked pass@k against FLOPs, and the first against RL steps, a line per rollout count."""
     colors = dict(zip(gs, ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e")))
     fig, axes = plt.subplots(len(splits), len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3.2 * len(splits)),
@@ -108,23 +109,26 @@ def _figure(curves: dict, splits: list[str], gs: list[int], metrics: list[str], 
         for ax, m in zip(panels, metrics):
             for g in gs:
                 if (split, g, m) in curves:
-                    _, fl, vals = curves[split, g, m]
+                    steps, fl, vals = curves[split, g, m]
                     ax.plot(fl, [100 * v for v in vals], marker="o", color=colors[g], label=f"n = {g}")
+                    tracked_band(ax, res, trained[split, g], "rl", f"eval/{task}/{m}", dict(zip(steps, fl)), colors[g])
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^11, 3x10^11, ... overlap at this width
             ax.set_xlabel("RL FLOPs (training + rollouts)")
             ax.set_ylabel(f"test {m} (%)")
             ax.set_title(f"{split} split: {m} per FLOP", fontsize=9)
-            ax.legend(fontsize=7)
+            legend(ax)
         ax = panels[-1]
         for g in gs:
             if (split, g, metrics[0]) in curves:
                 steps, _, vals = curves[split, g, metrics[0]]
                 ax.plot(steps, [100 * v for v in vals], marker="o", color=colors[g], label=f"n = {g}")
+                tracked_band(ax, res, trained[split, g], "rl", f"eval/{task}/{metrics[0]}", dict(zip(steps, steps)),
+                             colors[g])
         ax.set_xlabel("RL step (same prompts per step)")
         ax.set_ylabel(f"test {metrics[0]} (%)")
         ax.set_title(f"{split} split: {metrics[0]} per step", fontsize=9)
-        ax.legend(fontsize=7)
+        legend(ax)
     fig.tight_layout()
     save(fig, path)
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from excursions.config import Config
-from excursions.evals.figures import plt
+from excursions.evals.figures import plt, token_label
 from excursions.study.experiments import experiment
 from excursions.study.plan import (Unit, all_checkpoints, configured, eval_digest, posttrain_dir, pretrain_dir,
                                    recipe_settings)
-from excursions.study.report import COLORS, Section, save
+from excursions.study.report import BARS, COLORS, Section, legend, save
 from excursions.study.results import Results, Stat
 from excursions.study.verdicts import Arm, align, claim, judge, not_run, paired, row
 
@@ -86,7 +86,7 @@ def scaling_experiment(res: Results, figdir: Path) -> Section:
     _figure(stats, variants, ks, figdir / "scaling.png")
     table = [["variant", "tokens"] + [f"{w} {k}" for k in ks for w in WHATS]]
     for v in variants:
-        table.append([LABEL[v].replace("\n", " "), f"{tokens.get(v, 0) / 1e6:.1f}M"]
+        table.append([LABEL[v].replace("\n", " "), f"{token_label(tokens.get(v, 0))}"]
                      + [str(stats.get((v, w, k), "-")) for k in ks for w in WHATS])
     # "when measuring the gain from RL relative to each checkpoint's own base performance, the 4B model does not
     # obtain larger improvements" and "the RL gain over the base model is substantially larger" with the added
@@ -126,8 +126,12 @@ def gain_arm(res: Results, units: dict[str, Unit], metric: str, stats: dict, v: 
 
 
 def _figure(stats: dict, variants: list[str], ks: list[str], path: Path) -> None:
-    fig, axes = plt.subplots(1, len(ks), figsize=(4 * len(ks), 3.4), squeeze=False)
-    for ax, k in zip(axes[0], ks):
+    cols = min(3, len(ks))  # a grid that fits a page: six metrics are two rows of three
+    rows = -(-len(ks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(ks):]:
+        ax.set_visible(False)
+    for ax, k in zip(axes.flat, ks):
         for j, what in enumerate(WHATS):
             xs = [i + (j - 1) * 0.27 for i in range(len(variants))]
             got = [stats.get((v, what, k)) for v in variants]
@@ -137,6 +141,6 @@ def _figure(stats: dict, variants: list[str], ks: list[str], path: Path) -> None
         ax.set_xticks(range(len(variants)), [LABEL[v] for v in variants], fontsize=8)
         ax.set_ylabel(f"hard {k} (%)")
         ax.set_title(f"hard {k}", fontsize=9)
-    axes[0][0].legend(fontsize=7)
+    legend(axes[0][0], BARS)
     fig.tight_layout()
     save(fig, path)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
-from excursions.study.report import COLORS, Section, save
+from excursions.study.plan import recipe_unit_id
+from excursions.study.report import BARS, COLORS, Section, legend, save, tracked_band
 from excursions.study.results import Results
 from excursions.study.verdicts import Arm, claim, judge, not_run, paired, row
 
@@ -32,7 +33,11 @@ def seeds_experiment(res: Results, figdir: Path) -> Section:
     for ax, key in zip(axes[:2], keys):
         for s in seeds:
             steps, vals = res.run_curve("rl", ckpt, s, "rl", key)
-            ax.plot(steps, [100 * v for v in vals], marker="." if key.startswith("eval") else None, label=f"seed {s}")
+            drawn, = ax.plot(steps, [100 * v for v in vals], marker="." if key.startswith("eval") else None,
+                             label=f"seed {s}")
+            if key.startswith("eval"):
+                tracked_band(ax, res, recipe_unit_id("rl", ckpt, s), "rl", key, dict(zip(steps, steps)),
+                             drawn.get_color())
         ax.set_xlabel("RL step")
         ax.set_ylabel(f"{key} (%)")
         ax.set_title(key)
@@ -48,8 +53,11 @@ def seeds_experiment(res: Results, figdir: Path) -> Section:
     ax.set_xlabel("seed")
     ax.set_ylabel("pass@1 (%)")
     ax.set_title(f"final {task} pass@1")
-    ax.legend(fontsize=7)
-    axes[0].legend(fontsize=7)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.45 * (hi - lo))  # room for the legend above the points
+    legend(ax, "bars, base's band: 95% bootstrap\nintervals over problems", loc="upper center", ncol=2)
+    legend(axes[0], None)
+    legend(axes[1])
     save(fig, figdir / "seeds.png")
     means = [f.mean for f in finals]
     arm = res.arm(task, "rl", ckpt, "pass@1")
@@ -58,7 +66,7 @@ def seeds_experiment(res: Results, figdir: Path) -> Section:
                 paired(one(i), one(j), seed=res.cfg.eval.seed))
             for i in range(len(arm.seeds)) for j in range(i + 1, len(arm.seeds))]
     claims = [judge(CLAIM, rows)]
-    reading = (f"Direct RL from the {res.tokens[ckpt] / 1e6:.1f}M-token checkpoint with {len(seeds)} seeds (rollout "
+    reading = (f"Direct RL from the {res.label(ckpt)}-token checkpoint with {len(seeds)} seeds (rollout "
                f"sampling and problem order): training reward, tracked test pass@1, and the final pass@1 with 95% "
                f"intervals. Final pass@1 ranges from {100 * min(means):.1f}% to {100 * max(means):.1f}%.")
     return Section("RL seed brittleness (paper Fig. 13-14)", "seeds.png", reading, claims=claims)

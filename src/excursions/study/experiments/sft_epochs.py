@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from excursions.config import Config
-from excursions.evals.figures import plt
+from excursions.evals.figures import plt, token_label
 from excursions.study.experiments import experiment
-from excursions.study.report import Section, save
+from excursions.study.report import Section, legend, save, tracked_band
 from excursions.study.plan import Unit, chosen_checkpoints, configured, posttrain_dir, recipe_settings, train_size
 from excursions.study.results import Results
 from excursions.study.verdicts import claim, judge, not_run, paired, row
@@ -53,7 +53,8 @@ def sft_epochs_experiment(res: Results, figdir: Path) -> Section:
         steps, vals = res.training(unit, "sft", key)
         xs = [round(at.get(st, 0)) for st in steps]
         curves[key] = dict(zip(xs, vals))
-        ax.plot(xs, [100 * v for v in vals], marker="o", label=key.split("/")[-1])
+        drawn, = ax.plot(xs, [100 * v for v in vals], marker="o", label=key.split("/")[-1])
+        tracked_band(ax, res, unit, "sft", key, dict(zip(steps, xs)), drawn.get_color())
     tracked = sorted({e for c in curves.values() for e in c})
     for e in tracked:
         table.append([str(e)] + [f"{100 * curves[k][e]:.1f}" if e in curves[k] else "-" for k in keys])
@@ -61,8 +62,8 @@ def sft_epochs_experiment(res: Results, figdir: Path) -> Section:
     ax.set_xlabel("SFT epoch")
     ax.set_ylabel("test pass@k (%)")
     ckpt = done[0].checkpoint
-    ax.set_title(f"sft from the {res.tokens.get(ckpt, 0) / 1e6:.1f}M-token checkpoint", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"sft from the {token_label(res.tokens.get(ckpt, 0))}-token checkpoint", fontsize=9)
+    legend(ax)
     save(fig, figdir / "sft_epochs.png")
     reading = (f"Test {', '.join(k.split('/')[-1] for k in keys)} (0-shot, tracked on a subset of the {task} test "
                f"problems) after each epoch of one SFT run on one demonstration per problem, {max(at.values(), default=0):.0f} "

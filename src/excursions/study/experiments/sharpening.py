@@ -8,7 +8,7 @@ from pathlib import Path
 from excursions.evals.expansion import transitions
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
-from excursions.study.report import COLORS, Section, save
+from excursions.study.report import COLORS, Section, legend, save
 from excursions.study.results import Results, Stat
 from excursions.study.verdicts import claim, judge, mcnemar
 
@@ -140,7 +140,7 @@ def _figure(res: Results, tracked: list[str], cover: dict, path: Path) -> None:
                 if steps and all(st in band[0] and st in band[1] for st in steps):  # runs tracked with intervals
                     ax.fill_between(steps, [100 * band[0][st] for st in steps], [100 * band[1][st] for st in steps],
                                     color=COLORS[recipe], alpha=0.15, linewidth=0)
-            ax.set_title(f"{res.tokens[c] / 1e6:.1f}M tokens", fontsize=9)
+            ax.set_title(f"{res.label(c)} tokens", fontsize=9)
             ax.set_xlabel("RL step")
             ax.set_ylabel(key.split("/")[-1] + " (%)")
         ax = axes[-1][j]  # the bottom row: who solves which problems (within n samples), trained vs its start
@@ -152,11 +152,9 @@ def _figure(res: Results, tracked: list[str], cover: dict, path: Path) -> None:
         ax.set_yticks(range(len(PAIRS)), [f"{a} vs {b}" for a, b in PAIRS], fontsize=8)
         ax.set_xlim(0, 100)
         ax.set_xlabel("problems (%)")
-        ax.set_title(f"{res.tokens[c] / 1e6:.1f}M tokens: who solves what", fontsize=9)
-    for row in axes:  # one legend a row, in the first panel that has something to name
+        ax.set_title(f"{res.label(c)} tokens: who solves what", fontsize=9)
+    for i, row in enumerate(axes):  # one legend a row, in the first panel that has something to name
         ax = next((a for a in row if a.get_legend_handles_labels()[0]), None)
         if ax is not None:
-            handles, labels = ax.get_legend_handles_labels()
-            named = dict(zip(labels, handles))
-            ax.legend(named.values(), named.keys(), fontsize=6)
+            legend(ax, None if i == len(axes) - 1 else "bands: 95% bootstrap intervals\nover problems", fontsize=6)
     save(fig, path)
