@@ -149,3 +149,59 @@ def test_brief_evidence_cell_reads_the_decisive_comparison_in_points_with_its_ma
     bpb = Paired(a=0.1251, b=0.1246, diff=0.0005, lo=0.0002, hi=0.0007, se=0.0001, problems=300, seeds=(1, 1), p=0.0)
     assert brief(Row("12M", "rl vs base", "bits_per_byte", bpb, 0.003, 1, note="rl from 12M capped at 300 steps")) == \
         "12M bits_per_byte: rl 0.1251 vs base 0.1246, +0.0005 [+0.0002, +0.0007] (margin 0.003); a capped run"
+
+
+# ------------------------------------------------------------------------------ several pretraining runs (issue 44)
+
+def _run(effect: float, seed: int, problems: int = 200) -> tuple:
+    """One pretraining run's (A, B) arms: B's per-problem pass@1 drawn from [0, 1], A = B + effect (clipped)."""
+    rng = np.random.default_rng(seed)
+    ids = tuple(f"p{i}" for i in range(problems))
+    b = rng.uniform(0, 1, problems)
+    a = np.clip(b + effect + rng.normal(0, 0.05, problems) * (effect != 0), 0, 1)
+    return Arm(ids, a[None, :]), Arm(ids, b[None, :])
+
+
+def test_a_difference_present_in_every_run_is_robust():
+    from excursions.study.verdicts import multi_paired, robust
+
+    runs = [_run(0.15, s) for s in range(3)]
+    signs = [decide("superiority", c.lo, c.hi, 0.05) for c in (paired(*r) for r in runs)]
+    pooled_cmp = multi_paired(runs)
+    assert signs == [1, 1, 1] and pooled_cmp.runs == 3
+    assert robust(decide("superiority", pooled_cmp.lo, pooled_cmp.hi, 0.05), signs)
+
+
+def test_a_difference_in_one_run_of_three_decides_that_run_alone_and_is_not_robust():
+    from excursions.study.verdicts import multi_paired, robust
+
+    runs = [_run(0.30, 0), _run(0.0, 1), _run(0.0, 2)]  # only the first pretraining run shows the effect
+    alone = paired(*runs[0])
+    assert decide("superiority", alone.lo, alone.hi, 0.05) == 1  # that run, reported by itself, "reproduces" it
+    signs = [decide("superiority", c.lo, c.hi, 0.05) for c in (paired(*r) for r in runs)]
+    assert signs[1:] == [-1, -1]  # the others: no difference, intervals [0, 0] below the margin
+    pooled_cmp = multi_paired(runs)
+    assert not robust(decide("superiority", pooled_cmp.lo, pooled_cmp.hi, 0.05), signs)
+
+
+def test_resampling_pretraining_runs_widens_the_interval_over_resampling_problems_alone():
+    from excursions.study.verdicts import multi_paired
+
+    runs = [_run(0.05, 0), _run(0.15, 1), _run(0.25, 2)]
+    across = multi_paired(runs)
+    # the same per-problem scores averaged over the runs, problems resampled alone
+    ids = runs[0][0].ids
+    a = Arm(ids, np.mean([r[0].values for r in runs], axis=0))
+    b = Arm(ids, np.mean([r[1].values for r in runs], axis=0))
+    within = paired(a, b)
+    assert across.diff == pytest.approx(within.diff)  # the same estimate: the mean over runs
+    assert across.hi - across.lo > 3 * (within.hi - within.lo)
+
+
+def test_capability_matching_picks_each_runs_first_checkpoint_at_or_above_the_target():
+    from excursions.study.plan import first_at
+
+    run_a = [("8M", 0.02), ("9M", 0.049), ("10.5M", 0.05), ("12M", 0.20)]
+    run_b = [("8M", 0.06), ("9M", 0.10), ("10.5M", 0.30), ("12M", 0.45)]
+    assert [first_at(r, 0.05) for r in (run_a, run_b)] == ["10.5M", "8M"]
+    assert first_at(run_a, 0.5) is None

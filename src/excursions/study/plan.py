@@ -124,6 +124,17 @@ def chosen_checkpoints(cfg: Config, out: Path) -> tuple[list[Checkpoint], Checkp
     return chosen, seed_ckpt
 
 
+def first_at(curve: list[tuple[str, float]], target: float) -> str | None:
+    """Capability matching: the first checkpoint, in pretraining order, whose base score (validation pass@k, say)
+    is at or above `target`; None where none reaches it. Each pretraining run gets its own, so runs are compared at
+    equal capability rather than at equal token counts (the paper's Sec. 3.4: the base's pass@k predicts RL's effect).
+
+    >>> first_at([("4M", 0.01), ("8M", 0.04), ("10.5M", 0.09), ("12M", 0.21)], 0.05), first_at([("4M", 0.01)], 0.5)
+    ('10.5M', None)
+    """
+    return next((name for name, score in curve if score >= target), None)
+
+
 def train_size(cfg: Config) -> int:
     """Training problems of the post-training family (known from the config for a tiny world)."""
     if not cfg.study.external:
