@@ -27,9 +27,9 @@ import sqlite3
 import statistics
 import sys
 from collections import Counter
-from importlib import resources
 from contextlib import chdir, contextmanager, nullcontext
 from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
@@ -169,8 +169,14 @@ def estimate(units: list[Unit], measured: list[dict]) -> dict[str, float | None]
                        None) for u in units}
 
 
-def _clock(seconds: float) -> str:
-    return f"{seconds / 3600:.0f} h {seconds % 3600 / 60:02.0f} min" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+def clock(seconds: float) -> str:
+    """A wall time as people read it.
+
+    >>> clock(90), clock(5400), clock(16_740)
+    ('1.5 min', '1 h 30 min', '4 h 39 min')
+    """
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
 def describe(cfg: Config, out: Path, units: list[Unit], todo: list[Unit], costs: dict[str, float | None]) -> str:
@@ -183,14 +189,14 @@ def describe(cfg: Config, out: Path, units: list[Unit], todo: list[Unit], costs:
     lines = [f"study {out} (preset {cfg.name}): {len(todo)} of {len(units)} units to run"
              + (f", {len(units) - len(todo)} done" if len(todo) < len(units) else "")]
     known = {u.kind for u in todo if costs[u.id] is not None}
-    lines += [f"  {kind:<12} {counts[kind]:>4}  {_clock(seconds[kind]) if kind in known else '?':>12}" for kind in counts]
+    lines += [f"  {kind:<12} {counts[kind]:>4}  {clock(seconds[kind]) if kind in known else '?':>12}" for kind in counts]
     if unknown == len(todo) and todo:
         lines.append(f"  no estimate: no unit of preset {cfg.name} has been timed (a run records each unit's time, "
                      "and a later --dry-run estimates from them)")
     else:
         basis = (f"unit times measured {shipped['measured']} on {shipped['machine']}" if shipped else
                  "unit times this directory recorded")
-        lines.append(f"  estimated {_clock(sum(seconds.values()))} from {basis}"
+        lines.append(f"  estimated {clock(sum(seconds.values()))} from {basis}"
                      + (f"; {unknown} unit(s) never measured, not counted" if unknown else ""))
     lines.append(f"  writes {out / DB} (every number), {out / 'report' / 'report.html'} (the report)")
     return "\n".join(lines)

@@ -93,7 +93,7 @@ def convergence_experiment(res: Results, figdir: Path) -> Section:
     if unchecked and verdict.verdict == "reproduced":  # a run nobody checked cannot count as converged
         verdict.verdict = "inconclusive"
     if unchecked:
-        verdict.note = f"{len(unchecked)} run(s) at a fixed step count, not checked: {', '.join(unchecked[:6])}"
+        verdict.note = f"{len(unchecked)} run(s) at a fixed step count, not checked (listed in its section's table)"
     figure = _figure(res, task, figdir)
     capped = [r.where for r in rows if r.note]
     reading = (f"{len(found)} training stages: {sum(status(rec) == 'converged' for _, _, rec in found)} converged, "
