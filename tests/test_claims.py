@@ -88,12 +88,12 @@ def test_a_claim_the_paired_comparisons_contradict_is_not_reproduced(tmp_path):
     section = recipes_experiment(study(tmp_path, rows), tmp_path)
     assert verdict_of(section, "RL beats SFT").verdict == "not reproduced"
     gold = verdict_of(section, "RL matches SFT-Gold")
-    assert gold.verdict == "not reproduced" and gold.rows[0].where == "pooled over 5.0M, 10.0M"
+    assert gold.verdict == "not reproduced" and gold.rows[0].where == "pooled over 5M, 10M"
     assert verdict_of(section, "RL matches the standard SFT->RL").verdict == "reproduced"
     # RL above the base at the early checkpoint (the first half): pass@1 2/8 on 20 problems vs 1/8 on 10 is +3.75
     # points with an interval above 0; pass@8 +10 points on the same problems
     early = verdict_of(section, "RL is effective early in pretraining:")
-    assert early.verdict == "reproduced" and {r.where for r in early.rows} == {"5.0M"}
+    assert early.verdict == "reproduced" and {r.where for r in early.rows} == {"5M"}
 
 
 def test_rl_effective_early_with_a_gain_inside_the_noise_is_inconclusive(tmp_path):
@@ -154,7 +154,7 @@ def test_expansion_needs_problems_solved_by_rl_alone_at_the_early_checkpoints(tm
             ("base", "late"): {"gsm": base}, ("rl", "late"): {"gsm": solved((50, 6), (50, 0))}}
     section = sharpening_experiment(study(tmp_path, rows), tmp_path)
     expand = verdict_of(section, "Direct RL expands")
-    assert expand.verdict == "reproduced" and {r.where for r in expand.rows} == {"5.0M"}
+    assert expand.verdict == "reproduced" and {r.where for r in expand.rows} == {"5M"}
     assert "by the trained model only 30, by its start only 0, both 50, neither 20" in expand.note
     assert "McNemar p = 1.9e-09" in expand.note  # 2 / 2^30
     rows[("rl", "early")] = rows[("rl", "late")]
@@ -219,4 +219,4 @@ def test_every_run_converged_is_read_from_each_runs_validation_curve(tmp_path):
     ends = {row[0]: (row[2], row[4]) for row in section.table[1:]}
     assert ends == {"rl/early/s0": ("50", "converged"), "rl/late/s0": ("60", "capped")}
     rl_vs_base = res.rows(claim("RL beats the base", "superiority", ["pass@1"], "every"), "gsm", "rl", "base")
-    assert {r.where: r.note for r in rl_vs_base} == {"5.0M": "", "10.0M": "rl s0: capped at 60 steps"}
+    assert {r.where: r.note for r in rl_vs_base} == {"5M": "", "10M": "rl s0: capped at 60 steps"}

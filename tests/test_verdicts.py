@@ -205,3 +205,17 @@ def test_capability_matching_picks_each_runs_first_checkpoint_at_or_above_the_ta
     run_b = [("8M", 0.06), ("9M", 0.10), ("10.5M", 0.30), ("12M", 0.45)]
     assert [first_at(r, 0.05) for r in (run_a, run_b)] == ["10.5M", "8M"]
     assert first_at(run_a, 0.5) is None
+
+
+def test_a_claim_over_pretraining_runs_gives_each_runs_verdict_and_calls_it_robust_only_when_none_is_against():
+    from excursions.study.verdicts import across_runs, compare
+
+    c = claim("rl beats base (pass@1, every checkpoint)", "superiority", ["pass@1"], "every")
+    per_run = lambda effects: [judge(c, [compare(c, "10.5M", "rl vs base", "pass@1", *_run(e, i))])
+                               for i, e in enumerate(effects)]
+    everywhere = across_runs(per_run([0.15, 0.12, 0.18]))
+    assert everywhere.verdict == "reproduced" and everywhere.rows[0].cmp.runs == 3
+    assert everywhere.note == "3 pretraining runs, each: reproduced, reproduced, reproduced; robust"
+    once = across_runs(per_run([0.30, 0.0, 0.0]))
+    assert once.note.startswith("3 pretraining runs, each: reproduced, not reproduced, not reproduced;")
+    assert once.note.endswith("; not robust")

@@ -22,7 +22,7 @@ from excursions.evals.passk import pass_at_k
 from excursions.recipes import RECIPES
 from excursions.study.plan import Unit, recipe_unit_id
 from excursions.study.store import VAL, Store
-from excursions.study.verdicts import Arm, Claim, Row, paired, pooled, row
+from excursions.study.verdicts import Arm, Claim, Row, compare, pooled
 
 
 @dataclass(frozen=True)
@@ -154,11 +154,11 @@ class Results:
                  and set(x.ids) & set(y.ids)]
         what = f"{a} vs {b}"
         if c.quantifier != "pooled":
-            return [replace(row(c, self.label(k), what, m, paired(x, y, seed=self.cfg.eval.seed)),
+            return [replace(compare(c, self.label(k), what, m, x, y, seed=self.cfg.eval.seed),
                             note="; ".join(self.capped(a, k) + self.capped(b, k))) for k, m, x, y in found]
         where = "pooled over " + ", ".join(self.label(k) for k in ckpts if any(f[0] == k for f in found))
-        return [row(c, where, what, m, paired(*pooled([(x, y) for _, mm, x, y in found if mm == m]),
-                                              seed=self.cfg.eval.seed))
+        return [compare(c, where, what, m, *pooled([(x, y) for _, mm, x, y in found if mm == m]),
+                        seed=self.cfg.eval.seed)
                 for m in c.margins if any(f[1] == m for f in found)]
 
     def training(self, unit: str, stage: str, key: str) -> tuple[list[int], list[float]]:

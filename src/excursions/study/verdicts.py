@@ -278,10 +278,18 @@ class Row:
     margin: float
     sign: int
     note: str = ""  # what the reader should know of the arms (a run that stopped at its cap unconverged)
+    arms: tuple | None = field(default=None, compare=False, repr=False)  # (A, B): to pool over pretraining runs
 
 
-def row(c: Claim, where: str, what: str, metric: str, cmp: Paired) -> Row:
-    return Row(where, what, metric, cmp, c.margins[metric], decide(c.kind, cmp.lo, cmp.hi, c.margins[metric]))
+def row(c: Claim, where: str, what: str, metric: str, cmp: Paired, arms: tuple | None = None) -> Row:
+    return Row(where, what, metric, cmp, c.margins[metric], decide(c.kind, cmp.lo, cmp.hi, c.margins[metric]),
+               arms=arms)
+
+
+def compare(c: Claim, where: str, what: str, metric: str, a: Arm, b: Arm, seed: int = 0) -> Row:
+    """The claim's comparison of arm A with arm B (paired), keeping the arms so that the same comparison in other
+    pretraining runs can be pooled with it (`across_runs`)."""
+    return row(c, where, what, metric, paired(a, b, seed=seed), arms=(a, b))
 
 
 def holm(pvalues: Sequence[float], alpha: float = 0.05) -> list[bool]:
@@ -344,6 +352,29 @@ def judge(c: Claim, rows: Sequence[Row], note: str = "", empty: tuple[str, str] 
         rows = [replace(r, sign=1 if rejected else -1 if decide("equivalence", r.cmp.lo, r.cmp.hi, r.margin) == 1
                         else 0) for r, rejected in zip(rows, holm([r.cmp.p for r in rows]))]
     return Verdict(c, tally(c, rows), list(rows), note)
+
+
+SIGNS = {"reproduced": 1, "not reproduced": -1}  # a verdict as a sign: in favour, against (else 0)
+
+
+def across_runs(per_run: Sequence[Verdict], seed: int = 0) -> Verdict:
+    """One claim decided over several pretraining runs, from its Verdict in each: every comparison made in every
+    run (the same where, what and metric, its arms kept by `compare`) pooled by the multi-bootstrap and judged as
+    the claim's sentence quantifies it. The note gives each run's own verdict and whether the finding is robust
+    (in favour pooled, against in no run alone)."""
+    c, first = per_run[0].claim, per_run[0]
+    key = lambda r: (r.where, r.what, r.metric)
+    rows = []
+    for r in first.rows:
+        same = [next((x for x in v.rows if key(x) == key(r) and x.arms), None) for v in per_run]
+        if r.arms and all(same):
+            rows.append(row(c, r.where, r.what, r.metric, multi_paired([x.arms for x in same], seed=seed)))
+    pooled_verdict = judge(c, rows, empty=("not run", "no comparison was made in every pretraining run"))
+    verdicts = [v.verdict for v in per_run]
+    held = robust(SIGNS.get(pooled_verdict.verdict, 0), [SIGNS.get(v, 0) for v in verdicts])
+    pooled_verdict.note = (f"{len(per_run)} pretraining runs, each: {', '.join(verdicts)}; "
+                           + ("robust" if held else "not robust"))
+    return pooled_verdict
 
 
 def not_run(c: Claim, why: str) -> Verdict:

@@ -15,7 +15,7 @@ from excursions.study.experiments.rollouts import arm_at, flops_curve, value_at
 from excursions.study.plan import Unit, chosen_checkpoints, configured, posttrain_dir, recipe_settings, rollout_prompts
 from excursions.study.report import Section, legend, save, tracked_band
 from excursions.study.results import Results
-from excursions.study.verdicts import claim, judge, not_run, paired, row
+from excursions.study.verdicts import claim, compare, judge, not_run
 
 TITLE = "Rollout allocators at equal FLOPs (beyond the paper: its section 7)"
 COLORS = {"uniform": "#6c757d", "filter": "#1f77b4", "until_positive": "#d62728", "adaptive": "#2a9d8f"}
@@ -98,8 +98,8 @@ def allocators_experiment(res: Results, figdir: Path) -> Section:
         if a != "uniform":
             c, arms = beats_uniform(a), [arm_at(res, ran[x], *curve_steps(res, ran[x], task), budget, "pass@1")
                                          for x in (a, "uniform")]
-            rows = [row(c, ckpt_label, f"{a} vs uniform at {budget:.2e} FLOPs", "pass@1",
-                        paired(*arms, seed=res.cfg.eval.seed))] if all(arms) else []
+            rows = [compare(c, ckpt_label, f"{a} vs uniform at {budget:.2e} FLOPs", "pass@1", *arms,
+                            seed=res.cfg.eval.seed)] if all(arms) else []
             claims.append(judge(c, rows, empty=("not run", "tracked without per-problem counts: run again")))
     reading = (f"Direct RL from the {res.label(ckpt)}-token checkpoint with the same steps, prompts per step and "
                f"group size, the rollouts of each step placed by each allocator: uniform (G per prompt), filter "

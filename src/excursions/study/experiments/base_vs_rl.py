@@ -9,7 +9,7 @@ from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
 from excursions.study.report import BARS, COLORS, Section, legend, save
 from excursions.study.results import Results
-from excursions.study.verdicts import claim, interval, judge, paired, row
+from excursions.study.verdicts import claim, compare, interval, judge, paired
 
 
 @experiment(order=2)
@@ -56,8 +56,8 @@ def base_vs_rl_experiment(res: Results, figdir: Path) -> Section:
                     better, worse = (hi, lo) if bases.lo > 0 else (lo, hi)
                     a, b = (arms[3], arms[2]) if better == hi else (arms[2], arms[3])
                     where = f"{res.label(worse)} -> {res.label(better)} (base {interval(bases)} from {res.label(lo)})"
-                    rows.append(row(c, where, "rl from the better base vs rl from the other", k,
-                                    paired(a, b, seed=res.cfg.eval.seed)))
+                    rows.append(compare(c, where, "rl from the better base vs rl from the other", k, a, b,
+                                        seed=res.cfg.eval.seed))
     claims = [judge(c, rows, empty=("inconclusive", "no two checkpoints whose base pass@k differs on paired problems"))]
     reading = ("Each point is one checkpoint: its base pass@k (x) against the pass@k after direct RL (y); above the "
                "diagonal RL helped. " + (" ".join(f"Pearson r for {k}: {v:.2f}." for k, v in corr.items())

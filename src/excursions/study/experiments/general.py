@@ -9,7 +9,7 @@ from pathlib import Path
 
 from excursions.evals.figures import plt, tokens_axis
 from excursions.study.experiments import experiment
-from excursions.study.report import BARS, COLORS, Section, legend, line, save
+from excursions.study.report import COLORS, Section, legend, line, save
 from excursions.study.results import Results
 from excursions.study.verdicts import claim, judge, paired
 

@@ -16,7 +16,7 @@ from excursions.study.experiments import experiment
 from excursions.study.plan import Unit, backbone, chosen_checkpoints, configured, recipe_unit_id
 from excursions.study.report import Section, legend, line, save
 from excursions.study.results import Results, Stat
-from excursions.study.verdicts import claim, judge, not_run, paired, row
+from excursions.study.verdicts import claim, compare, judge, not_run
 
 TITLE = "pass@k to large k: does the base catch up with direct RL? (beyond the paper: Yue et al. 2025)"
 
@@ -105,7 +105,7 @@ def large_k_experiment(res: Results, figdir: Path) -> Section:
                          {f"pass@{k}": {"mean": v.mean} for k, v in rl.items()})
         c = lead_holds("few-shot base" if label == "base" else label, f"pass@{top}")
         arms = [large_k_arm(res, planned, what, f"pass@{top}") for what in ("rl", label)]
-        rows = [row(c, res.label(ckpt), f"rl vs {label}", f"pass@{top}", paired(*arms, seed=res.cfg.eval.seed))] \
+        rows = [compare(c, res.label(ckpt), f"rl vs {label}", f"pass@{top}", *arms, seed=res.cfg.eval.seed)] \
             if all(arms) else []
         claims.append(judge(c, rows, f"pass@1 rl {rl[1]} vs {base[1]}; " + (
             f"the base's mean catches up at k = {meets}" if meets else f"no crossing of the means up to k = {top}")))

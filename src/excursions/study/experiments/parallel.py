@@ -6,7 +6,7 @@ from pathlib import Path
 
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
-from excursions.study.report import BARS, COLORS, Section, legend, save
+from excursions.study.report import COLORS, Section, legend, save
 from excursions.recipes import RECIPES
 from excursions.study.results import Results
 from excursions.study.verdicts import claim, judge

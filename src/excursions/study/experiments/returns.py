@@ -55,7 +55,7 @@ def answers(res: Results, label: str, u: dict, keys: list, final: str, start_lab
         if a and b:
             cmp = paired(a, b, seed=res.cfg.eval.seed)
             out.append(Verdict(q, answer(cmp, q.margins[metric]), [row(q, final_label, f"{label} vs plain", metric,
-                                                                       cmp)], f"at {ratio:.2f}x the plain run's FLOPs"))
+                                                                       cmp, arms=(a, b))], f"at {ratio:.2f}x the plain run's FLOPs"))
     return out
 
 

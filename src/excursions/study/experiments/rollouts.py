@@ -19,7 +19,7 @@ from excursions.study.plan import (Checkpoint, Unit, chosen_checkpoints, configu
                                    rollout_prompts, world_dir)
 from excursions.study.report import Section, legend, save, tracked_band
 from excursions.study.results import Results
-from excursions.study.verdicts import Arm, align, claim, judge, not_run, paired, row
+from excursions.study.verdicts import Arm, align, claim, compare, judge, not_run
 
 TITLE = "Rollouts per prompt, per FLOP, on difficulty splits (paper Fig. 18)"
 METRICS = ("pass@1", "pass@8")
@@ -150,11 +150,11 @@ def _claims(res: Results, trained: dict, curves: dict, splits: list[str], gs: li
             b = arm_at(res, trained[split, many], st_many, fl_many, fl_few[-1], m)
             last = res.tracked_arm(trained[split, many], "rl", st_many[-1], m)
             if a and b:
-                efficient.append(row(CLAIMS[0], split, f"n = {few} vs n = {many} at {fl_few[-1]:.2e} FLOPs", m,
-                                     paired(a, b, seed=res.cfg.eval.seed)))
+                efficient.append(compare(CLAIMS[0], split, f"n = {few} vs n = {many} at {fl_few[-1]:.2e} FLOPs", m,
+                                         a, b, seed=res.cfg.eval.seed))
             if a and last:
-                alike.append(row(CLAIMS[1], split, f"n = {few} vs n = {many}, final", m,
-                                 paired(a, last, seed=res.cfg.eval.seed)))
+                alike.append(compare(CLAIMS[1], split, f"n = {few} vs n = {many}, final", m, a, last,
+                                     seed=res.cfg.eval.seed))
             table.append([split, m, f"{100 * v_few[-1]:.1f}", f"{100 * value_at(fl_many, v_many, fl_few[-1]):.1f}",
                           f"{fl_few[-1]:.2e}", f"{100 * v_many[-1]:.1f}"])
     why = ("not run", "the runs were tracked without per-problem counts (stored before they were kept): run them "

@@ -13,7 +13,7 @@ from excursions.study.plan import (Unit, all_checkpoints, configured, eval_diges
                                    recipe_settings)
 from excursions.study.report import BARS, COLORS, Section, legend, save
 from excursions.study.results import Results, Stat
-from excursions.study.verdicts import Arm, align, claim, judge, not_run, paired, row
+from excursions.study.verdicts import Arm, align, claim, compare, judge, not_run
 
 TITLE = "Scaling N vs D for RL on hard problems (paper Fig. 4, 10-12)"
 CLAIM = ("Targeted data beats model scale for the gain RL brings on hard problems (Fig. 4, 10-12; per problem, D's "
@@ -97,8 +97,8 @@ def scaling_experiment(res: Results, figdir: Path) -> Section:
     # few-shot base near 0 would inflate the gain.
     c = claim(CLAIM, "superiority", ks, "every")
     gains = {(v, k): g for v in ("D", "N") if v in planned for k in ks if (g := gain_arm(res, planned[v], k, stats, v))}
-    rows = [row(c, "final checkpoints", "D's RL gain vs N's", k, paired(gains["D", k], gains["N", k],
-                                                                       seed=res.cfg.eval.seed))
+    rows = [compare(c, "final checkpoints", "D's RL gain vs N's", k, gains["D", k], gains["N", k],
+                    seed=res.cfg.eval.seed)
             for k in ks if ("D", k) in gains and ("N", k) in gains and set(gains["D", k].ids) & set(gains["N", k].ids)]
     verdict = judge(c, rows, empty=("not run", "needs both variants (study.scale_model and study.scale_targeted), "
                                                "evaluated on the same hard test problems"))

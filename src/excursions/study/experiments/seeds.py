@@ -7,9 +7,9 @@ from pathlib import Path
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
 from excursions.study.plan import recipe_unit_id
-from excursions.study.report import BARS, COLORS, Section, legend, save, tracked_band
+from excursions.study.report import COLORS, Section, legend, save, tracked_band
 from excursions.study.results import Results
-from excursions.study.verdicts import Arm, claim, judge, not_run, paired, row
+from excursions.study.verdicts import Arm, claim, compare, judge, not_run
 
 # "For some early M_t model checkpoints between t=4B and t=10B pre-training tokens, we observe brittleness across
 # seeds: RL performance on some seeds fails to improve." (Sec. 3.1, App. B.4): some pair of seeds differs in final
@@ -62,8 +62,8 @@ def seeds_experiment(res: Results, figdir: Path) -> Section:
     means = [f.mean for f in finals]
     arm = res.arm(task, "rl", ckpt, "pass@1")
     one = lambda i: Arm(arm.ids, arm.values[i : i + 1], (arm.seeds[i],))
-    rows = [row(CLAIM, res.label(ckpt), f"seed {arm.seeds[i]} vs seed {arm.seeds[j]}", "pass@1",
-                paired(one(i), one(j), seed=res.cfg.eval.seed))
+    rows = [compare(CLAIM, res.label(ckpt), f"seed {arm.seeds[i]} vs seed {arm.seeds[j]}", "pass@1", one(i), one(j),
+                    seed=res.cfg.eval.seed)
             for i in range(len(arm.seeds)) for j in range(i + 1, len(arm.seeds))]
     claims = [judge(CLAIM, rows)]
     reading = (f"Direct RL from the {res.label(ckpt)}-token checkpoint with {len(seeds)} seeds (rollout "

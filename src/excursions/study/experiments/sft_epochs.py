@@ -10,7 +10,7 @@ from excursions.study.experiments import experiment
 from excursions.study.report import Section, legend, save, tracked_band
 from excursions.study.plan import Unit, chosen_checkpoints, configured, posttrain_dir, recipe_settings, train_size
 from excursions.study.results import Results
-from excursions.study.verdicts import claim, judge, not_run, paired, row
+from excursions.study.verdicts import claim, compare, judge, not_run
 
 
 def converged(epochs: int, metrics: list[str]):
@@ -76,8 +76,8 @@ def sft_epochs_experiment(res: Results, figdir: Path) -> Section:
         for metric in c.margins:
             a, b = (res.tracked_arm(unit, "sft", step_at[e], metric) for e in (tracked[-1], used))
             if a and b:
-                rows.append(row(c, res.label(ckpt), f"epoch {tracked[-1]} vs epoch {used}", metric,
-                                paired(a, b, seed=res.cfg.eval.seed)))
+                rows.append(compare(c, res.label(ckpt), f"epoch {tracked[-1]} vs epoch {used}", metric, a, b,
+                                    seed=res.cfg.eval.seed))
     why = "" if rows else ("needs a longer run than the study's epochs, tracked with per-problem counts (runs stored "
                            "before they were kept have means only: run the unit again)")
     return Section(title, "sft_epochs.png", reading, table, [judge(c, rows, empty=("not run", why) if why else None)])
