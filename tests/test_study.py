@@ -95,6 +95,24 @@ def test_plan_orders_units_and_names_them_by_settings(micro_overrides, tmp_path)
                if u.id.startswith(("pretrain", "base/", "sft/", "sft_gold/", "sft_epochs/")))
 
 
+def test_more_pretraining_runs_add_their_own_units_and_leave_the_studys_own_unchanged(micro_overrides, tmp_path):
+    from excursions.study.plan import backbone, configured, dependencies
+
+    own = plan(micro_study(micro_overrides), tmp_path)
+    cfg = micro_study(micro_overrides, "study.pretrain_seeds=[7]")
+    units = plan(cfg, tmp_path)
+    assert [u for u in units if not u.id.startswith("p7/")] == own  # same ids, paths, order
+    other = [u for u in units if u.id.startswith("p7/")]
+    assert [u.id.removeprefix("p7/") for u in other] == [u.id for u in backbone(micro_study(micro_overrides), tmp_path)]
+    assert {u.path for u in other}.isdisjoint({u.path for u in own}) and len({u.id for u in units}) == len(units)
+    pretraining = other[0]
+    assert pretraining.id == "p7/pretrain" and configured(cfg, 0, pretraining.overrides).seed == 7
+    deps = dependencies(units, cfg, tmp_path)
+    assert all("p7/pretrain" in deps[u.id] for u in other if u.kind == "base_eval")  # its own checkpoints
+    with pytest.raises(UserError, match="study's own seed"):
+        plan(micro_study(micro_overrides, "study.pretrain_seeds=[0]"), tmp_path)
+
+
 def test_sft_digests_cover_the_tracking_settings_sft_reads(micro_overrides, tmp_path):
     """SFT tracks test pass@k with [rl]'s track_problems and track_n: a change there moves the SFT runs too (a new
     directory, tracked again), not only the RL ones."""

@@ -303,6 +303,9 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0,)
     extra_seeds: tuple[int, ...] = ()  # more direct-RL seeds at `seed_checkpoint` (Fig. 13-14)
     seed_checkpoint: int = -1
+    # more pretraining runs of the same world, one per seed (the config's `seed`: initialisation and data order), each
+    # with its own checkpoints and the study's recipes from them; verdicts pool the runs (the multi-bootstrap)
+    pretrain_seeds: tuple[int, ...] = added(())
     nshot: tuple[int, ...] = (0, 1, 2, 4, 8)  # exemplar counts swept on the last base checkpoint (Fig. 16)
     sft_epochs: int = 0  # > 0: one more sft run at seed_checkpoint for this many epochs, tracked each epoch (Fig. 15)
     tasks: tuple[str, ...] = ("gsm", "general")  # evaluated on every base checkpoint and every result
@@ -345,6 +348,9 @@ class StudyConfig:
             check(task in known, f"tasks[{i}]", f"unknown task {task!r}; choose from {', '.join(known)}")
         check(any(t != "general" for t in self.tasks), "tasks", "needs a math task (gsm or hard): every experiment reads one")
         check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
+        check(len(set(self.pretrain_seeds)) == len(self.pretrain_seeds), "pretrain_seeds", "each seed once")
+        check(not (self.pretrain_seeds and self.external), "pretrain_seeds",
+              "more pretraining runs need the study's own pretraining, not external checkpoints")
         check(all(k >= 0 for k in self.nshot), "nshot", "exemplar counts must be >= 0")
         check(self.sft_epochs >= 0, "sft_epochs", "must be >= 0 (0 = no SFT epochs sweep)")
         check(all(g >= 2 for g in self.rollouts), "rollouts", "rollout counts must be >= 2 (GRPO compares a group)")

@@ -46,11 +46,13 @@ Checkpoint = tuple[str, int, str]  # (name, pretraining tokens, source: a direct
 
 
 def configured(cfg: Config, seed: int, overrides: tuple[tuple[str, str, int], ...] = ()) -> Config:
-    """The config a unit runs with: the study's, seeded, with the unit's overrides."""
+    """The config a unit runs with: the study's, seeded, with the unit's overrides (section "" for a top-level key:
+    another pretraining run's `seed`)."""
     cfg = seeded(cfg, seed)
     by_section: dict[str, dict] = {}
     for section, key, value in overrides:  # a section's keys at once: its checks may relate them (data shares)
         by_section.setdefault(section, {})[key] = value
+    cfg = replace(cfg, **by_section.pop("", {}))
     return replace(cfg, **{sec: replace(getattr(cfg, sec), **kv) for sec, kv in by_section.items()})
 
 
@@ -164,16 +166,31 @@ def recipe_unit_id(recipe: str, checkpoint: str, seed: int) -> str:
     return f"{recipe}/{checkpoint}/s{seed}"
 
 
+def pretraining_runs(cfg: Config) -> list[tuple[str, Config]]:
+    """The study's pretraining runs as (unit id prefix, config): its own (no prefix), and one per
+    `study.pretrain_seeds` (`p{seed}/`, the config with that seed), all on the same world."""
+    if cfg.seed in cfg.study.pretrain_seeds:
+        raise UserError(f"config: study.pretrain_seeds holds {cfg.seed}, the study's own seed: list the other runs' "
+                        "seeds only")
+    return [("", cfg)] + [(f"p{k}/", replace(cfg, seed=k)) for k in cfg.study.pretrain_seeds]
+
+
 def backbone(cfg: Config, out: Path) -> list[Unit]:
-    """The units every experiment reads, in the order they run: the pretraining (unless the checkpoints are
-    external), each chosen checkpoint's evaluation, then every recipe from every chosen checkpoint for every seed
-    (and the extra RL seeds at `study.seed_checkpoint`), each trained, then evaluated."""
+    """The units every experiment reads, in the order they run: for each pretraining run (`pretraining_runs`), the
+    pretraining (unless the checkpoints are external), each chosen checkpoint's evaluation, then every recipe from
+    every chosen checkpoint for every seed (and the extra RL seeds at `study.seed_checkpoint`), each trained, then
+    evaluated. Another run's units are its own run's, with its id prefix."""
+    return [u for prefix, run in pretraining_runs(cfg) for u in _run_backbone(run, out, prefix, cfg.seed)]
+
+
+def _run_backbone(cfg: Config, out: Path, prefix: str, study_seed: int) -> list[Unit]:
     s = cfg.study
     chosen, seed_ckpt = chosen_checkpoints(cfg, out)
-    units = [] if s.external else [Unit("pretrain", "pretrain", pretrain_dir(cfg, out))]
-    ev = eval_digest(cfg)
+    top = (("", "seed", cfg.seed),) if cfg.seed != study_seed else ()  # how the study's config becomes this run's
+    units = [] if s.external else [Unit(f"{prefix}pretrain", "pretrain", pretrain_dir(cfg, out), overrides=top)]
+    ev, evals = eval_digest(cfg), out / "evals" / prefix if prefix else out / "evals"
     for name, tokens, source in chosen:
-        units.append(Unit(f"base/{name}", "base_eval", out / "evals" / "base" / f"{name}-{ev}.json", name, tokens,
+        units.append(Unit(f"{prefix}base/{name}", "base_eval", evals / "base" / f"{name}-{ev}.json", name, tokens,
                           source=source))
     for ckpt in chosen:
         name, tokens, source = ckpt
@@ -184,10 +201,11 @@ def backbone(cfg: Config, out: Path) -> list[Unit]:
                 after = continues(recipe, s.recipes)  # sft_rl: from the study's own sft result, not a second SFT
                 start = str(RECIPES[after].final(run_of(after, seed, source))) if after else source
                 run = run_of(recipe, seed, start)
-                uid = recipe_unit_id(recipe, name, seed)
+                uid = prefix + recipe_unit_id(recipe, name, seed)
                 units.append(Unit(uid, "posttrain", run, name, tokens, recipe, seed, start))
-                record = out / "evals" / recipe / name / f"s{seed}-{run.name.rsplit('-', 1)[1]}-{ev}.json"
-                units.append(Unit(f"eval/{uid}", "eval", record, name, tokens, recipe, seed, str(run)))
+                record = evals / recipe / name / f"s{seed}-{run.name.rsplit('-', 1)[1]}-{ev}.json"
+                units.append(Unit(f"{prefix}eval/{uid.removeprefix(prefix)}", "eval", record, name, tokens, recipe,
+                                  seed, str(run)))
     return units
 
 
