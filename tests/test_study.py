@@ -113,6 +113,23 @@ def test_more_pretraining_runs_add_their_own_units_and_leave_the_studys_own_unch
         plan(micro_study(micro_overrides, "study.pretrain_seeds=[0]"), tmp_path)
 
 
+def test_a_study_over_two_pretraining_runs_reports_each_runs_verdict_and_the_pooled_one(micro_overrides, tmp_path):
+    cfg = micro_study(micro_overrides, "study.pretrain_seeds=[1]", "study.recipes=['rl']", "study.extra_seeds=[]",
+                      "study.experiments=['recipes', 'base_vs_rl']")
+    run_study(cfg, tmp_path / "s", progress=False)
+    db = sqlite3.connect(tmp_path / "s" / DB)
+    done = {r[0] for r in db.execute("SELECT id FROM units WHERE status = 'done'")}
+    db.close()
+    assert {"pretrain", "p1/pretrain"} <= done
+    assert any(u.startswith("p1/eval/rl/") for u in done) and any(u.startswith("p1/base/") for u in done)
+    report = (tmp_path / "s" / "report" / "report.md").read_text()
+    assert "Pooled over 2 pretraining runs (the multi-bootstrap" in report
+    head = next(line for line in report.splitlines() if line.startswith("| claim (paper)"))
+    assert head.startswith("| claim (paper) | this run | run 2 | pooled over runs | robust |")
+    row = next(line for line in report.splitlines() if line.startswith("| RL is effective early"))
+    assert row.count("|") == head.count("|")  # a cell in every column: this run, run 2, pooled, robust, comparison
+
+
 def test_sft_digests_cover_the_tracking_settings_sft_reads(micro_overrides, tmp_path):
     """SFT tracks test pass@k with [rl]'s track_problems and track_n: a change there moves the SFT runs too (a new
     directory, tracked again), not only the RL ones."""

@@ -155,11 +155,11 @@ def counts(claims: list[Verdict]) -> str:
             f"({len(claims)} claims).")
 
 
-def decisive(v: Verdict) -> str:
+def decisive(v: Verdict, in_section: bool = True) -> str:
     """The evidence cell of the findings table: the comparison that decides the verdict, in brief (its section has
-    every comparison in full), or why there is none."""
+    every comparison in full, where `in_section`), or why there is none."""
     r = v.decisive()
-    more = len(v.rows) - 1
+    more = len(v.rows) - 1 if in_section else 0
     return (brief(r) + (f"; +{more} more in its section" if more > 0 else "")) if r else v.note
 
 
@@ -197,11 +197,40 @@ def headline(sections: list[Section]) -> Section | None:
     return next((s for s in sections if s.figure), None)
 
 
+ONE_RUN = ("One pretraining run: every interval covers its training seeds and test problems, not which pretraining run "
+           "it was (`study.pretrain_seeds` adds runs, and the claims are then pooled over them).")
+
+
+def runs_line(claims: list[Verdict]) -> str:
+    """The opening line about pretraining runs: one run's caveat, or the verdicts pooled over several."""
+    if not any(c.runs for c in claims):
+        return ONE_RUN
+    pooled = [c.pooled for c in claims if c.pooled]
+    return (f"Pooled over {1 + max(len(c.runs) for c in claims)} pretraining runs (the multi-bootstrap: runs, then "
+            f"training seeds, then problems): {counts(pooled).removeprefix('Verdicts: ')} Robust (in favour pooled, "
+            f"against in no run): {sum(bool(p.robust) for p in pooled)}.")
+
+
+def findings(claims: list[Verdict]) -> list[list[str]]:
+    """The claims table: with one pretraining run, each claim's verdict and decisive comparison; with several, the
+    verdict in each run, pooled over the runs (the multi-bootstrap), whether it is robust, and the pooled
+    comparison."""
+    if not any(c.runs for c in claims):
+        return [FINDINGS] + [[c.text, c.verdict, decisive(c)] for c in claims]
+    n = max(len(c.runs) for c in claims)
+    head = ["claim (paper)", "this run", *(f"run {i + 2}" for i in range(n)), "pooled over runs", "robust",
+            "decisive comparison, pooled (points)"]
+    return [head] + [[c.text, c.verdict, *c.runs, c.pooled.verdict if c.pooled else "-",
+                      {True: "yes", False: "no"}.get(c.pooled.robust if c.pooled else None, "-"),
+                      decisive(c.pooled, in_section=False) if c.pooled else decisive(c)] for c in claims]
+
+
 def to_markdown(cfg: Config, sections: list[Section], claims: list[Verdict]) -> str:
     lines = [f"# excursions study: {cfg.name}", "", f"**{counts(claims)}**", ""]
+    lines += [runs_line(claims), ""]
     if top := headline(sections):
         lines += [f"![{top.title}](figures/{top.figure})", ""]
-    lines += _md_table([FINDINGS] + [[c.text, c.verdict, decisive(c)] for c in claims])
+    lines += _md_table(findings(claims))
     lines += ["## How a claim is decided", "", VERDICTS, ""]
     for s in sections:
         lines += [f"## {s.title}", ""]
@@ -243,10 +272,11 @@ def to_html(cfg: Config, sections: list[Section], claims: list, figdir: Path) ->
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>excursions study: {html.escape(cfg.name)}"
              f"</title><style>{CSS}</style></head><body><h1>excursions study: {html.escape(cfg.name)}</h1>",
              f"<p><b>{html.escape(counts(claims))}</b></p>"]
+    parts.append(f"<p>{html.escape(runs_line(claims))}</p>")
     if top := headline(sections):
         data = base64.b64encode((figdir / top.figure).read_bytes()).decode()
         parts.append(f"<img alt='{html.escape(top.title)}' src='data:image/png;base64,{data}'>")
-    parts += [_html_table([FINDINGS] + [[c.text, c.verdict, decisive(c)] for c in claims], verdict_col=1),
+    parts += [_html_table(findings(claims), verdict_col=1),
               "<h2>How a claim is decided</h2>", f"<p>{html.escape(VERDICTS)}</p>"]
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")

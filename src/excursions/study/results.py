@@ -65,8 +65,9 @@ class Results:
     pretraining runs) are not the study's checkpoints, and evaluations with settings of their own (the large-k curves)
     not the study's evaluations: their experiments read them from `store` themselves."""
 
-    def __init__(self, store: Store, cfg: Config, out: Path, units: list[Unit]):
+    def __init__(self, store: Store, cfg: Config, out: Path, units: list[Unit], prefix: str = ""):
         self.store, self.cfg, self.out, self.units = store, cfg, Path(out), units
+        self.prefix = prefix  # the unit id prefix of the pretraining run these units are (plan.pretraining_runs)
         self.base_shots = cfg.eval.shots  # base checkpoints are compared at this exemplar count
         self.stats: dict[tuple, list[Stat]] = {}  # (task, recipe, shots, checkpoint, metric) -> one per seed
         self.seed_stats: dict[tuple, Stat] = {}  # (task, recipe, shots, checkpoint, metric, seed) -> stat
@@ -165,9 +166,13 @@ class Results:
         """One metric of one training stage of a unit along its steps: (steps, values)."""
         return self.store.training(unit, stage, key)
 
+    def unit_id(self, recipe: str, ckpt: str, seed: int) -> str:
+        """The id of a recipe's run from a checkpoint with a seed, in this pretraining run."""
+        return self.prefix + recipe_unit_id(recipe, ckpt, seed)
+
     def run_curve(self, recipe: str, ckpt: str, seed: int, stage: str, key: str) -> tuple[list[int], list[float]]:
         """A metric along the training of a recipe's run from a checkpoint (a stage of it, for two-stage recipes)."""
-        return self.store.training(recipe_unit_id(recipe, ckpt, seed), stage, key)
+        return self.store.training(self.unit_id(recipe, ckpt, seed), stage, key)
 
     def stages(self, unit: str, recipe: str) -> list[str]:
         """The stage names a post-training unit's training is stored under: the recipe's for one stage, each stage's
@@ -183,7 +188,7 @@ class Results:
         steps"), for the evidence of a comparison that involves them."""
         out = []
         for seed in self.seeds(recipe, ckpt) if recipe != "base" else []:
-            unit = recipe_unit_id(recipe, ckpt, seed)
+            unit = self.unit_id(recipe, ckpt, seed)
             for stage in self.stages(unit, recipe):
                 rec = self.store.convergence(unit, stage)
                 if rec.get("checked") and not rec.get("converged"):

@@ -45,6 +45,7 @@ from excursions.study.report import setup_section, write_report
 from excursions.study.results import Results
 from excursions.study.store import DB, TABLES, Store
 from excursions.study.units import damaged_states, ingest, is_done
+from excursions.study.verdicts import across_runs
 
 LOCK = "study.lock"
 
@@ -265,13 +266,25 @@ def run_study(cfg: Config, out: Path | str, progress: bool = True, executor: str
 
 
 def report_study(cfg: Config, out: Path, store: Store, units: list[Unit]) -> Path:
-    """The report of what the store holds: the setup, then each experiment's section. It reads the study's own
-    pretraining run; the units of `study.pretrain_seeds`' runs are run and stored, not yet pooled here (issue 44)."""
-    others = tuple(prefix for prefix, _ in pretraining_runs(cfg)[1:])
+    """The report of what the store holds: the setup, then each experiment's section, drawn from the study's own
+    pretraining run. With more runs (`study.pretrain_seeds`) each experiment's claims are decided in every run too
+    (their figures under figures/p{seed}/), and pooled over the runs (`across_runs`)."""
+    runs = pretraining_runs(cfg)
+    others = tuple(prefix for prefix, _ in runs[1:])
     res = Results(store, cfg, out, [u for u in units if not (others and u.id.startswith(others))])
     sections = [setup_section(cfg, store, res)]
     if res.math_tasks:
-        sections += [e.section(res, out / "report" / "figures") for e in active(cfg)]
+        figdir = out / "report" / "figures"
+        sections += [e.section(res, figdir) for e in active(cfg)]
+        found = []  # each other run's claims, by sentence
+        for prefix, run in runs[1:]:
+            other = Results(store, run, out, [u for u in units if u.id.startswith(prefix)], prefix)
+            found.append({v.text: v for e in active(cfg) if other.math_tasks
+                          for v in e.section(other, figdir / prefix.rstrip("/")).claims})
+        for v in (v for section in sections for v in section.claims) if found else ():
+            theirs = [f[v.text] for f in found if v.text in f]
+            v.runs = [f[v.text].verdict if v.text in f else "not run" for f in found]
+            v.pooled = across_runs([v, *theirs], seed=cfg.eval.seed) if theirs else None
     return write_report(cfg, out, sections)
 
 

@@ -328,6 +328,9 @@ class Verdict:
     verdict: str
     rows: list[Row] = field(default_factory=list)
     note: str = ""  # evidence beyond the rows, or why it was not run
+    runs: list[str] = field(default_factory=list)  # with several pretraining runs: the verdict in each other run
+    pooled: Verdict | None = None  # and the claim decided over all runs (`across_runs`)
+    robust: bool | None = None  # set by `across_runs`: in favour pooled, against in no run alone
 
     @property
     def text(self) -> str:
@@ -374,6 +377,7 @@ def across_runs(per_run: Sequence[Verdict], seed: int = 0) -> Verdict:
     held = robust(SIGNS.get(pooled_verdict.verdict, 0), [SIGNS.get(v, 0) for v in verdicts])
     pooled_verdict.note = (f"{len(per_run)} pretraining runs, each: {', '.join(verdicts)}; "
                            + ("robust" if held else "not robust"))
+    pooled_verdict.robust = held
     return pooled_verdict
 
 

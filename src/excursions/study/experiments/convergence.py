@@ -15,7 +15,6 @@ import numpy as np
 from excursions.evals.figures import plt
 from excursions.recipes import RECIPES
 from excursions.study.experiments import experiment
-from excursions.study.plan import recipe_unit_id
 from excursions.study.units import SKIPPED
 from excursions.study.report import COLORS, Section, legend, save, tracked_band
 from excursions.study.results import Results
@@ -139,7 +138,7 @@ def _figure(res: Results, task: str, figdir: Path) -> str:
     for row, ckpt in zip(axes, ckpts):
         for recipe in RECIPES:
             for seed in res.seeds(recipe, ckpt):
-                unit = recipe_unit_id(recipe, ckpt, seed)
+                unit = res.unit_id(recipe, ckpt, seed)
                 stages = RECIPES[recipe].stages
                 for stage in stages:
                     name = recipe if len(stages) == 1 else stage

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
-from excursions.study.plan import recipe_unit_id
 from excursions.study.report import COLORS, Section, legend, save, tracked_band
 from excursions.study.results import Results
 from excursions.study.verdicts import Arm, claim, compare, judge, not_run
@@ -36,7 +35,7 @@ def seeds_experiment(res: Results, figdir: Path) -> Section:
             drawn, = ax.plot(steps, [100 * v for v in vals], marker="." if key.startswith("eval") else None,
                              label=f"seed {s}")
             if key.startswith("eval"):
-                tracked_band(ax, res, recipe_unit_id("rl", ckpt, s), "rl", key, dict(zip(steps, steps)),
+                tracked_band(ax, res, res.unit_id("rl", ckpt, s), "rl", key, dict(zip(steps, steps)),
                              drawn.get_color())
         ax.set_xlabel("RL step")
         ax.set_ylabel(f"{key} (%)")
