@@ -19,6 +19,7 @@ CASES = {  # name -> (preset, overrides)
     "smoke": ("smoke", []),
     "tiny": ("tiny", []),
     "tiny-scaling": ("tiny", ["study.scale_model=olmo2_3M", "study.scale_targeted=0.25"]),
+    "tiny-robust": ("tiny-robust", []),
     "paper-olmo2-1b": ("paper-olmo2-1b", []),
     "olmo2-1b-public": ("olmo2-1b-public", []),
 }
