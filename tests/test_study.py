@@ -261,7 +261,7 @@ def test_study_writes_report_and_database(micro_study_dir):
                 "rollouts", "allocators", "scaling", "large_k", "returns", "convergence"):
         assert (out / "report" / "figures" / f"{fig}.png").stat().st_size > 1000
         assert f"figures/{fig}.png" in md
-    assert html.count("data:image/png;base64,") == 14
+    assert html.count("data:image/png;base64,") == 14 + 1  # every section's figure, and the headline one on top
     # every training stage's end, and the claim that every run converged, from the stages' validation curves
     assert "## Convergence of every run" in md and "Every run trained to convergence" in md
     ends = db.execute("SELECT COUNT(*) FROM training WHERE key = 'convergence/checked' AND value = 1").fetchone()[0]
@@ -395,17 +395,21 @@ def test_estimate_takes_a_units_own_time_else_the_median_of_its_kind_and_recipe_
 
 
 def test_dry_run_prints_the_plan_and_its_estimate_and_writes_nothing(micro_study_dir, micro_overrides, tmp_path,
-                                                                    capsys):
+                                                                    capsys, monkeypatch):
     from excursions import cli
+    from excursions.study import runner
 
     fresh = tmp_path / "fresh"
-    assert cli.main(["study", "--preset", "smoke", "--out", str(fresh), "--dry-run",
-                     *micro_overrides, *POST, *STUDY]) == 0
+    argv = ["study", "--preset", "smoke", "--out", str(fresh), "--dry-run", *micro_overrides, *POST, *STUDY]
+    assert cli.main(argv) == 0
     text = capsys.readouterr().out
     units = plan(micro_study(micro_overrides), fresh)
     assert f"{len(units)} of {len(units)} units to run" in text
-    assert "no estimate: no unit of preset smoke has been timed" in text  # the smoke preset ships no unit times
+    assert "from unit times measured" in text and "on a 2-core" in text  # presets/smoke.costs.json, by kind
     assert f"{fresh / DB}" in text and not fresh.exists()
+    monkeypatch.setattr(runner, "shipped_costs", lambda name: {})  # a preset that ships none
+    assert cli.main(argv) == 0
+    assert "no estimate: no unit of preset smoke has been timed" in capsys.readouterr().out and not fresh.exists()
 
     done = preview(micro_study(micro_overrides), micro_study_dir)
     assert f"0 of {len(units)} units to run, {len(units)} done" in done
