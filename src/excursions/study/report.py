@@ -68,7 +68,8 @@ def legend(ax, intervals: str | None = BANDS, of=None, **kw) -> None:
     ax.legend(named.values(), named.keys(), **{"fontsize": 7, **kw})
 
 
-def tracked_band(ax, res: Results, unit: str, stage: str, key: str, xs: dict[int, float], color) -> None:
+def tracked_band(ax, res: Results, unit: str, stage: str, key: str, xs: dict[int, float], color,
+                 alpha: float = 0.12) -> None:
     """The 95% band of a tracked evaluation (`eval/gsm/pass@1` -> its `eval/gsm/lo/pass@1` and `.../hi/...` rows)
     along a run, at x = xs[step] (the step itself, or the FLOPs spent by then); nothing for runs tracked without."""
     family, metric = key.rsplit("/", 1)
@@ -76,7 +77,7 @@ def tracked_band(ax, res: Results, unit: str, stage: str, key: str, xs: dict[int
     steps = [st for st in xs if st in lo and st in hi]
     if steps:
         ax.fill_between([xs[st] for st in steps], [100 * lo[st] for st in steps], [100 * hi[st] for st in steps],
-                        color=color, alpha=0.12, linewidth=0)
+                        color=color, alpha=alpha, linewidth=0)
 
 
 def setup_section(cfg: Config, store: Store, res: Results) -> Section:

@@ -170,6 +170,13 @@ def estimate(units: list[Unit], measured: list[dict]) -> dict[str, float | None]
                        None) for u in units}
 
 
+def plan_costs(cfg: Config, todo: list[Unit], db: Path) -> tuple[dict[str, float | None], dict]:
+    """The units' estimated seconds (`estimate`) from the preset's shipped times and this directory's recorded ones,
+    and the shipped file (what `describe` names as the estimate's basis)."""
+    shipped = shipped_costs(cfg.name)
+    return estimate(todo, shipped.get("units", []) + recorded_costs(db)), shipped
+
+
 def clock(seconds: float) -> str:
     """A wall time as people read it.
 
@@ -180,9 +187,9 @@ def clock(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
-def describe(cfg: Config, out: Path, units: list[Unit], todo: list[Unit], costs: dict[str, float | None]) -> str:
+def describe(cfg: Config, out: Path, units: list[Unit], todo: list[Unit], costs: dict[str, float | None],
+             shipped: dict) -> str:
     """The plan in a few lines: units to run by kind with their estimated time, the total, where it all goes."""
-    shipped = shipped_costs(cfg.name)
     counts, seconds = Counter(u.kind for u in todo), Counter()
     for u in todo:
         seconds[u.kind] += costs[u.id] or 0.0
@@ -212,8 +219,8 @@ def preview(cfg: Config, out: Path | str) -> str:
     with chdir(root) if root.is_dir() else nullcontext():
         units = plan(cfg, spelling)
         todo = [u for u in units if not is_done(u, cfg)]
-        measured = shipped_costs(cfg.name).get("units", []) + recorded_costs(spelling / DB)
-    return describe(cfg, out, units, todo, estimate(todo, measured))
+        costs, shipped = plan_costs(cfg, todo, spelling / DB)
+    return describe(cfg, out, units, todo, costs, shipped)
 
 
 def run_study(cfg: Config, out: Path | str, progress: bool = True, executor: str = "local", **options) -> Path:
@@ -244,9 +251,9 @@ def run_study(cfg: Config, out: Path | str, progress: bool = True, executor: str
                 store.set_spelling(spelling)
             store.retire(units)
             todo = to_run(units, cfg, store)
-            costs = estimate(todo, shipped_costs(cfg.name).get("units", []) + recorded_costs(spelling / DB))
+            costs, shipped = plan_costs(cfg, todo, spelling / DB)
             if progress and todo:
-                print(describe(cfg, out, units, todo, costs), file=sys.stderr)
+                print(describe(cfg, out, units, todo, costs, shipped), file=sys.stderr)
             if todo:  # the machine's speed at the start and end of the work: a wall time is read against it
                 store.add_probe("start", matmul_peak() / 1e9)
             run_units(todo, dependencies(units, cfg, spelling), cfg, spelling, store, progress, weights=costs, **options)

@@ -320,6 +320,9 @@ def tally(c: Claim, rows: Sequence[Row]) -> str:
     return "reproduced" if all(s == 1 for s in signs) else "not reproduced" if -1 in signs else "inconclusive"
 
 
+SIGNS = {"reproduced": 1, "not reproduced": -1}  # a verdict as a sign: in favour, against (else 0)
+
+
 @dataclass
 class Verdict:
     """A claim with its verdict, its comparisons and any further evidence (counts, a crossing k) for the report."""
@@ -341,7 +344,7 @@ class Verdict:
         (reproduced: the lowest end nearest its threshold), else the first inconclusive one."""
         if not self.rows:
             return None
-        want = {"reproduced": 1, "not reproduced": -1}.get(self.verdict, 0)
+        want = SIGNS.get(self.verdict, 0)
         found = [r for r in self.rows if r.sign == want] or self.rows
         return min(found, key=lambda r: r.cmp.lo) if want == 1 else found[0]
 
@@ -355,9 +358,6 @@ def judge(c: Claim, rows: Sequence[Row], note: str = "", empty: tuple[str, str] 
         rows = [replace(r, sign=1 if rejected else -1 if decide("equivalence", r.cmp.lo, r.cmp.hi, r.margin) == 1
                         else 0) for r, rejected in zip(rows, holm([r.cmp.p for r in rows]))]
     return Verdict(c, tally(c, rows), list(rows), note)
-
-
-SIGNS = {"reproduced": 1, "not reproduced": -1}  # a verdict as a sign: in favour, against (else 0)
 
 
 def across_runs(per_run: Sequence[Verdict], seed: int = 0) -> Verdict:

@@ -8,7 +8,7 @@ from pathlib import Path
 from excursions.evals.expansion import transitions
 from excursions.evals.figures import plt
 from excursions.study.experiments import experiment
-from excursions.study.report import COLORS, Section, legend, save
+from excursions.study.report import COLORS, Section, legend, save, tracked_band
 from excursions.study.results import Results, Stat
 from excursions.study.verdicts import claim, judge, mcnemar
 
@@ -131,15 +131,12 @@ def _figure(res: Results, tracked: list[str], cover: dict, path: Path) -> None:
             ax = axes[i][j]
             for recipe in ("rl", "sft_rl"):
                 seeds = res.seeds(recipe, c)
-                seed, (family, metric) = seeds[0] if seeds else 0, key.rsplit("/", 1)
+                seed = seeds[0] if seeds else 0
                 steps, vals = res.run_curve(recipe, c, seed, "rl", key)
                 if steps:
                     ax.plot(steps, [100 * v for v in vals], marker=".", label=recipe, color=COLORS[recipe])
-                band = [dict(zip(*res.run_curve(recipe, c, seed, "rl", f"{family}/{end}/{metric}"))) for end in
-                        ("lo", "hi")]
-                if steps and all(st in band[0] and st in band[1] for st in steps):  # runs tracked with intervals
-                    ax.fill_between(steps, [100 * band[0][st] for st in steps], [100 * band[1][st] for st in steps],
-                                    color=COLORS[recipe], alpha=0.15, linewidth=0)
+                tracked_band(ax, res, res.unit_id(recipe, c, seed), "rl", key, dict(zip(steps, steps)),
+                             COLORS[recipe], alpha=0.15)
             ax.set_title(f"{res.label(c)} tokens", fontsize=9)
             ax.set_xlabel("RL step")
             ax.set_ylabel(key.split("/")[-1] + " (%)")
