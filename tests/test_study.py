@@ -113,21 +113,68 @@ def test_more_pretraining_runs_add_their_own_units_and_leave_the_studys_own_unch
         plan(micro_study(micro_overrides, "study.pretrain_seeds=[0]"), tmp_path)
 
 
-def test_a_study_over_two_pretraining_runs_reports_each_runs_verdict_and_the_pooled_one(micro_overrides, tmp_path):
+def test_a_study_over_two_pretraining_runs_reports_each_runs_verdict_and_the_pooled_one(micro_overrides, tmp_path,
+                                                                                         monkeypatch):
+    """With capability matching: the base's validation scores first, then (the plan made again) direct RL from each
+    run's first checkpoint that reaches the target. The micro model scores 0 everywhere, so its scores are read as
+    50% once written: the target then picks the first checkpoint, which the study does not branch from."""
+    from excursions.study.experiments import matched
+    from excursions.study.results import Stat
+
+    monkeypatch.setattr(matched, "val_score", lambda u, cfg: Stat(0.5, 0.4, 0.6) if u.path.is_file() else None)
     cfg = micro_study(micro_overrides, "study.pretrain_seeds=[1]", "study.recipes=['rl']", "study.extra_seeds=[]",
-                      "study.experiments=['recipes', 'base_vs_rl']")
+                      "study.checkpoints=[2]", "study.match_targets=[0.3]",
+                      "study.experiments=['recipes', 'base_vs_rl', 'matched']")
     run_study(cfg, tmp_path / "s", progress=False)
     db = sqlite3.connect(tmp_path / "s" / DB)
     done = {r[0] for r in db.execute("SELECT id FROM units WHERE status = 'done'")}
     db.close()
     assert {"pretrain", "p1/pretrain"} <= done
     assert any(u.startswith("p1/eval/rl/") for u in done) and any(u.startswith("p1/base/") for u in done)
+    assert sum(u.startswith(("match/val/", "p1/match/val/")) for u in done) == 6  # every checkpoint of both runs
+    first = matched.all_checkpoints(cfg, tmp_path / "s")[0][0]
+    assert {f"match/eval/rl/{first}/s0", f"p1/match/eval/rl/{first}/s0"} <= done  # the second round's
     report = (tmp_path / "s" / "report" / "report.md").read_text()
     assert "Pooled over 2 pretraining runs (the multi-bootstrap" in report
     head = next(line for line in report.splitlines() if line.startswith("| claim (paper)"))
     assert head.startswith("| claim (paper) | this run | run 2 | pooled over runs | robust |")
     row = next(line for line in report.splitlines() if line.startswith("| RL is effective early"))
     assert row.count("|") == head.count("|")  # a cell in every column: this run, run 2, pooled, robust, comparison
+    matched_row = next(line for line in report.splitlines() if line.startswith("| Beyond the paper: at equal base"))
+    assert "base val pass@1 >= 30%" in matched_row and "| not run |" not in matched_row
+    assert (tmp_path / "s" / "report" / "figures" / "matched.png").is_file()
+
+
+def test_capability_matching_picks_each_runs_first_checkpoint_at_or_above_a_target(micro_overrides, tmp_path):
+    """Hand-made validation scores: run 1 reaches 5% at its first checkpoint (not one the study branches from: RL
+    from it is planned, under match/) and 30% at the second; run 2 reaches both only at its third (a checkpoint the
+    study already branches from: nothing more to run). Nothing is chosen before every score of a run is in."""
+    from excursions.study.experiments.matched import matches, matched_units, val_units
+    from excursions.study.plan import all_checkpoints, pretraining_runs
+
+    cfg = micro_study(micro_overrides, "study.pretrain_seeds=[1]", "study.match_targets=[0.3, 0.05]")
+    out = tmp_path / "s"
+    assert {u.id for u in matched_units(cfg, out)} == {u.id for p, run in pretraining_runs(cfg)
+                                                        for u in val_units(run, out, p)}  # scores not in yet
+    curves = {"": [0.1, 0.4, 0.7], "p1/": [0.0, 0.02, 0.35]}
+    for prefix, run in pretraining_runs(cfg):
+        for u, score in zip(val_units(run, out, prefix), curves[prefix]):
+            result = u.path.with_suffix("") / "gsm-val-1shot.json"
+            result.parent.mkdir(parents=True, exist_ok=True)
+            metrics = {"pass@1": {"mean": score, "lo": score, "hi": score}}
+            result.write_text(json.dumps({"task": "gsm", "shots": cfg.eval.shots, "metrics": metrics}))
+            u.path.write_text(json.dumps([str(result)]))
+    names = [c[0] for c in all_checkpoints(cfg, out)]
+    assert len(names) == len(curves[""])
+    assert matches(cfg, out, "")[1] == {0.3: names[1], 0.05: names[0]}
+    assert matches(replace(cfg, seed=1), out, "p1/")[1] == {0.3: names[2], 0.05: names[2]}
+    extra = [u for u in matched_units(cfg, out) if "/val/" not in u.id]
+    assert [(u.id, u.kind) for u in extra] == [(f"match/base/{names[0]}", "base_eval"),
+                                               (f"match/rl/{names[0]}/s0", "posttrain"),
+                                               (f"match/eval/rl/{names[0]}/s0", "eval")]
+    backbone_rl = next(u for u in plan(replace(cfg, study=replace(cfg.study, checkpoints=(0,), extra_seeds=())), out)
+                       if u.id == f"rl/{names[0]}/s0")
+    assert extra[1].path == backbone_rl.path  # the same run a study branching from that checkpoint makes
 
 
 def test_sft_digests_cover_the_tracking_settings_sft_reads(micro_overrides, tmp_path):
@@ -272,7 +319,9 @@ def test_study_writes_report_and_database(micro_study_dir):
                              (f"allocators/{allocator}/{first}",)).fetchone()[0]
         assert tracked == 1 + 2, allocator
     assert "adaptive beats uniform rollouts at equal FLOPs" in md
-    assert "| not run |" not in md  # every claim of the paper has an experiment behind it
+    # every claim has an experiment behind it; capability matching needs a base that reaches a target (the micro
+    # model scores 0: the two-run study above covers it)
+    assert [line for line in md.splitlines() if "| not run |" in line and "at equal base capability" not in line] == []
     # scaling: each variant's final checkpoint and its RL result evaluated on hard; the variants' checkpoints
     # stay out of the study's own curves
     hard = db.execute("SELECT u.id FROM evaluations e JOIN units u ON u.id = e.unit WHERE e.task = 'hard'").fetchall()

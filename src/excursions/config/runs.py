@@ -306,6 +306,11 @@ class StudyConfig:
     # more pretraining runs of the same world, one per seed (the config's `seed`: initialisation and data order), each
     # with its own checkpoints and the study's recipes from them; verdicts pool the runs (the multi-bootstrap)
     pretrain_seeds: tuple[int, ...] = added(())
+    # checkpoints matched by capability beside token counts (the matched experiment): in each pretraining run, direct
+    # RL also from the first checkpoint whose base scores at least each target on validation problems (`match_metric`,
+    # few-shot as the base is compared); () = off
+    match_targets: tuple[float, ...] = added(())
+    match_metric: str = added("pass@1")
     nshot: tuple[int, ...] = (0, 1, 2, 4, 8)  # exemplar counts swept on the last base checkpoint (Fig. 16)
     sft_epochs: int = 0  # > 0: one more sft run at seed_checkpoint for this many epochs, tracked each epoch (Fig. 15)
     tasks: tuple[str, ...] = ("gsm", "general")  # evaluated on every base checkpoint and every result
@@ -351,6 +356,9 @@ class StudyConfig:
         check(len(set(self.pretrain_seeds)) == len(self.pretrain_seeds), "pretrain_seeds", "each seed once")
         check(not (self.pretrain_seeds and self.external), "pretrain_seeds",
               "more pretraining runs need the study's own pretraining, not external checkpoints")
+        check(all(0 < t <= 1 for t in self.match_targets), "match_targets", "each target is a pass rate in (0, 1]")
+        check(self.match_metric.startswith("pass@") and self.match_metric[5:].isdigit(), "match_metric",
+              "must be pass@k, k one of eval.ks (e.g. pass@1)")
         check(all(k >= 0 for k in self.nshot), "nshot", "exemplar counts must be >= 0")
         check(self.sft_epochs >= 0, "sft_epochs", "must be >= 0 (0 = no SFT epochs sweep)")
         check(all(g >= 2 for g in self.rollouts), "rollouts", "rollout counts must be >= 2 (GRPO compares a group)")

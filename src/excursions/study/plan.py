@@ -40,6 +40,9 @@ class Unit:
 
 
 Checkpoint = tuple[str, int, str]  # (name, pretraining tokens, source: a directory or hub id)
+# the id part of the matched experiment's units (after a run's prefix): the base on validation problems and RL from
+# checkpoints chosen by capability, not the study's own checkpoints (Results leaves them out)
+MATCHED = "match/"
 
 
 # ----------------------------------------------------------------------------------------- settings
@@ -180,10 +183,11 @@ def backbone(cfg: Config, out: Path) -> list[Unit]:
     pretraining (unless the checkpoints are external), each chosen checkpoint's evaluation, then every recipe from
     every chosen checkpoint for every seed (and the extra RL seeds at `study.seed_checkpoint`), each trained, then
     evaluated. Another run's units are its own run's, with its id prefix."""
-    return [u for prefix, run in pretraining_runs(cfg) for u in _run_backbone(run, out, prefix, cfg.seed)]
+    return [u for prefix, run in pretraining_runs(cfg) for u in run_backbone(run, out, prefix, cfg.seed)]
 
 
-def _run_backbone(cfg: Config, out: Path, prefix: str, study_seed: int) -> list[Unit]:
+def run_backbone(cfg: Config, out: Path, prefix: str, study_seed: int) -> list[Unit]:
+    """One pretraining run's backbone (`backbone`): `prefix` its unit ids', `study_seed` the study's own seed."""
     s = cfg.study
     chosen, seed_ckpt = chosen_checkpoints(cfg, out)
     top = (("", "seed", cfg.seed),) if cfg.seed != study_seed else ()  # how the study's config becomes this run's

@@ -20,7 +20,7 @@ from excursions.config import Config
 from excursions.evals.figures import token_label
 from excursions.evals.passk import pass_at_k
 from excursions.recipes import RECIPES
-from excursions.study.plan import Unit, recipe_unit_id
+from excursions.study.plan import MATCHED, Unit, recipe_unit_id
 from excursions.study.store import VAL, Store
 from excursions.study.verdicts import Arm, Claim, Row, compare, pooled
 
@@ -73,7 +73,8 @@ class Results:
         self.seed_stats: dict[tuple, Stat] = {}  # (task, recipe, shots, checkpoint, metric, seed) -> stat
         self.tokens: dict[str, int] = {}
         # not the study's own measurements: units on a world of their own, and evaluations with settings of their own
-        self.unit_ids = [u.id for u in units if not u.world and not (u.overrides and u.kind in ("base_eval", "eval"))]
+        self.unit_ids = [u.id for u in units if not u.world and not (u.overrides and u.kind in ("base_eval", "eval"))
+                         and not u.id.removeprefix(prefix).startswith(MATCHED)]  # and checkpoints chosen by capability
         for r in store.evaluations(self.unit_ids):
             self.tokens[r["checkpoint"]] = r["tokens"]
             for metric, stat in row_stats(r):

@@ -40,7 +40,7 @@ from excursions.flops import matmul_peak
 from excursions.registry import lookup
 from excursions.study.executors import EXECUTORS
 from excursions.study.experiments import active
-from excursions.study.plan import Unit, backbone, dependencies, pretraining_runs, world_dir
+from excursions.study.plan import MATCHED, Unit, backbone, dependencies, pretraining_runs, world_dir
 from excursions.study.report import setup_section, write_report
 from excursions.study.results import Results
 from excursions.study.store import DB, TABLES, Store
@@ -206,6 +206,9 @@ def describe(cfg: Config, out: Path, units: list[Unit], todo: list[Unit], costs:
                  "unit times this directory recorded")
         lines.append(f"  estimated {clock(sum(seconds.values()))} from {basis}"
                      + (f"; {unknown} unit(s) never measured, not counted" if unknown else ""))
+    if any(f"{MATCHED}val/" in u.id for u in todo):
+        lines.append("  then direct RL from each run's capability-matched checkpoints (study.match_targets), planned "
+                     "once the base's validation scores are in")
     lines.append(f"  writes {out / DB} (every number), {out / 'report' / 'report.html'} (the report)")
     return "\n".join(lines)
 
@@ -249,15 +252,22 @@ def run_study(cfg: Config, out: Path | str, progress: bool = True, executor: str
         try:
             if store.spelling() is None:
                 store.set_spelling(spelling)
+            planned_before: set[str] = set()
             store.retire(units)
-            todo = to_run(units, cfg, store)
-            costs, shipped = plan_costs(cfg, todo, spelling / DB)
-            if progress and todo:
-                print(describe(cfg, out, units, todo, costs, shipped), file=sys.stderr)
-            if todo:  # the machine's speed at the start and end of the work: a wall time is read against it
-                store.add_probe("start", matmul_peak() / 1e9)
-            run_units(todo, dependencies(units, cfg, spelling), cfg, spelling, store, progress, weights=costs, **options)
-            if todo:
+            # in rounds: a unit chosen by earlier results (the matched experiment's RL from the checkpoint its base's
+            # validation scores pick) enters the plan once they are in, and the next round runs the units that are new
+            while todo := to_run([u for u in units if u.id not in planned_before], cfg, store):
+                costs, shipped = plan_costs(cfg, todo, spelling / DB)
+                if progress:
+                    print(describe(cfg, out, units, todo, costs, shipped), file=sys.stderr)
+                if not planned_before:  # the machine's speed at the start and end of the work: a time is read against it
+                    store.add_probe("start", matmul_peak() / 1e9)
+                planned_before |= {u.id for u in units}
+                run_units(todo, dependencies(units, cfg, spelling), cfg, spelling, store, progress, weights=costs,
+                          **options)
+                units = plan(cfg, spelling)
+                store.retire(units)
+            if planned_before:
                 store.add_probe("end", matmul_peak() / 1e9)
             report_study(cfg, spelling, store, units)
             failed = store.failures(units)
