@@ -8,6 +8,7 @@ import ctypes
 import logging
 import os
 import sys
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -51,10 +52,9 @@ def reuse_freed_memory() -> bool:
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
 
 
-def benchmark_setup(checkpoint: "Path | None") -> "Path":
+def benchmark_setup(checkpoint: Path | None) -> Path:
     """What a speed comparison's two sides share, set before either runs: the CLI's allocator settings, no loading
     bars; returns the checkpoint to measure on (`checkpoint`, or the newest of runs/tiny)."""
-    from pathlib import Path
 
     reuse_freed_memory()
     quiet_libraries()

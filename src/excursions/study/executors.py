@@ -89,7 +89,7 @@ def dispatch(work: list[Unit], deps: dict[str, list[str]], store: Store, progres
     waiting, running, succeeded, failed = list(work), {}, set(), set()
     known = [w for w in (weights or {}).values() if w]
     weight = {u.id: (weights or {}).get(u.id) or (sum(known) / len(known) if known else 1.0) for u in work}
-    bar = progress_bar(total=round(sum(weight.values())), desc="study", disable=not progress, position=0,
+    bar = progress_bar(total=sum(weight.values()), desc="study", disable=not progress, position=0,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
     try:
         while waiting or running:

@@ -13,6 +13,7 @@ operations, not names) is held out. `tests/test_worlds.py` checks it on the prod
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -195,10 +196,9 @@ def tokenize_stream(cfg: Config, world: World, tok, stream: str, n_tokens: int, 
     return np.concatenate(chunks)[:n_tokens], counts
 
 
-def find_world(checkpoint: str) -> "Path | None":
+def find_world(checkpoint: str) -> Path | None:
     """The `world/` directory of the run a local checkpoint belongs to (its meta, else a parent's)."""
     import json
-    from pathlib import Path
 
     path = Path(checkpoint)
     meta = path / "excursions.json"
@@ -212,10 +212,9 @@ def find_world(checkpoint: str) -> "Path | None":
     return None
 
 
-def require_world(checkpoint: str, given: "Path | str | None" = None) -> "Path":
+def require_world(checkpoint: str, given: Path | str | None = None) -> Path:
     """`given`, else the `world/` of the run `checkpoint` belongs to. Neither: one clear error, and a
     mistyped checkpoint path (the likelier mistake) is named as such rather than as a missing world."""
-    from pathlib import Path
 
     from excursions.model import check_checkpoint, parse_checkpoint
 
