@@ -123,6 +123,9 @@ def test_the_study_bar_advances_by_estimated_seconds_and_an_unknown_unit_counts_
              weights={"pretrain": 1200.0, "eval": 20.0, "new": None})
     # "new" has no estimate: it counts as the mean of the known two, (1200 + 20) / 2 = 610
     assert bars[0].total == 1830 and bars[0].steps == [1200.0, 20.0, 610.0]
+    dispatch(u, {n.id: [] for n in u}, _Store(), True, lambda unit: unit.id, ready, lambda h: None,
+             weights={"pretrain": 0.4, "eval": 0.4, "new": 0.4})
+    assert sum(bars[1].steps) == bars[1].total  # not rounded to 1: the bar ends at 100%, not past it
 
 
 def test_the_study_in_two_worker_processes_gives_the_local_results(small_ref, small_cfg, micro_run, tmp_path,

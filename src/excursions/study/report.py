@@ -75,7 +75,9 @@ def tracked_band(ax, res: Results, unit: str, stage: str, key: str, xs: dict[int
     family, metric = key.rsplit("/", 1)
     lo, hi = (dict(zip(*res.training(unit, stage, f"{family}/{end}/{metric}"))) for end in ("lo", "hi"))
     steps = [st for st in xs if st in lo and st in hi]
-    if steps:
+    if len(steps) == 1:  # one point has no band to fill: its interval as a bar
+        ax.vlines(xs[steps[0]], 100 * lo[steps[0]], 100 * hi[steps[0]], color=color, alpha=max(alpha, 0.5))
+    elif steps:
         ax.fill_between([xs[st] for st in steps], [100 * lo[st] for st in steps], [100 * hi[st] for st in steps],
                         color=color, alpha=alpha, linewidth=0)
 

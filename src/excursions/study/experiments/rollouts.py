@@ -7,6 +7,7 @@ test pass@k tracked along training against the FLOPs spent.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from matplotlib.ticker import NullFormatter
@@ -107,13 +108,25 @@ def _figure(res: Results, trained: dict, task: str, curves: dict, splits: list[s
                              squeeze=False)
     for panels, split in zip(axes, splits):
         for ax, m in zip(panels, metrics):
+            start = None
             for g in gs:
                 if (split, g, m) in curves:
                     steps, fl, vals = curves[split, g, m]
-                    ax.plot(fl, [100 * v for v in vals], marker="o", color=colors[g], label=f"n = {g}")
-                    tracked_band(ax, res, trained[split, g], "rl", f"eval/{task}/{m}", dict(zip(steps, fl)), colors[g])
+                    # a log axis has no 0: the start (step 0, no FLOPs spent) is a line of its own
+                    start = vals[0] if fl[0] == 0 else start
+                    spent = [i for i, f in enumerate(fl) if f > 0]
+                    ax.plot([fl[i] for i in spent], [100 * vals[i] for i in spent], marker="o", color=colors[g],
+                            label=f"n = {g}")
+                    tracked_band(ax, res, trained[split, g], "rl", f"eval/{task}/{m}",
+                                 {steps[i]: fl[i] for i in spent}, colors[g])
+            if start is not None:
+                ax.axhline(100 * start, color="#999", linestyle=":", linewidth=1, label="start (step 0)")
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^11, 3x10^11, ... overlap at this width
+            lo, hi = ax.get_xlim()  # labelled at 1, 2 and 5 x 10^e: every run's points between two labels
+            ticks = [(m, e) for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                     for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+            ax.set_xticks([m * 10.0 ** e for m, e in ticks], [f"{m}e{e}" for m, e in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())  # 3e12, 4e12, ... overlap at this width
             ax.set_xlabel("RL FLOPs (training + rollouts)")
             ax.set_ylabel(f"test {m} (%)")
             ax.set_title(f"{split} split: {m} per FLOP", fontsize=9)
