@@ -175,6 +175,8 @@ def test_capability_matching_picks_each_runs_first_checkpoint_at_or_above_a_targ
     backbone_rl = next(u for u in plan(replace(cfg, study=replace(cfg.study, checkpoints=(0,), extra_seeds=())), out)
                        if u.id == f"rl/{names[0]}/s0")
     assert extra[1].path == backbone_rl.path  # the same run a study branching from that checkpoint makes
+    with pytest.raises(UserError, match="match_metric pass@3 is not among eval.ks"):
+        plan(micro_study(micro_overrides, "study.match_targets=[0.3]", "study.match_metric=pass@3"), tmp_path)
 
 
 def test_sft_digests_cover_the_tracking_settings_sft_reads(micro_overrides, tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from excursions.checkpoint import read_json
 from excursions.config import Config
+from excursions.errors import UserError
 from excursions.evals.figures import plt, token_label, tokens_axis
 from excursions.study.experiments import experiment
 from excursions.study.plan import (MATCHED, Unit, run_backbone, all_checkpoints, chosen_checkpoints, configured,
@@ -73,6 +74,9 @@ def matched_units(cfg: Config, out: Path) -> list[Unit]:
     evaluation: the backbone's units of that checkpoint, their ids under `match/`."""
     if not cfg.study.match_targets:
         return []
+    if int(cfg.study.match_metric.removeprefix("pass@")) not in cfg.eval.ks:  # its scores would never be written
+        raise UserError(f"config: study.match_metric {cfg.study.match_metric} is not among eval.ks "
+                        f"({', '.join(map(str, cfg.eval.ks))}): choose pass@k with k one of them")
     units = []
     for prefix, run in pretraining_runs(cfg):
         units += val_units(run, out, prefix)
