@@ -169,6 +169,11 @@ def recipe_unit_id(recipe: str, checkpoint: str, seed: int) -> str:
     return f"{recipe}/{checkpoint}/s{seed}"
 
 
+def base_unit_id(checkpoint: str) -> str:
+    """The id of the base's evaluation at a checkpoint."""
+    return f"base/{checkpoint}"
+
+
 def pretraining_runs(cfg: Config) -> list[tuple[str, Config]]:
     """The study's pretraining runs as (unit id prefix, config): its own (no prefix), and one per
     `study.pretrain_seeds` (`p{seed}/`, the config with that seed), all on the same world."""
@@ -194,7 +199,7 @@ def run_backbone(cfg: Config, out: Path, prefix: str, study_seed: int) -> list[U
     units = [] if s.external else [Unit(f"{prefix}pretrain", "pretrain", pretrain_dir(cfg, out), overrides=top)]
     ev, evals = eval_digest(cfg), out / "evals" / prefix if prefix else out / "evals"
     for name, tokens, source in chosen:
-        units.append(Unit(f"{prefix}base/{name}", "base_eval", evals / "base" / f"{name}-{ev}.json", name, tokens,
+        units.append(Unit(prefix + base_unit_id(name), "base_eval", evals / "base" / f"{name}-{ev}.json", name, tokens,
                           source=source))
     for ckpt in chosen:
         name, tokens, source = ckpt

@@ -20,8 +20,8 @@ from excursions.config import Config
 from excursions.errors import UserError
 from excursions.evals.figures import plt, token_label, tokens_axis
 from excursions.study.experiments import experiment
-from excursions.study.plan import (MATCHED, Unit, run_backbone, all_checkpoints, chosen_checkpoints, configured,
-                                   eval_digest, first_at, pretraining_runs)
+from excursions.study.plan import (MATCHED, Unit, all_checkpoints, base_unit_id, chosen_checkpoints, configured,
+                                   eval_digest, first_at, pretraining_runs, recipe_unit_id, run_backbone)
 from excursions.study.report import BARS, Section, legend, save
 from excursions.study.results import Results, Stat, scores, to_arm
 from excursions.study.verdicts import claim, compare, interval, judge, not_run, paired
@@ -153,9 +153,9 @@ def matched_experiment(res: Results, figdir: Path) -> Section:
 def rl_gain(res: Results, prefix: str, ckpt: str, chosen: bool, task: str):
     """(paired RL - base on test pass@1, rl arm, base arm) at one checkpoint of a run: the backbone's units where the
     study branches from it, else the matched experiment's own; None until both are evaluated."""
-    ids = (f"{prefix}base/{ckpt}", f"{prefix}eval/rl/{ckpt}/s{res.cfg.study.seeds[0]}")
-    base_id, rl_id = ids if chosen else (prefix + MATCHED + i.removeprefix(prefix) for i in ids)
     seed = res.cfg.study.seeds[0]
+    base_id, rl_id = (prefix + ("" if chosen else MATCHED) + i
+                      for i in (base_unit_id(ckpt), "eval/" + recipe_unit_id("rl", ckpt, seed)))
     b = to_arm({0: scores(res.store.problem_scores([base_id], ckpt, "base", task, res.base_shots, 0), "pass@1")})
     a = to_arm({seed: scores(res.store.problem_scores([rl_id], ckpt, "rl", task, 0, seed), "pass@1")})
     return (paired(a, b, seed=res.cfg.eval.seed), a, b) if a and b else None
