@@ -124,7 +124,7 @@ def test_a_study_over_two_pretraining_runs_reports_each_runs_verdict_and_the_poo
     monkeypatch.setattr(matched, "val_score", lambda u, cfg: Stat(0.5, 0.4, 0.6) if u.path.is_file() else None)
     cfg = micro_study(micro_overrides, "study.pretrain_seeds=[1]", "study.recipes=['rl']", "study.extra_seeds=[]",
                       "study.checkpoints=[2]", "study.match_targets=[0.3]",
-                      "study.experiments=['recipes', 'base_vs_rl', 'matched']")
+                      "study.experiments=['recipes', 'base_vs_rl', 'runs', 'matched']")
     run_study(cfg, tmp_path / "s", progress=False)
     db = sqlite3.connect(tmp_path / "s" / DB)
     done = {r[0] for r in db.execute("SELECT id FROM units WHERE status = 'done'")}
@@ -143,6 +143,9 @@ def test_a_study_over_two_pretraining_runs_reports_each_runs_verdict_and_the_poo
     matched_row = next(line for line in report.splitlines() if line.startswith("| Beyond the paper: at equal base"))
     assert "base val pass@1 >= 30%" in matched_row and "| not run |" not in matched_row
     assert (tmp_path / "s" / "report" / "figures" / "matched.png").is_file()
+    ckpt = matched.token_label(matched.all_checkpoints(cfg, tmp_path / "s")[2][1])  # the runs side by side
+    assert f"| {ckpt} | 0.0 / 0.0 (sd 0.0) | 0.0 / 0.0 (sd 0.0) | +0.0 [+0.0, +0.0] (2 runs) |" in report
+    assert (tmp_path / "s" / "report" / "figures" / "runs.png").is_file()
 
 
 def test_capability_matching_picks_each_runs_first_checkpoint_at_or_above_a_target(micro_overrides, tmp_path):

@@ -20,9 +20,9 @@ from excursions.config import Config
 from excursions.evals.figures import token_label
 from excursions.evals.passk import pass_at_k
 from excursions.recipes import RECIPES
-from excursions.study.plan import MATCHED, Unit, recipe_unit_id
+from excursions.study.plan import MATCHED, Unit, base_unit_id, recipe_unit_id
 from excursions.study.store import VAL, Store
-from excursions.study.verdicts import Arm, Claim, Row, compare, pooled
+from excursions.study.verdicts import Arm, Claim, Paired, Row, compare, paired, pooled
 
 
 @dataclass(frozen=True)
@@ -235,3 +235,15 @@ def to_arm(per_seed: dict) -> Arm | None:
         return None
     ids = sorted(set.intersection(*(set(v) for v in per_seed.values())))
     return Arm(tuple(ids), np.array([[v[p] for p in ids] for v in per_seed.values()], dtype=float), tuple(per_seed))
+
+
+def rl_gain(res: Results, prefix: str, ckpt: str, chosen: bool, task: str) -> tuple[Paired, Arm, Arm] | None:
+    """(paired RL - base on test pass@1, rl arm, base arm) at one checkpoint of pretraining run `prefix`, RL's first
+    seed: the backbone's units where the study branches from it (`chosen`), else the matched experiment's own; None
+    until both are evaluated. Read from the store by unit id, so any run's, whichever run `res` is."""
+    seed = res.cfg.study.seeds[0]
+    base_id, rl_id = (prefix + ("" if chosen else MATCHED) + i
+                      for i in (base_unit_id(ckpt), "eval/" + recipe_unit_id("rl", ckpt, seed)))
+    b = to_arm({0: scores(res.store.problem_scores([base_id], ckpt, "base", task, res.base_shots, 0), "pass@1")})
+    a = to_arm({seed: scores(res.store.problem_scores([rl_id], ckpt, "rl", task, 0, seed), "pass@1")})
+    return (paired(a, b, seed=res.cfg.eval.seed), a, b) if a and b else None

@@ -20,11 +20,11 @@ from excursions.config import Config
 from excursions.errors import UserError
 from excursions.evals.figures import plt, token_label, tokens_axis
 from excursions.study.experiments import experiment
-from excursions.study.plan import (MATCHED, Unit, all_checkpoints, base_unit_id, chosen_checkpoints, configured,
-                                   eval_digest, first_at, pretraining_runs, recipe_unit_id, run_backbone)
+from excursions.study.plan import (MATCHED, Unit, all_checkpoints, chosen_checkpoints, configured, eval_digest,
+                                   first_at, pretraining_runs, run_backbone)
 from excursions.study.report import BARS, Section, legend, save
-from excursions.study.results import Results, Stat, scores, to_arm
-from excursions.study.verdicts import claim, compare, interval, judge, not_run, paired
+from excursions.study.results import Results, Stat, rl_gain
+from excursions.study.verdicts import claim, compare, interval, judge, not_run
 
 TITLE = "Checkpoints matched by capability (beyond the paper)"
 VAL = (("eval", "split", "val"),)  # the base's scores that choose a checkpoint: validation problems, never test
@@ -90,7 +90,7 @@ def matched_units(cfg: Config, out: Path) -> list[Unit]:
     return units
 
 
-@experiment(order=15, units=matched_units)
+@experiment(order=16, units=matched_units)
 def matched_experiment(res: Results, figdir: Path) -> Section:
     s, task = res.cfg.study, res.math_tasks[0]
     if not s.match_targets:
@@ -149,13 +149,3 @@ def matched_experiment(res: Results, figdir: Path) -> Section:
     return Section(TITLE, "matched.png", reading, table if len(table) > 1 else [],
                    [judge(CLAIM, rows, empty=("not run", "no target was reached, or its runs are not done yet"))])
 
-
-def rl_gain(res: Results, prefix: str, ckpt: str, chosen: bool, task: str):
-    """(paired RL - base on test pass@1, rl arm, base arm) at one checkpoint of a run: the backbone's units where the
-    study branches from it, else the matched experiment's own; None until both are evaluated."""
-    seed = res.cfg.study.seeds[0]
-    base_id, rl_id = (prefix + ("" if chosen else MATCHED) + i
-                      for i in (base_unit_id(ckpt), "eval/" + recipe_unit_id("rl", ckpt, seed)))
-    b = to_arm({0: scores(res.store.problem_scores([base_id], ckpt, "base", task, res.base_shots, 0), "pass@1")})
-    a = to_arm({seed: scores(res.store.problem_scores([rl_id], ckpt, "rl", task, 0, seed), "pass@1")})
-    return (paired(a, b, seed=res.cfg.eval.seed), a, b) if a and b else None
