@@ -38,15 +38,17 @@ def runs_experiment(res: Results, figdir: Path) -> Section:
         return Section(TITLE, reading="One pretraining run: set study.pretrain_seeds to compare several runs of the "
                                       "same world.")
     task, runs = res.math_tasks[0], pretraining_runs(res.cfg)
-    names = [f"run {i + 1} (seed {run.seed})" for i, (_, run) in enumerate(runs)]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
-    table = [["checkpoint", f"base test pass@1, {' / '.join(n.split(' (')[0] for n in names)}",
-              "RL - base, each run", "RL - base, pooled over runs [95%]"]]
     chosen = chosen_checkpoints(res.cfg, res.out)[0]
     ticks = [tokens for _, tokens, _ in chosen]
-    for i, ((prefix, _), name) in enumerate(zip(runs, names)):
-        got = [(tokens, g) for ckpt, tokens, _ in chosen if (g := rl_gain(res, prefix, ckpt, True, task))]
+    gains = {(prefix, ckpt): g for prefix, _ in runs for ckpt, _, _ in chosen  # each paired once: a bootstrap each
+             if (g := rl_gain(res, prefix, ckpt, True, task))}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    table = [["checkpoint", f"base test pass@1, {' / '.join(f'run {i + 1}' for i in range(len(runs)))}",
+              "RL - base, each run", "RL - base, pooled over runs [95%]"]]
+    for i, (prefix, run) in enumerate(runs):
+        got = [(tokens, gains[prefix, ckpt]) for ckpt, tokens, _ in chosen if (prefix, ckpt) in gains]
         x = [t * (1 + 0.025 * (i - (len(runs) - 1) / 2)) for t, _ in got]  # runs side by side at each checkpoint
+        name = f"run {i + 1} (seed {run.seed})"
         left.plot(x, [100 * b.mean for _, (_, _, b) in got], marker="o", color=f"C{i}", label=name)
         left.plot(x, [100 * a.mean for _, (_, a, _) in got], marker="^", linestyle="--", color=f"C{i}")
         right.errorbar(x, [100 * c.diff for _, (c, _, _) in got], fmt="o", color=f"C{i}", capsize=2, label=name,
@@ -54,13 +56,13 @@ def runs_experiment(res: Results, figdir: Path) -> Section:
                              [100 * (c.hi - c.diff) for _, (c, _, _) in got]])
     pooled = []
     for ckpt, tokens, _ in chosen:
-        gains = [g for prefix, _ in runs if (g := rl_gain(res, prefix, ckpt, True, task))]
-        if len(gains) < 2:
+        each = [gains[prefix, ckpt] for prefix, _ in runs if (prefix, ckpt) in gains]
+        if len(each) < 2:
             continue
-        across = multi_paired([(a, b) for _, a, b in gains], seed=res.cfg.eval.seed)
+        across = multi_paired([(a, b) for _, a, b in each], seed=res.cfg.eval.seed)
         pooled.append((tokens, across))
-        table.append([token_label(tokens), spread([b.mean for _, _, b in gains]),
-                      spread([c.diff for c, _, _ in gains]), f"{interval(across)} ({len(gains)} runs)"])
+        table.append([token_label(tokens), spread([b.mean for _, _, b in each]),
+                      spread([c.diff for c, _, _ in each]), f"{interval(across)} ({len(each)} runs)"])
     right.errorbar([t for t, _ in pooled], [100 * c.diff for _, c in pooled], fmt="s", color="black", capsize=4,
                    yerr=[[100 * (c.diff - c.lo) for _, c in pooled], [100 * (c.hi - c.diff) for _, c in pooled]],
                    label="pooled (multi-bootstrap)")
